@@ -1,0 +1,63 @@
+"""cml: run ONNX models as NumPy, quantize them to small integers, and run them on encrypted data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (
+    BitWidthError,
+    CmlError,
+    DuplicateOpError,
+    InputError,
+    ModelLoadError,
+    NodeExecutionError,
+    OpSignatureError,
+    PluginError,
+    QuantizationError,
+    UnsupportedOpError,
+)
+from .numpy_module import NumpyModule, load_model
+from .plugins import get_registry, hookimpl
+from .registry import OpRegistry, OpSet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BitWidthError",
+    "CmlError",
+    "DuplicateOpError",
+    "InputError",
+    "ModelLoadError",
+    "NodeExecutionError",
+    "NumpyModule",
+    "OpRegistry",
+    "OpSet",
+    "OpSignatureError",
+    "PluginError",
+    "QuantizationError",
+    "QuantizedArray",
+    "QuantizedModule",
+    "UnsupportedOpError",
+    "compile_onnx_model",
+    "compile_torch_model",
+    "get_registry",
+    "hookimpl",
+    "load_model",
+]
+
+_LAZY = {
+    "QuantizedArray": ("quantization.quantizers", "QuantizedArray"),
+    "QuantizedModule": ("quantization.module", "QuantizedModule"),
+    "compile_onnx_model": ("fhe", "compile_onnx_model"),
+    "compile_torch_model": ("fhe", "compile_torch_model"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # quantization and FHE pull in heavier imports; load them on first use
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,118 @@
+"""Read an op implementation's Python signature as its ONNX contract.
+
+Parameters before ``/`` are required inputs, parameters between ``/`` and ``*`` are optional inputs
+(default ``None``), ``*inputs`` is a variadic input, and keyword-only parameters after ``*`` are
+attributes carrying their ONNX names and defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import OpSignatureError
+
+REQUIRED = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class OpSignature:
+    """Inputs and attributes of an op, as read from its numpy implementation."""
+
+    required_inputs: tuple[str, ...]
+    optional_inputs: tuple[str, ...]
+    variadic_input: str | None
+    attributes: dict[str, Any]  # name -> default (``REQUIRED`` when the attribute has no default)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Names of the fixed (non-variadic) inputs, required first."""
+        return self.required_inputs + self.optional_inputs
+
+    @property
+    def min_inputs(self) -> int:
+        """Least number of inputs a node must give."""
+        return len(self.required_inputs) + (1 if self.variadic_input else 0)
+
+    @property
+    def max_inputs(self) -> int | None:
+        """Most inputs a node may give, ``None`` when unbounded (variadic)."""
+        return None if self.variadic_input else len(self.input_names)
+
+    @classmethod
+    def of(cls, function: Callable[..., Any]) -> "OpSignature":
+        """Parse ``function``'s signature.
+
+        Raises:
+            OpSignatureError: a parameter kind does not fit the contract (``**kwargs``, an
+                optional input without a ``None`` default, an input after a variadic input).
+        """
+        required: list[str] = []
+        optional: list[str] = []
+        variadic: str | None = None
+        attributes: dict[str, Any] = {}
+        name = getattr(function, "__qualname__", repr(function))
+        for param in inspect.signature(function).parameters.values():
+            kind = param.kind
+            if kind is inspect.Parameter.POSITIONAL_ONLY:
+                if param.default is not REQUIRED:
+                    if param.default is not None:
+                        raise OpSignatureError(f"{name}: optional input {param.name!r} must default to None")
+                    optional.append(param.name)
+                elif optional:
+                    raise OpSignatureError(f"{name}: required input {param.name!r} follows optional inputs")
+                else:
+                    required.append(param.name)
+            elif kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+                if param.default is not None:
+                    raise OpSignatureError(
+                        f"{name}: {param.name!r} sits between '/' and '*', so it is an optional input "
+                        "and must default to None; put required inputs before '/' and attributes after '*'"
+                    )
+                optional.append(param.name)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                if optional:
+                    raise OpSignatureError(f"{name}: a variadic input cannot follow optional inputs")
+                variadic = param.name
+            elif kind is inspect.Parameter.KEYWORD_ONLY:
+                attributes[param.name] = param.default
+            else:
+                raise OpSignatureError(f"{name}: **{param.name} is not allowed; list every attribute by name")
+        return cls(tuple(required), tuple(optional), variadic, attributes)
+
+    def bind(
+        self, inputs: list[Any], attributes: dict[str, Any], *, where: str
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Return (positional args, keyword args) to call the implementation with.
+
+        ``inputs`` holds one entry per node input, ``None`` for an omitted optional one.
+
+        Raises:
+            OpSignatureError: too few/many inputs, an unknown attribute or a missing required one;
+                the message starts with ``where`` (the node and its op).
+        """
+        n = len(inputs)
+        if n < len(self.required_inputs) or any(x is None for x in inputs[: len(self.required_inputs)]):
+            raise OpSignatureError(
+                f"{where}: needs inputs {list(self.required_inputs)}, got {n} input(s)"
+            )
+        limit = self.max_inputs
+        if limit is not None and n > limit:
+            raise OpSignatureError(f"{where}: takes at most {limit} inputs {list(self.input_names)}, got {n}")
+        unknown = sorted(set(attributes) - set(self.attributes))
+        if unknown:
+            raise OpSignatureError(
+                f"{where}: unsupported attribute(s) {unknown}; supported: {sorted(self.attributes)}"
+            )
+        missing = [k for k, d in self.attributes.items() if d is REQUIRED and k not in attributes]
+        if missing:
+            raise OpSignatureError(f"{where}: required attribute(s) {missing} not set")
+        if self.variadic_input is None:
+            # trailing omitted optionals are simply not passed; keep positions for earlier ones
+            args = list(inputs)
+            while args and args[-1] is None and len(args) > len(self.required_inputs):
+                args.pop()
+        else:
+            args = list(inputs)
+        return args, dict(attributes)

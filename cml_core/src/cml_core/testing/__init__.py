@@ -1,0 +1,44 @@
+"""Test machinery for op authors: one-node models, onnxruntime as oracle, hypothesis strategies.
+
+A plugin author tests an op in a few lines::
+
+    from hypothesis import given
+    from cml_core.testing import check_op, float_arrays
+
+    @given(x=float_arrays())
+    def test_relu(x):
+        check_op("Relu", [x], opset=14)
+"""
+
+from __future__ import annotations
+
+from .models import make_node_model, run_cml, run_onnxruntime, ORT_MAX_IR_VERSION
+from .checks import check_op, tolerance, assert_close
+from .strategies import (
+    Example,
+    OpCase,
+    broadcastable_shapes,
+    bool_arrays,
+    float_arrays,
+    int_arrays,
+    one_of_dtypes,
+    shapes,
+)
+
+__all__ = [
+    "ORT_MAX_IR_VERSION",
+    "Example",
+    "OpCase",
+    "assert_close",
+    "broadcastable_shapes",
+    "check_op",
+    "bool_arrays",
+    "float_arrays",
+    "int_arrays",
+    "one_of_dtypes",
+    "make_node_model",
+    "run_cml",
+    "run_onnxruntime",
+    "shapes",
+    "tolerance",
+]

@@ -1,0 +1,73 @@
+"""Compare cml's result for an op with a reference, using dtype-keyed tolerances."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..registry import OpRegistry
+from .models import feeds_of, make_node_model, run_cml, run_onnxruntime
+
+# (rtol, atol) per dtype; integers and booleans must match exactly.
+_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float16": (1e-2, 1e-3),
+    "float32": (2e-5, 1e-6),
+    "float64": (1e-10, 1e-12),
+}
+
+
+def tolerance(dtype: Any) -> tuple[float, float]:
+    """(rtol, atol) used to compare values of ``dtype``; (0, 0) for exact types."""
+    return _TOLERANCES.get(np.dtype(dtype).name, (0.0, 0.0))
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, *, what: str = "output",
+                 rtol: float | None = None, atol: float | None = None) -> None:
+    """Assert same dtype, same shape and values equal within the dtype's tolerance (NaN equals NaN)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype}, expected {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    r, a = tolerance(expected.dtype)
+    r = r if rtol is None else rtol
+    a = a if atol is None else atol
+    if r == 0 and a == 0:
+        np.testing.assert_array_equal(actual, expected, err_msg=what)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=r, atol=a, equal_nan=True, err_msg=what)
+
+
+def check_op(
+    op_type: str,
+    inputs: Sequence[np.ndarray | None],
+    attributes: dict[str, Any] | None = None,
+    *,
+    opset: int,
+    domain: str = "",
+    constant_inputs: Sequence[int] = (),
+    n_outputs: int = 1,
+    reference: Callable[..., Sequence[np.ndarray]] | None = None,
+    registry: OpRegistry | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> list[np.ndarray]:
+    """Run a one-node model through cml and a reference; assert the outputs agree.
+
+    The reference is onnxruntime unless ``reference`` is given (needed for custom domains): a
+    callable receiving the same inputs and attributes and returning the expected outputs.
+    Returns cml's outputs.
+    """
+    attributes = dict(attributes or {})
+    model = make_node_model(op_type, inputs, attributes, opset=opset, domain=domain,
+                            constant_inputs=constant_inputs, n_outputs=n_outputs)
+    feeds = feeds_of(model, inputs)
+    got = run_cml(model, feeds, registry)
+    if reference is None:
+        expected = run_onnxruntime(model, feeds)
+    else:
+        out = reference(*inputs, **attributes)
+        expected = list(out) if isinstance(out, (tuple, list)) else [out]
+    assert len(got) == len(expected), f"{op_type}: {len(got)} outputs, reference gave {len(expected)}"
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert_close(g, e, what=f"{op_type} (opset {opset}) output {i}", rtol=rtol, atol=atol)
+    return got

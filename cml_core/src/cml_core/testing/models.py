@@ -1,0 +1,93 @@
+"""Build one-node ONNX models and run them here and in onnxruntime."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..numpy_module import load_model
+from ..registry import OpRegistry
+
+#: onnxruntime refuses IR versions newer than it knows; models built here declare this one.
+ORT_MAX_IR_VERSION = 10
+
+
+def make_node_model(
+    op_type: str,
+    inputs: Sequence[np.ndarray | None],
+    attributes: dict[str, Any] | None = None,
+    *,
+    opset: int,
+    domain: str = "",
+    constant_inputs: Sequence[int] = (),
+    n_outputs: int = 1,
+    ir_version: int = ORT_MAX_IR_VERSION,
+) -> onnx.ModelProto:
+    """A model holding one node of ``op_type``.
+
+    ``inputs[i]`` is an array (a graph input, or an initializer when ``i`` is in
+    ``constant_inputs``) or ``None`` for an omitted optional input. Returns a checked model whose
+    inputs are named ``x0, x1, ...`` and outputs ``y0, y1, ...``.
+    """
+    graph_inputs, initializers, names = [], [], []
+    for i, value in enumerate(inputs):
+        if value is None:
+            names.append("")
+            continue
+        name = f"x{i}"
+        names.append(name)
+        arr = np.asarray(value)
+        if i in constant_inputs:
+            initializers.append(numpy_helper.from_array(arr, name))
+        else:
+            elem = helper.np_dtype_to_tensor_dtype(arr.dtype)
+            graph_inputs.append(helper.make_tensor_value_info(name, elem, arr.shape))
+    while names and names[-1] == "":
+        names.pop()
+    outputs = [f"y{i}" for i in range(n_outputs)]
+    node = helper.make_node(op_type, names, outputs, domain=domain, **(attributes or {}))
+    graph = helper.make_graph(
+        [node], f"one_{op_type}", graph_inputs,
+        [helper.make_empty_tensor_value_info(o) for o in outputs], initializer=initializers,
+    )
+    opsets = [helper.make_opsetid("", opset if not domain else 18)]
+    if domain:
+        opsets.append(helper.make_opsetid(domain, opset))
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=ir_version)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    # declare output types when inference found them (onnxruntime wants typed outputs)
+    known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for out in model.graph.output:
+        if out.name in known and known[out.name].type.HasField("tensor_type"):
+            out.CopyFrom(known[out.name])
+    return model
+
+
+def feeds_of(model: onnx.ModelProto, inputs: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+    """Map the model's graph input names to the corresponding non-constant arrays."""
+    wanted = {vi.name for vi in model.graph.input}
+    return {f"x{i}": np.asarray(v) for i, v in enumerate(inputs) if v is not None and f"x{i}" in wanted}
+
+
+def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of ``model`` in onnxruntime, graph optimizations off (a test-time reference)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return list(session.run(None, feeds))
+
+
+def run_cml(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], registry: OpRegistry | None = None
+) -> list[np.ndarray]:
+    """Outputs of ``model`` through ``load_model`` (outputs always as a list)."""
+    module = load_model(model, registry)
+    values = module.run(*[feeds[name] for name in module.input_names])
+    return [values[name] for name in module.output_names]

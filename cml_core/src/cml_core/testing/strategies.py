@@ -1,0 +1,73 @@
+"""Hypothesis strategies for op inputs, and the ``OpCase`` record tying an op to its strategy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+
+@dataclass
+class Example:
+    """One drawn test case of an op: its inputs, attributes and which inputs are initializers."""
+
+    inputs: list[np.ndarray | None]
+    attributes: dict[str, Any] = field(default_factory=dict)
+    constant_inputs: tuple[int, ...] = ()
+    n_outputs: int = 1
+
+
+@dataclass
+class OpCase:
+    """How to test one op: ``examples(opset)`` returns a strategy of ``Example``.
+
+    ``domain`` is the op's ONNX domain.
+    """
+
+    op_type: str
+    examples: Callable[[int], st.SearchStrategy[Example]]
+    domain: str = ""
+
+
+def shapes(min_dims: int = 0, max_dims: int = 4, min_side: int = 1, max_side: int = 5) -> st.SearchStrategy[tuple[int, ...]]:
+    """Array shapes with bounded rank and sides (small, so examples stay fast)."""
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
+
+
+def broadcastable_shapes(n: int = 2, min_dims: int = 0, max_dims: int = 4, max_side: int = 5) -> st.SearchStrategy[tuple[tuple[int, ...], ...]]:
+    """``n`` shapes that broadcast together (numpy/ONNX multidirectional broadcasting)."""
+    return hnp.mutually_broadcastable_shapes(
+        num_shapes=n, min_dims=min_dims, max_dims=max_dims, max_side=max_side
+    ).map(lambda s: s.input_shapes)
+
+
+def float_arrays(
+    shape: tuple[int, ...] | st.SearchStrategy[tuple[int, ...]] | None = None,
+    dtype: Any = np.float32,
+    min_value: float = -10.0,
+    max_value: float = 10.0,
+) -> st.SearchStrategy[np.ndarray]:
+    """Finite float arrays in ``[min_value, max_value]``, no subnormals."""
+    return hnp.arrays(
+        np.dtype(dtype),
+        shapes() if shape is None else shape,
+        elements=st.floats(min_value, max_value, width=np.dtype(dtype).itemsize * 8,
+                           allow_subnormal=False, allow_nan=False, allow_infinity=False),
+    )
+
+
+def int_arrays(shape: Any = None, dtype: Any = np.int64, min_value: int = -50, max_value: int = 50) -> st.SearchStrategy[np.ndarray]:
+    """Integer arrays in ``[min_value, max_value]``."""
+    return hnp.arrays(np.dtype(dtype), shapes() if shape is None else shape,
+                      elements=st.integers(min_value, max_value))
+
+
+def bool_arrays(shape: Any = None) -> st.SearchStrategy[np.ndarray]:
+    return hnp.arrays(np.bool_, shapes() if shape is None else shape)
+
+
+def one_of_dtypes(dtypes: Sequence[Any]) -> st.SearchStrategy[np.dtype[Any]]:
+    return st.sampled_from([np.dtype(d) for d in dtypes])

@@ -1,0 +1,31 @@
+"""Every registered op, at each registered since-version, against onnxruntime."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cml_core import get_registry
+from cml_core.testing import check_op
+
+from .cases_activations import CASES as ACTIVATION_CASES
+from .cases_std import CASES as STD_CASES
+
+CASES = {(c.domain, c.op_type): c for c in STD_CASES + ACTIVATION_CASES}
+FIRST_PARTY = {"cml-ops-std", "cml-ops-activations"}
+IMPLS = [i for i in get_registry() if i.provider.distribution in FIRST_PARTY]
+
+
+def test_every_registered_op_has_a_property_test():
+    untested = sorted({i.display_name for i in IMPLS if (i.domain, i.op_type) not in CASES})
+    assert not untested, f"registered ops without a property test case: {untested}"
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: f"{i.display_name}-{i.since_version}")
+@given(data=st.data())
+def test_op_matches_onnxruntime(impl, data):
+    case = CASES.get((impl.domain, impl.op_type))
+    if case is None:
+        pytest.fail(f"no property test case for {impl.display_name}")
+    example = data.draw(case.examples(impl.since_version))
+    check_op(impl.op_type, example.inputs, example.attributes, opset=impl.since_version,
+             domain=impl.domain, constant_inputs=example.constant_inputs, n_outputs=example.n_outputs)
