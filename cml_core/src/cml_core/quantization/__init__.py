@@ -1,0 +1,22 @@
+"""Post-training quantization: calibration, quantized op families and the QuantizedModule."""
+
+from .base import ConstantOnlyOp, ElementwiseOp, LayoutOp, LinearOp, QuantizedOp
+from .context import QuantContext
+from .module import BitWidthReport, QuantizedModule, quantize_module
+from .quantizers import QuantizedArray, UniformQuantizer
+from .values import QValue
+
+__all__ = [
+    "BitWidthReport",
+    "ConstantOnlyOp",
+    "ElementwiseOp",
+    "LayoutOp",
+    "LinearOp",
+    "QValue",
+    "QuantContext",
+    "QuantizedArray",
+    "QuantizedModule",
+    "QuantizedOp",
+    "UniformQuantizer",
+    "quantize_module",
+]

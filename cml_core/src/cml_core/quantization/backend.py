@@ -1,0 +1,81 @@
+"""Integer primitives of the quantized forward, run either on numpy arrays or on FHE tracers.
+
+Quantized ops call these instead of a backend directly, so plugins stay backend-agnostic: on numpy
+arrays they compute in int64; on concrete-python tracers they emit the matching FHE operation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+
+def is_traced(value: Any) -> bool:
+    """True when ``value`` is a concrete-python tracer (the forward is being compiled)."""
+    module = type(value).__module__
+    return module.startswith("concrete.")
+
+
+def _fhe() -> Any:
+    from concrete import fhe
+
+    return fhe
+
+
+def lookup(data: Any, function: Callable[[np.ndarray], np.ndarray]) -> Any:
+    """Apply the element-wise integer ``function`` as one table lookup.
+
+    ``function`` maps an int64 array (of ``data``'s shape) to an int64 array of the same shape; it
+    may depend on the position (a per-element table).
+    """
+    if is_traced(data):
+        return _fhe().univariate(function)(data)
+    return function(np.asarray(data, dtype=np.int64))
+
+
+def multi_lookup(function: Callable[..., np.ndarray], *data: Any) -> Any:
+    """Apply ``function`` of several encrypted integer tensors as one lookup on their packed bits."""
+    if any(is_traced(d) for d in data):
+        return _fhe().multivariate(function)(*data)
+    return function(*[np.asarray(d, dtype=np.int64) for d in data])
+
+
+def round_bits(data: Any, lsbs_to_remove: int, exact: bool = True) -> Any:
+    """Round ``data`` to a multiple of ``2**lsbs_to_remove`` (ties upward), keeping its scale.
+
+    In FHE this drops the low bits before a lookup, so the lookup runs on fewer bits.
+    """
+    if lsbs_to_remove <= 0:
+        return data
+    if is_traced(data):
+        fhe = _fhe()
+        exactness = fhe.Exactness.EXACT if exact else fhe.Exactness.APPROXIMATE
+        return fhe.round_bit_pattern(data, lsbs_to_remove=lsbs_to_remove, exactness=exactness)
+    arr = np.asarray(data, dtype=np.int64)
+    half = 1 << (lsbs_to_remove - 1)
+    return ((arr + half) >> lsbs_to_remove) << lsbs_to_remove
+
+
+def conv(
+    data: Any, weight: np.ndarray, bias: np.ndarray | None, *, pads: list[int], strides: list[int],
+    dilations: list[int], group: int, clear_conv: Callable[..., np.ndarray],
+) -> Any:
+    """Integer convolution (ONNX Conv semantics, explicit pads).
+
+    On numpy arrays ``clear_conv(x, w, b, strides=..., pads=..., dilations=..., group=...)``
+    computes it (the plugin's own implementation, exact on int64).
+    """
+    if is_traced(data):
+        return _fhe().conv(data, weight, bias, pads=pads, strides=strides, dilations=dilations, group=group)
+    return clear_conv(np.asarray(data, dtype=np.int64), weight, bias, strides=strides, pads=pads,
+                      dilations=dilations, group=group)
+
+
+def maxpool(data: Any, *, kernel_shape: list[int], strides: list[int], pads: list[int],
+            dilations: list[int], clear_maxpool: Callable[..., np.ndarray]) -> Any:
+    """Integer max pooling; ``clear_maxpool`` computes it on numpy arrays."""
+    if is_traced(data):
+        return _fhe().maxpool(data, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations)
+    return clear_maxpool(np.asarray(data, dtype=np.int64), kernel_shape=kernel_shape, strides=strides,
+                         pads=pads, dilations=dilations)

@@ -1,0 +1,205 @@
+"""Quantized op bases. A plugin picks the family of each op; the core derives the rest.
+
+- ``ElementwiseOp``: element-wise functions (activations, math, arithmetic with constants). With
+  one encrypted input the function is composed into the value's float mapping (no integer work:
+  a chain of them becomes one lookup where an integer is next needed); with several encrypted
+  inputs the op becomes one multi-input lookup of their quantized integers.
+- ``LayoutOp``: ops that only move, select or copy elements (Identity, Reshape, ...). They run
+  the numpy implementation on the integers and keep the float mapping.
+- ``LinearOp``: integer linear algebra on quantized inputs and quantized constants (Gemm,
+  MatMul, Conv). Subclasses write ``encrypted_forward``.
+- ``ConstantOnlyOp``: ops computable only when every input is a constant (Constant, shape
+  arithmetic); an encrypted input raises ``QuantizationError`` naming the node.
+
+Every family computes a node whose inputs are all constants with the numpy implementation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..errors import QuantizationError
+from .context import QuantContext
+from .quantizers import UniformQuantizer
+from .values import QValue
+
+if TYPE_CHECKING:
+    from ..numpy_module import BoundNode
+
+
+class QuantizedOp:
+    """Base of all quantized ops: binds a node's inputs and attributes by the numpy signature."""
+
+    def __init__(self, bound: "BoundNode") -> None:
+        self.bound = bound
+        self.impl = bound.impl
+        self.signature = bound.impl.signature
+        self.attributes = dict(bound.attributes)
+        self.state: dict[str, Any] = {}  # parameters fixed during calibration
+
+    @property
+    def where(self) -> str:
+        return self.bound.where
+
+    def named_inputs(self, inputs: Sequence[QValue | None]) -> dict[str, QValue | None]:
+        """Fixed inputs by their signature names (variadic ones are left out)."""
+        names = self.signature.input_names
+        return {name: (inputs[i] if i < len(inputs) else None) for i, name in enumerate(names)}
+
+    def call_numpy(self, values: Sequence[Any]) -> Any:
+        """Run the numpy implementation (with this node's attributes) on ``values``."""
+        return self.impl.function(*_trim(values, self.signature.variadic_input is None), **self.attributes)
+
+    def forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> tuple[QValue, ...]:
+        """Outputs of the node for ``inputs``; constants in, constants out."""
+        if all(v is None or v.is_constant for v in inputs):
+            out = self.call_numpy([None if v is None else v.data for v in inputs])
+            outs = out if isinstance(out, tuple) else (out,)
+            return tuple(QValue.constant(o) for o in outs)
+        result = self.encrypted_forward(ctx, inputs)
+        return result if isinstance(result, tuple) else (result,)
+
+    def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue | tuple[QValue, ...]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement encrypted_forward")
+
+    @staticmethod
+    def encrypted_positions(inputs: Sequence[QValue | None]) -> list[int]:
+        return [i for i, v in enumerate(inputs) if v is not None and not v.is_constant]
+
+
+def _trim(values: Sequence[Any], drop_trailing_none: bool) -> list[Any]:
+    args = list(values)
+    if drop_trailing_none:
+        while args and args[-1] is None:
+            args.pop()
+    return args
+
+
+def _is_scalar(value: QValue | None) -> bool:
+    return value is None or np.asarray(value.data).size == 1
+
+
+class ElementwiseOp(QuantizedOp):
+    """Element-wise ops: composed into a lookup (one encrypted input) or a multi-input lookup."""
+
+    def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
+        encrypted = self.encrypted_positions(inputs)
+        if len(encrypted) == 1:
+            return self._compose(ctx, inputs, encrypted[0])
+        return self._multi_lookup(ctx, inputs, encrypted)
+
+    def _compose(self, ctx: QuantContext, inputs: Sequence[QValue | None], position: int) -> QValue:
+        source = inputs[position]
+        assert source is not None and source.to_float is not None
+        inner = source.to_float
+        constants: list[Any] = [None if v is None else v.data for v in inputs]
+        constants[position] = None
+
+        def to_float(q: np.ndarray) -> np.ndarray:
+            args = list(constants)
+            args[position] = inner(q)
+            args = [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args]
+            return np.asarray(self.call_numpy(args), dtype=np.float64)
+
+        out_shape = np.broadcast_shapes(source.shape, *[np.shape(c) for c in constants if c is not None])
+        if tuple(out_shape) != source.shape:
+            raise QuantizationError(
+                f"{self.where}: a constant broadcasts the encrypted input from {source.shape} to "
+                f"{tuple(out_shape)}; expand the input before this op"
+            )
+        uniform = source.uniform and all(_is_scalar(v) for i, v in enumerate(inputs) if i != position)
+        return QValue.lazy(source.data, to_float, uniform)
+
+    def _multi_lookup(self, ctx: QuantContext, inputs: Sequence[QValue | None], encrypted: list[int]) -> QValue:
+        quantized = {i: ctx.requantize(inputs[i]) for i in encrypted}  # type: ignore[arg-type]
+        constants = [None if v is None else v.data for v in inputs]
+        out_name = self.bound.node.output[0]
+        quantizer = self.state.get("out")
+        if quantizer is None:
+            quantizer = ctx.quantizer_for(out_name)
+            self.state["out"] = quantizer
+        maps = {i: q.to_float for i, q in quantized.items()}
+
+        def table(*qs: np.ndarray) -> np.ndarray:
+            args = list(constants)
+            for i, q in zip(encrypted, qs):
+                args[i] = maps[i](q)  # type: ignore[misc]
+            return quantizer.quant(np.asarray(self.call_numpy(args), dtype=np.float64))
+
+        from . import backend
+
+        data = backend.multi_lookup(table, *[quantized[i].data for i in encrypted])
+        ctx.record_multi_lookup(out_name, [quantized[i].data for i in encrypted])
+        return QValue.affine(data, quantizer.scale, quantizer.zero_point)
+
+
+class LayoutOp(QuantizedOp):
+    """Ops that move or select elements of their first input; other inputs must be constants."""
+
+    def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue | tuple[QValue, ...]:
+        encrypted = self.encrypted_positions(inputs)
+        if encrypted != [0]:
+            raise QuantizationError(
+                f"{self.where}: only the data input may be encrypted here (encrypted inputs: {encrypted})"
+            )
+        source = inputs[0]
+        assert source is not None
+        if not source.uniform:  # a per-position float mapping cannot follow moved elements
+            source = ctx.requantize(source)
+        out = self.call_numpy([source.data] + [None if v is None else v.data for v in inputs[1:]])
+        if isinstance(out, tuple):
+            return tuple(source.with_data(o, name="") for o in out)
+        return source.with_data(out, name="")
+
+
+class ConstantOnlyOp(QuantizedOp):
+    """Ops that can be computed only from constants (in the clear, at quantize time)."""
+
+    def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
+        raise QuantizationError(
+            f"{self.where}: this op cannot run on encrypted values; its inputs must be constants "
+            "(initializers or values computed from them)"
+        )
+
+
+class LinearOp(QuantizedOp):
+    """Base of integer linear ops: quantizes constant weights and requantizes encrypted inputs.
+
+    Subclasses implement ``encrypted_forward`` with ``self.weights`` and ``ctx.requantize`` and
+    return ``self.accumulator(ctx, acc, scale)``.
+    """
+
+    def weights(self, ctx: QuantContext, key: str, value: np.ndarray) -> tuple[np.ndarray, float]:
+        """(integers, scale) of a constant weight tensor: signed, symmetric, ``op_weights`` bits."""
+        if key not in self.state:
+            arr = np.asarray(value, dtype=np.float64)
+            q = UniformQuantizer.fit(float(arr.min()), float(arr.max()), ctx.config.op_weights,
+                                     is_signed=True, is_symmetric=True)
+            self.state[key] = (q.quant(arr), q.scale)
+        return self.state[key]  # type: ignore[no-any-return]
+
+    def integer_bias(self, key: str, bias: np.ndarray | None, scale: float) -> np.ndarray | None:
+        """``bias`` in units of the accumulator (``scale``), rounded to integers."""
+        if bias is None:
+            return None
+        if key not in self.state:
+            self.state[key] = np.rint(np.asarray(bias, dtype=np.float64) / scale).astype(np.int64)
+        return self.state[key]  # type: ignore[no-any-return]
+
+    def accumulator(self, ctx: QuantContext, acc: Any, scale: float) -> QValue:
+        """The accumulator as a value whose float is ``scale * acc`` (recorded in calibration)."""
+        ctx.record_accumulator(acc)
+        s = float(scale)
+
+        def to_float(q: np.ndarray) -> np.ndarray:
+            return s * np.asarray(q, dtype=np.float64)
+
+        return QValue.lazy(acc, to_float, True)
+
+    @staticmethod
+    def centered(value: QValue) -> Any:
+        """Integers minus the zero point: the float value divided by the scale."""
+        assert value.zero_point is not None
+        return value.data - value.zero_point if value.zero_point else value.data

@@ -1,0 +1,155 @@
+"""Uniform affine quantization: float = scale * (q - zero_point)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import QuantizationError
+
+MAX_BITS = 24
+
+
+def check_n_bits(n_bits: int, what: str = "n_bits") -> int:
+    """Return ``n_bits`` if it is an int in [1, MAX_BITS]; raise ``QuantizationError`` otherwise."""
+    if isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer)) or not 1 <= n_bits <= MAX_BITS:
+        raise QuantizationError(f"{what} must be an integer between 1 and {MAX_BITS}, got {n_bits!r}")
+    return int(n_bits)
+
+
+@dataclass(frozen=True)
+class UniformQuantizer:
+    """Maps floats to ``n_bits`` integers and back.
+
+    Unsigned values lie in [0, 2**n_bits - 1], signed ones in [-2**(n_bits-1), 2**(n_bits-1) - 1]
+    (symmetric signed quantizers leave the most negative value unused).
+    """
+
+    n_bits: int
+    scale: float
+    zero_point: int
+    is_signed: bool = False
+    is_symmetric: bool = False
+
+    @property
+    def q_min(self) -> int:
+        if not self.is_signed:
+            return 0
+        return -(2 ** (self.n_bits - 1)) + (1 if self.is_symmetric else 0)
+
+    @property
+    def q_max(self) -> int:
+        return 2 ** (self.n_bits - 1) - 1 if self.is_signed else 2**self.n_bits - 1
+
+    @classmethod
+    def fit(cls, low: float, high: float, n_bits: int, *, is_signed: bool = False, is_symmetric: bool = False) -> "UniformQuantizer":
+        """The quantizer covering the float range [low, high].
+
+        A degenerate range (``low == high``, a constant tensor) is represented exactly by one
+        integer value.
+
+        Raises:
+            QuantizationError: a bound is NaN or infinite, or ``n_bits`` is out of range.
+        """
+        check_n_bits(n_bits)
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise QuantizationError(f"cannot quantize the range [{low}, {high}]: it is not finite")
+        low, high = float(min(low, high)), float(max(low, high))
+        if is_symmetric:
+            bound = max(abs(low), abs(high))
+            levels = 2 ** (n_bits - 1) - 1 if is_signed else 2**n_bits - 1
+            if levels == 0:  # 1-bit signed symmetric: only zero is representable; widen to sign
+                levels = 1
+            scale = bound / levels if bound > 0 else 1.0
+            zero_point = 0 if is_signed else 0
+            if not is_signed and low < 0:
+                raise QuantizationError("an unsigned symmetric quantizer cannot hold negative values")
+            return cls(n_bits, scale, zero_point, is_signed, True)
+        q_low = -(2 ** (n_bits - 1)) if is_signed else 0
+        levels = 2**n_bits - 1
+        span = high - low
+        if span <= 0 or span < 1e-12 * max(abs(low), abs(high), 1e-30):
+            # constant tensor: one level, exact
+            scale = abs(low) if low != 0 else 1.0
+            zero_point = q_low - int(round(low / scale))
+            return cls(n_bits, scale, zero_point, is_signed, False)
+        scale = span / levels
+        zero_point = int(round(q_low - low / scale))
+        return cls(n_bits, scale, zero_point, is_signed, False)
+
+    def quant(self, values: Any) -> np.ndarray:
+        """Integers (int64) representing ``values``, clipped to the quantizer's range."""
+        q = np.rint(np.asarray(values, dtype=np.float64) / self.scale) + self.zero_point
+        return np.clip(q, self.q_min, self.q_max).astype(np.int64)
+
+    def dequant(self, qvalues: Any) -> np.ndarray:
+        """Floats (float64) that ``qvalues`` represent."""
+        return self.scale * (np.asarray(qvalues, dtype=np.float64) - self.zero_point)
+
+
+class QuantizedArray:
+    """Floats held as ``n_bits`` integers with their scale and zero point.
+
+    ``QuantizedArray(n_bits, values)`` quantizes ``values`` over their own range;
+    ``QuantizedArray.from_integers(n_bits, qvalues, scale, zero_point)`` wraps integers whose
+    quantization parameters are already known (e.g. from calibration).
+    """
+
+    def __init__(self, n_bits: int, values: Any, is_signed: bool = False, is_symmetric: bool = False) -> None:
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.size == 0:
+            raise QuantizationError("cannot quantize an empty array")
+        if not np.all(np.isfinite(arr)):
+            raise QuantizationError("cannot quantize values containing NaN or infinity")
+        if is_symmetric and not is_signed and arr.min() < 0:
+            raise QuantizationError("negative values need is_signed=True with is_symmetric=True")
+        self.quantizer = UniformQuantizer.fit(float(arr.min()), float(arr.max()), n_bits,
+                                              is_signed=is_signed, is_symmetric=is_symmetric)
+        self.values = arr
+        self.qvalues = self.quantizer.quant(arr)
+
+    @classmethod
+    def from_integers(cls, n_bits: int, qvalues: Any, scale: float, zero_point: int,
+                      is_signed: bool = False, is_symmetric: bool = False) -> "QuantizedArray":
+        """A QuantizedArray from integers and known quantization parameters."""
+        obj = cls.__new__(cls)
+        obj.quantizer = UniformQuantizer(check_n_bits(n_bits), float(scale), int(zero_point), is_signed, is_symmetric)
+        obj.qvalues = np.asarray(qvalues, dtype=np.int64)
+        if obj.qvalues.size and (obj.qvalues.min() < obj.quantizer.q_min or obj.qvalues.max() > obj.quantizer.q_max):
+            raise QuantizationError(
+                f"integers outside [{obj.quantizer.q_min}, {obj.quantizer.q_max}] for {n_bits}-bit values"
+            )
+        obj.values = obj.quantizer.dequant(obj.qvalues)
+        return obj
+
+    n_bits = property(lambda self: self.quantizer.n_bits)
+    scale = property(lambda self: self.quantizer.scale)
+    zero_point = property(lambda self: self.quantizer.zero_point)
+    is_signed = property(lambda self: self.quantizer.is_signed)
+    is_symmetric = property(lambda self: self.quantizer.is_symmetric)
+
+    def quant(self) -> np.ndarray:
+        """Re-quantize ``values`` (after they were updated) and return the integers."""
+        self.qvalues = self.quantizer.quant(self.values)
+        return self.qvalues
+
+    def dequant(self) -> np.ndarray:
+        """Floats the integers represent (and store them in ``values``)."""
+        self.values = self.quantizer.dequant(self.qvalues)
+        return self.values
+
+    def update_values(self, values: Any) -> np.ndarray:
+        """Set new float values, keeping the quantization parameters; returns the integers."""
+        self.values = np.asarray(values, dtype=np.float64)
+        return self.quant()
+
+    def update_quantized_values(self, qvalues: Any) -> np.ndarray:
+        """Set new integers, keeping the quantization parameters; returns the floats."""
+        self.qvalues = np.asarray(qvalues, dtype=np.int64)
+        return self.dequant()
+
+    def __repr__(self) -> str:
+        return (f"QuantizedArray(n_bits={self.n_bits}, scale={self.scale:.6g}, zero_point={self.zero_point}, "
+                f"shape={self.qvalues.shape})")

@@ -1,0 +1,71 @@
+"""What flows between quantized ops: constants, quantized integers, and integers awaiting a lookup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+FloatFunction = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class QValue:
+    """A tensor of the quantized graph.
+
+    - constant: ``data`` is the float (or integer) array itself, known in the clear.
+    - encrypted: ``data`` holds integers (numpy or an FHE tracer) and ``to_float(data)`` gives
+      the float tensor it stands for. ``to_float`` is element-wise; it is *uniform* when it treats
+      every position alike, and *affine* (``scale``/``zero_point`` set) when it is
+      ``scale * (data - zero_point)``.
+
+    A chain of univariate ops only composes ``to_float``; the integers change only at a lookup,
+    so such a chain costs one table lookup at the point an integer is needed.
+    """
+
+    data: Any
+    to_float: FloatFunction | None = None
+    uniform: bool = True
+    scale: float | None = None
+    zero_point: int | None = None
+    name: str = ""
+
+    @classmethod
+    def constant(cls, value: Any, name: str = "") -> "QValue":
+        return cls(np.asarray(value), name=name)
+
+    @classmethod
+    def affine(cls, data: Any, scale: float, zero_point: int, name: str = "") -> "QValue":
+        s, z = float(scale), int(zero_point)
+
+        def to_float(q: np.ndarray) -> np.ndarray:
+            return s * (np.asarray(q, dtype=np.float64) - z)
+
+        return cls(data, to_float, True, s, z, name)
+
+    @classmethod
+    def lazy(cls, data: Any, to_float: FloatFunction, uniform: bool, name: str = "") -> "QValue":
+        return cls(data, to_float, uniform, None, None, name)
+
+    @property
+    def is_constant(self) -> bool:
+        return self.to_float is None
+
+    @property
+    def is_affine(self) -> bool:
+        return self.scale is not None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    def with_data(self, data: Any, name: str = "") -> "QValue":
+        """The same float mapping over new integers (after a layout op moved them)."""
+        return QValue(data, self.to_float, self.uniform, self.scale, self.zero_point, name or self.name)
+
+    def float_value(self) -> np.ndarray:
+        """The float tensor this value stands for (clear data only)."""
+        if self.to_float is None:
+            return np.asarray(self.data)
+        return self.to_float(np.asarray(self.data))
