@@ -171,13 +171,17 @@ class LinearOp(QuantizedOp):
     return ``self.accumulator(ctx, acc, scale)``.
     """
 
+    @staticmethod
+    def weight_quantizer(value: np.ndarray, n_bits: int) -> UniformQuantizer:
+        """The quantizer of a constant weight tensor: signed, symmetric, ``n_bits`` bits."""
+        arr = np.asarray(value, dtype=np.float64)
+        return UniformQuantizer.fit(float(arr.min()), float(arr.max()), n_bits, is_signed=True, is_symmetric=True)
+
     def weights(self, ctx: QuantContext, key: str, value: np.ndarray) -> tuple[np.ndarray, float]:
         """(integers, scale) of a constant weight tensor: signed, symmetric, ``op_weights`` bits."""
         if key not in self.state:
-            arr = np.asarray(value, dtype=np.float64)
-            q = UniformQuantizer.fit(float(arr.min()), float(arr.max()), ctx.config.op_weights,
-                                     is_signed=True, is_symmetric=True)
-            self.state[key] = (q.quant(arr), q.scale)
+            q = self.weight_quantizer(value, ctx.config.op_weights)
+            self.state[key] = (q.quant(value), q.scale)
         return self.state[key]  # type: ignore[no-any-return]
 
     def integer_bias(self, key: str, bias: np.ndarray | None, scale: float) -> np.ndarray | None:

@@ -1,0 +1,101 @@
+"""Every registered op's quantized twin against its float twin, on one-node models."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from cml_core import QuantizationError, get_registry, load_model
+from cml_core.quantization import ConstantOnlyOp, LinearOp
+from cml_core.testing import make_node_model
+
+from ..ops.test_ops_vs_onnxruntime import CASES, IMPLS
+
+
+def test_every_registered_op_has_a_quantized_implementation():
+    missing = sorted({i.display_name for i in IMPLS if i.quantized is None})
+    assert not missing, f"ops without a quantized implementation: {missing}"
+
+
+def _model_and_inputs(impl, example):
+    model = make_node_model(impl.op_type, example.inputs, example.attributes, opset=impl.since_version,
+                            domain=impl.domain, constant_inputs=example.constant_inputs,
+                            n_outputs=example.n_outputs)
+    module = load_model(model)
+    encrypted = [example.inputs[int(n[1:])] for n in module.input_names]
+    return module, encrypted
+
+
+def _reference_inputs(qmodule, module, encrypted):
+    """Encrypted inputs as their quantized values, and linear ops' weights as their quantized values."""
+    x_hat = [qz.dequant(qz.quant(x)) for qz, x in zip(qmodule.input_quantizers, encrypted)]
+    constants = dict(module.constants)
+    op = qmodule.ops[0]
+    if isinstance(op, LinearOp):
+        for name in op.bound.node.input:
+            if name in constants and constants[name].dtype.kind == "f":
+                quantizer = op.weight_quantizer(constants[name], qmodule.config.op_weights)
+                constants[name] = quantizer.dequant(quantizer.quant(constants[name])).astype(constants[name].dtype)
+    return x_hat, constants
+
+
+def _float_reference(module, constants, inputs):
+    saved = module.constants
+    module.constants = constants
+    try:
+        return module(*[np.asarray(x, dtype=s.dtype) for x, s in zip(inputs, module.inputs)])
+    finally:
+        module.constants = saved
+
+
+QUANTIZABLE = [i for i in IMPLS if i.quantized is not None and not issubclass(i.quantized, ConstantOnlyOp)]
+
+
+@pytest.mark.parametrize("impl", QUANTIZABLE, ids=lambda i: f"{i.display_name}-{i.since_version}")
+@given(data=st.data())
+def test_quantized_op_matches_float_twin(impl, data):
+    example = data.draw(CASES[(impl.domain, impl.op_type)].examples(impl.since_version))
+    assume(example.n_outputs == 1)
+    module, encrypted = _model_and_inputs(impl, example)
+    assume(encrypted and all(x.dtype.kind == "f" and x.size > 0 for x in encrypted))
+    y = module(*encrypted)
+    assume(y.dtype.kind in "fb" and np.all(np.isfinite(y)))
+    errors = {}
+    for n_bits in (4, 8, 12):
+        qmodule = module.quantize(tuple(encrypted), n_bits=n_bits)
+        y_q = qmodule(*encrypted)
+        assert y_q.shape == y.shape and y_q.dtype == y.dtype
+        # against the float op on the values quantization keeps (inputs and weights):
+        # only the output's own requantization (at most half a step) may differ
+        x_hat, constants = _reference_inputs(qmodule, module, encrypted)
+        y_ref = np.asarray(_float_reference(module, constants, x_hat), dtype=np.float64)
+        assume(np.all(np.isfinite(y_ref)))
+        low, high = float(np.min(y_ref)), float(np.max(y_ref))
+        out_step = (high - low) / (2**qmodule.config.op_inputs - 1)
+        bound = out_step / 2 + 1e-5 * max(abs(low), abs(high), 1.0)
+        err = np.max(np.abs(y_q.astype(np.float64) - y_ref)) if y.size else 0.0
+        assert err <= bound, f"{impl.op_type} n_bits={n_bits}: error {err} above bound {bound}"
+        errors[n_bits] = float(np.max(np.abs(y_q.astype(np.float64) - y.astype(np.float64))))
+    # against the exact float result, more bits never make it worse (beyond float noise)
+    slack = 1e-5 * float(np.max(np.abs(y), initial=1.0))
+    assert errors[12] <= errors[4] + slack, f"{impl.op_type}: error grows with n_bits: {errors}"
+
+
+CONSTANT_ONLY = [i for i in IMPLS if i.quantized is not None and issubclass(i.quantized, ConstantOnlyOp)]
+
+
+@pytest.mark.parametrize("impl", CONSTANT_ONLY, ids=lambda i: f"{i.display_name}-{i.since_version}")
+@given(data=st.data())
+def test_constant_only_op_folds_or_refuses(impl, data):
+    example = data.draw(CASES[(impl.domain, impl.op_type)].examples(impl.since_version))
+    module, encrypted = _model_and_inputs(impl, example)
+    if not encrypted:
+        assert not module.nodes  # folded at load: nothing is left to quantize
+        return
+    assume(all(x.dtype.kind == "f" and x.size > 0 for x in encrypted))
+    with pytest.raises(QuantizationError, match="cannot run on encrypted"):
+        module.quantize(tuple(encrypted), n_bits=8)
+
+
+def test_registry_is_the_source():
+    assert len(get_registry()) >= len(IMPLS) > 0
