@@ -3,16 +3,52 @@
 import numpy as np
 from hypothesis import strategies as st
 
-from cml_core.testing import Example, OpCase, float_arrays
+from cml_core.testing import Example, OpCase, float32s, float_arrays, int_arrays
+
+FLOATS = (np.float32, np.float64)
 
 
 @st.composite
-def _unary(draw, opset, low=-10.0, high=10.0, attributes=None, dtypes=(np.float32,)):
+def _unary(draw, low=-10.0, high=10.0, attributes=None, dtypes=FLOATS):
     dtype = draw(st.sampled_from(dtypes))
-    attrs = draw(attributes) if attributes is not None else {}
+    attrs = draw(st.fixed_dictionaries({}, optional=attributes or {}))
+    if np.dtype(dtype).kind == "i":
+        return Example([draw(int_arrays(dtype=dtype))], attrs)
     return Example([draw(float_arrays(dtype=dtype, min_value=low, max_value=high))], attrs)
 
 
+def _alpha(low=-3.0, high=3.0):
+    return float32s(low, high)
+
+
+def _case(op_type, **kwargs):
+    return OpCase(op_type, lambda opset: _unary(**kwargs))
+
+
 CASES = [
-    OpCase("Relu", lambda opset: _unary(opset)),
+    _case("Abs", dtypes=FLOATS + (np.int32, np.int64)),
+    _case("Acos", low=-1.2, high=1.2),
+    _case("Acosh", low=0.9, high=10.0),
+    _case("Asin", low=-1.2, high=1.2),
+    _case("Asinh"),
+    _case("Atan"),
+    _case("Atanh", low=-1.1, high=1.1),
+    _case("Celu", attributes={"alpha": _alpha(0.1, 3.0)}, dtypes=(np.float32,)),  # the schema allows float only
+    _case("Cos"),
+    _case("Cosh", low=-8.0, high=8.0),
+    _case("Elu", attributes={"alpha": _alpha()}),
+    _case("Erf", low=-4.0, high=4.0, dtypes=(np.float32,)),  # no float64 kernel in onnxruntime; the fallback evaluator approximates erf
+    _case("Exp", low=-20.0, high=20.0),
+    _case("HardSigmoid", attributes={"alpha": _alpha(), "beta": _alpha()}),
+    _case("LeakyRelu", attributes={"alpha": _alpha()}),
+    _case("Log", low=-1.0, high=100.0),
+    _case("Relu"),
+    _case("Selu", attributes={"alpha": _alpha(0.1, 3.0), "gamma": _alpha(0.1, 3.0)}),
+    _case("Sigmoid", low=-50.0, high=50.0),
+    _case("Sin"),
+    _case("Sinh", low=-8.0, high=8.0),
+    _case("Softplus", low=-50.0, high=50.0),
+    _case("Tan", low=-1.5, high=1.5),
+    _case("Tanh"),
+    _case("ThresholdedRelu", attributes={"alpha": _alpha()}),
 ]

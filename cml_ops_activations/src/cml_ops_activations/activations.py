@@ -1,10 +1,72 @@
-"""Element-wise activation functions."""
+"""Element-wise activation functions (quantized by composition into the next table lookup)."""
 
 import numpy as np
+from cml_core.quantization import ElementwiseOp
 
 from ._opset import OPS
 
 
-@OPS.op("Relu", since=(6, 13, 14))
+def _like(x, value):
+    """``value`` in ``x``'s dtype; ONNX float attributes are float32, so round through it first."""
+    return np.asarray(np.float32(value) if isinstance(value, float) else value).astype(x.dtype)
+
+
+def _same_type(x, y):
+    return np.asarray(y).astype(x.dtype, copy=False)
+
+
+@OPS.op("Relu", since=(6, 13, 14), quantized=ElementwiseOp)
 def relu(x, /):
-    return np.maximum(x, 0).astype(x.dtype)
+    return _same_type(x, np.maximum(x, _like(x, 0)))
+
+
+@OPS.op("LeakyRelu", since=(6, 16), quantized=ElementwiseOp)
+def leaky_relu(x, /, *, alpha=0.01):
+    return _same_type(x, np.where(x >= 0, x, x * _like(x, alpha)))
+
+
+@OPS.op("ThresholdedRelu", since=(10, 22), quantized=ElementwiseOp)
+def thresholded_relu(x, /, *, alpha=1.0):
+    return _same_type(x, np.where(x > _like(x, alpha), x, _like(x, 0)))
+
+
+@OPS.op("Elu", since=(6, 22), quantized=ElementwiseOp)
+def elu(x, /, *, alpha=1.0):
+    return _same_type(x, np.where(x >= 0, x, _like(x, alpha) * np.expm1(np.minimum(x, _like(x, 0)))))
+
+
+@OPS.op("Celu", since=(12, 28), quantized=ElementwiseOp)
+def celu(x, /, *, alpha=1.0):
+    a = _like(x, alpha)
+    zero = _like(x, 0)
+    return _same_type(x, np.maximum(x, zero) + np.minimum(zero, a * np.expm1(np.minimum(x, zero) / a)))
+
+
+@OPS.op("Selu", since=(6, 22), quantized=ElementwiseOp)
+def selu(x, /, *, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
+    negative = _like(x, alpha) * np.expm1(np.minimum(x, _like(x, 0)))
+    return _same_type(x, _like(x, gamma) * np.where(x > 0, x, negative))
+
+
+@OPS.op("Sigmoid", since=(6, 13), quantized=ElementwiseOp)
+def sigmoid(x, /):
+    # stable for large |x|: only exponentials of non-positive numbers
+    e = np.exp(-np.abs(x))
+    one = _like(x, 1)
+    return _same_type(x, np.where(x >= 0, one / (one + e), e / (one + e)))
+
+
+@OPS.op("HardSigmoid", since=(6, 22), quantized=ElementwiseOp)
+def hard_sigmoid(x, /, *, alpha=0.2, beta=0.5):
+    return _same_type(x, np.clip(x * _like(x, alpha) + _like(x, beta), _like(x, 0), _like(x, 1)))
+
+
+@OPS.op("Softplus", since=(1, 22), quantized=ElementwiseOp)
+def softplus(x, /):
+    # log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), no overflow
+    return _same_type(x, np.maximum(x, _like(x, 0)) + np.log1p(np.exp(-np.abs(x))))
+
+
+@OPS.op("Tanh", since=(6, 13), quantized=ElementwiseOp)
+def tanh(x, /):
+    return _same_type(x, np.tanh(x))

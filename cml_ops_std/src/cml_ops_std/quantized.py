@@ -11,7 +11,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cml_core.errors import QuantizationError
 from cml_core.quantization import LinearOp, QValue
 from cml_core.quantization.context import QuantContext
 
@@ -42,26 +41,50 @@ class _MatrixProduct(LinearOp):
 class QuantizedGemm(_MatrixProduct):
     """Gemm: ``alpha * A' @ B' + beta * C`` in integers, C folded into the accumulator."""
 
+    weight_inputs = ("a", "b")
+
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
         a, b, c = _pad(inputs, 3)
         assert a is not None and b is not None
         alpha = float(self.attributes.get("alpha", 1.0))
         beta = float(self.attributes.get("beta", 1.0))
+        if alpha == 0:
+            return self._without_product(a, b, c, beta)
         acc, scale = self.product(ctx, a, b, bool(self.attributes.get("transA", 0)),
                                   bool(self.attributes.get("transB", 0)))
         scale *= alpha
         if c is not None and beta != 0:
-            if not c.is_constant:
-                raise QuantizationError(f"{self.where}: an encrypted C input is not supported; "
-                                        "add it with a separate Add node")
-            if scale == 0:
-                raise QuantizationError(f"{self.where}: alpha is 0, so the product vanishes")
-            acc = acc + self.integer_bias("C", beta * np.asarray(c.data, dtype=np.float64), scale)
+            if c.is_constant:
+                acc = acc + self.integer_bias("C", beta * np.asarray(c.data, dtype=np.float64), scale)
+            else:
+                # one lookup brings the encrypted C into the accumulator's units
+                c_float = c.to_float
+                assert c_float is not None
+
+                def in_accumulator_units(q: np.ndarray) -> np.ndarray:
+                    return np.rint(beta * c_float(q) / scale).astype(np.int64)
+
+                acc = acc + ctx.lookup(c, in_accumulator_units, key=f"{self.bound.name}:C")
         return self.accumulator(ctx, acc, scale)
+
+
+    def _without_product(self, a: QValue, b: QValue, c: QValue | None, beta: float) -> QValue:
+        """alpha == 0: the output is ``beta * C`` broadcast to the product's shape."""
+        rows = a.shape[1] if self.attributes.get("transA", 0) else a.shape[0]
+        cols = b.shape[0] if self.attributes.get("transB", 0) else b.shape[1]
+        zeros = np.zeros((rows, cols))
+        if c is None or c.is_constant:
+            return QValue.constant(zeros + (0.0 if c is None else beta * np.asarray(c.data, dtype=np.float64)))
+        c_float = c.to_float
+        assert c_float is not None
+        return QValue.lazy(np.broadcast_to(c.data, zeros.shape) if tuple(c.shape) != zeros.shape else c.data,
+                           lambda q: beta * c_float(q), c.uniform)
 
 
 class QuantizedMatMul(_MatrixProduct):
     """MatMul with numpy semantics, in integers."""
+
+    weight_inputs = ("a", "b")
 
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
         a, b = inputs[0], inputs[1]

@@ -41,6 +41,14 @@ def multi_lookup(function: Callable[..., np.ndarray], *data: Any) -> Any:
     return function(*[np.asarray(d, dtype=np.int64) for d in data])
 
 
+def broadcast(data: Any, *shapes: tuple[int, ...]) -> Any:
+    """``data`` broadcast to the common shape of itself and ``shapes`` (unchanged when it has it)."""
+    target = np.broadcast_shapes(tuple(data.shape), *shapes)
+    if tuple(target) == tuple(data.shape):
+        return data
+    return np.broadcast_to(data, target)
+
+
 def round_bits(data: Any, lsbs_to_remove: int, exact: bool = True) -> Any:
     """Round ``data`` to a multiple of ``2**lsbs_to_remove`` (ties upward), keeping its scale.
 

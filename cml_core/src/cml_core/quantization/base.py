@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import QuantizationError
+from . import backend
 from .context import QuantContext
 from .quantizers import UniformQuantizer
 from .values import QValue
@@ -103,14 +104,9 @@ class ElementwiseOp(QuantizedOp):
             args = [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args]
             return np.asarray(self.call_numpy(args), dtype=np.float64)
 
-        out_shape = np.broadcast_shapes(source.shape, *[np.shape(c) for c in constants if c is not None])
-        if tuple(out_shape) != source.shape:
-            raise QuantizationError(
-                f"{self.where}: a constant broadcasts the encrypted input from {source.shape} to "
-                f"{tuple(out_shape)}; expand the input before this op"
-            )
+        data = backend.broadcast(source.data, *[np.shape(c) for c in constants if c is not None])
         uniform = source.uniform and all(_is_scalar(v) for i, v in enumerate(inputs) if i != position)
-        return QValue.lazy(source.data, to_float, uniform)
+        return QValue.lazy(data, to_float, uniform)
 
     def _multi_lookup(self, ctx: QuantContext, inputs: Sequence[QValue | None], encrypted: list[int]) -> QValue:
         quantized = {i: ctx.requantize(inputs[i]) for i in encrypted}  # type: ignore[arg-type]
@@ -128,9 +124,9 @@ class ElementwiseOp(QuantizedOp):
                 args[i] = maps[i](q)  # type: ignore[misc]
             return quantizer.quant(np.asarray(self.call_numpy(args), dtype=np.float64))
 
-        from . import backend
-
-        data = backend.multi_lookup(table, *[quantized[i].data for i in encrypted])
+        operands = [quantized[i].data for i in encrypted]
+        shapes = [np.shape(c) for c in constants if c is not None] + [tuple(o.shape) for o in operands]
+        data = backend.multi_lookup(table, *[backend.broadcast(o, *shapes) for o in operands])
         ctx.record_multi_lookup(out_name, [quantized[i].data for i in encrypted])
         return QValue.affine(data, quantizer.scale, quantizer.zero_point)
 
@@ -168,8 +164,12 @@ class LinearOp(QuantizedOp):
     """Base of integer linear ops: quantizes constant weights and requantizes encrypted inputs.
 
     Subclasses implement ``encrypted_forward`` with ``self.weights`` and ``ctx.requantize`` and
-    return ``self.accumulator(ctx, acc, scale)``.
+    return ``self.accumulator(ctx, acc, scale)``. ``weight_inputs`` names (by the numpy signature)
+    the inputs that, when constant, are quantized as weights; other constants (biases) are folded
+    into the accumulator.
     """
+
+    weight_inputs: tuple[str, ...] = ()
 
     @staticmethod
     def weight_quantizer(value: np.ndarray, n_bits: int) -> UniformQuantizer:
@@ -189,7 +189,13 @@ class LinearOp(QuantizedOp):
         if bias is None:
             return None
         if key not in self.state:
-            self.state[key] = np.rint(np.asarray(bias, dtype=np.float64) / scale).astype(np.int64)
+            units = np.rint(np.asarray(bias, dtype=np.float64) / scale)
+            if units.size and np.max(np.abs(units)) > 2.0**52:
+                raise QuantizationError(
+                    f"{self.where}: the bias is more than 2**52 times the product's resolution ({scale:.3g}); "
+                    "the product is negligible next to it, so check the op's scale attributes"
+                )
+            self.state[key] = units.astype(np.int64)
         return self.state[key]  # type: ignore[no-any-return]
 
     def accumulator(self, ctx: QuantContext, acc: Any, scale: float) -> QValue:

@@ -127,17 +127,18 @@ class QuantContext:
         self._materialized[key] = out
         return out
 
-    def lookup(self, value: QValue, table: Callable[[np.ndarray], np.ndarray]) -> Any:
+    def lookup(self, value: QValue, table: Callable[[np.ndarray], np.ndarray], key: str | None = None) -> Any:
         """Apply ``table`` (int -> int, element-wise) to ``value.data`` as one lookup.
 
         The lookup input is first rounded to ``rounding_bits`` when configured. Calibration
-        records the input range of each lookup; running reuses what was recorded.
+        records the input range of each lookup under ``key`` (default: the tensor's name);
+        running reuses what was recorded.
         """
-        key = value.name
+        key = key or value.name
         producer = self.producers.get(key, (self.node_name, self.op_type))
         if self.calibrating:
             data = np.asarray(value.data)
-            site = LookupSite(producer[0], producer[1], key, int(data.min()), int(data.max()))
+            site = LookupSite(producer[0], producer[1], value.name, int(data.min()), int(data.max()))
             if self.config.rounding_bits is not None:
                 site.lsbs_removed = max(0, site.input_bits - self.config.rounding_bits)
             rounded = backend.round_bits(data, site.lsbs_removed, self.config.rounding_exact)

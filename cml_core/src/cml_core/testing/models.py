@@ -60,9 +60,23 @@ def make_node_model(
     inferred = onnx.shape_inference.infer_shapes(model)
     # declare output types when inference found them (onnxruntime wants typed outputs)
     known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    untyped = []
     for out in model.graph.output:
-        if out.name in known and known[out.name].type.HasField("tensor_type"):
+        inferred_type = known[out.name].type if out.name in known else None
+        if inferred_type is not None and inferred_type.tensor_type.HasField("shape"):
             out.CopyFrom(known[out.name])
+        else:
+            untyped.append(out)
+    if untyped and not domain:
+        # data-dependent output shapes (e.g. Reshape by a non-constant shape): take the rank and
+        # type from ONNX's own reference evaluator, leaving every dim symbolic
+        from onnx.reference import ReferenceEvaluator
+
+        values = ReferenceEvaluator(model).run(None, feeds_of(model, inputs))
+        for out, value in zip(model.graph.output, values):
+            if out in untyped:
+                elem = helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype)
+                out.CopyFrom(helper.make_tensor_value_info(out.name, elem, [f"{out.name}_{d}" for d in range(np.ndim(value))]))
     return model
 
 

@@ -51,12 +51,23 @@ def float_arrays(
     max_value: float = 10.0,
 ) -> st.SearchStrategy[np.ndarray]:
     """Finite float arrays in ``[min_value, max_value]``, no subnormals."""
+    kind = np.dtype(dtype).type
     return hnp.arrays(
         np.dtype(dtype),
         shapes() if shape is None else shape,
-        elements=st.floats(min_value, max_value, width=np.dtype(dtype).itemsize * 8,
+        elements=st.floats(float(kind(min_value)), float(kind(max_value)), width=np.dtype(dtype).itemsize * 8,
                            allow_subnormal=False, allow_nan=False, allow_infinity=False),
     )
+
+
+def float32s(min_value: float, max_value: float) -> st.SearchStrategy[float]:
+    """Floats representable in float32 (as ONNX float attributes are) within the bounds."""
+    low, high = float(np.float32(min_value)), float(np.float32(max_value))
+    if low < min_value:
+        low = float(np.nextafter(np.float32(low), np.float32(np.inf)))
+    if high > max_value:
+        high = float(np.nextafter(np.float32(high), np.float32(-np.inf)))
+    return st.floats(low, high, width=32, allow_subnormal=False)
 
 
 def int_arrays(shape: Any = None, dtype: Any = np.int64, min_value: int = -50, max_value: int = 50) -> st.SearchStrategy[np.ndarray]:

@@ -1,0 +1,56 @@
+"""Matrix products and convolution."""
+
+import numpy as np
+from cml_core.errors import QuantizationError
+from cml_core.quantization import LinearOp, backend
+
+from ._opset import OPS
+from .conv import conv_attributes, conv_nd
+from .quantized import QuantizedGemm, QuantizedMatMul
+
+
+@OPS.op("MatMul", since=(9, 13), quantized=QuantizedMatMul)
+def matmul(a, b, /):
+    return np.matmul(a, b)
+
+
+@OPS.op("Gemm", since=(11, 13), quantized=QuantizedGemm)
+def gemm(a, b, /, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N803  (ONNX names)
+    a = a.T if transA else a
+    b = b.T if transB else b
+    y = np.matmul(a, b)
+    if alpha != 1.0:
+        y = y * np.asarray(alpha, dtype=y.dtype)
+    if c is not None and beta != 0:
+        y = y + (c if beta == 1.0 else c * np.asarray(beta, dtype=c.dtype))
+    return y.astype(a.dtype, copy=False)
+
+
+class QuantizedConv(LinearOp):
+    """Conv of an encrypted input with constant weights: an integer convolution, bias folded in."""
+
+    weight_inputs = ("w",)
+
+    def encrypted_forward(self, ctx, inputs):
+        x, w = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) > 2 else None
+        if not w.is_constant or (b is not None and not b.is_constant):
+            raise QuantizationError(f"{self.where}: Conv weights and bias must be constants")
+        q = ctx.requantize(x)
+        wq, w_scale = self.weights(ctx, "W", w.data)
+        scale = q.scale * w_scale
+        bias = self.integer_bias("B", None if b is None else b.data, scale)
+        a = self.attributes
+        _, strides, dilations, pads = conv_attributes(q.shape, wq.shape, a.get("auto_pad", "NOTSET"),
+                                                      a.get("dilations"), a.get("kernel_shape"), a.get("pads"),
+                                                      a.get("strides"))
+        acc = backend.conv(self.centered(q), wq, bias, pads=pads, strides=strides, dilations=dilations,
+                           group=int(a.get("group", 1)), clear_conv=conv_nd)
+        return self.accumulator(ctx, acc, scale)
+
+
+@OPS.op("Conv", since=(11, 22), quantized=QuantizedConv)
+def conv(x, w, /, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
+         strides=None):
+    _, strides, dilations, pads = conv_attributes(x.shape, w.shape, auto_pad, dilations, kernel_shape, pads, strides)
+    return conv_nd(x, w, b, strides=strides, pads=pads, dilations=dilations, group=group).astype(x.dtype, copy=False)
