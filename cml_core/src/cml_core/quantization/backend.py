@@ -75,7 +75,19 @@ def conv(
     computes it (the plugin's own implementation, exact on int64).
     """
     if is_traced(data):
-        return _fhe().conv(data, weight, bias, pads=pads, strides=strides, dilations=dilations, group=group)
+        # Convolution is linear: its matrix is the convolution of each basis vector. Run it as one
+        # encrypted-by-clear matrix product (the backend's native conv does not lower here).
+        sample_shape = tuple(data.shape[1:])
+        size = int(np.prod(sample_shape))
+        basis = np.eye(size, dtype=np.int64).reshape((size, *sample_shape))
+        columns = clear_conv(basis, weight, None, strides=strides, pads=pads, dilations=dilations, group=group)
+        out_shape = columns.shape[1:]
+        matrix = columns.reshape(size, -1)
+        flat = data.reshape((data.shape[0], size))
+        out = np.matmul(flat, matrix).reshape((data.shape[0], *out_shape))
+        if bias is not None:
+            out = out + np.asarray(bias).reshape((1, -1) + (1,) * (len(out_shape) - 1))
+        return out
     return clear_conv(np.asarray(data, dtype=np.int64), weight, bias, strides=strides, pads=pads,
                       dilations=dilations, group=group)
 

@@ -125,7 +125,8 @@ class ElementwiseOp(QuantizedOp):
             return quantizer.quant(np.asarray(self.call_numpy(args), dtype=np.float64))
 
         operands = [quantized[i].data for i in encrypted]
-        shapes = [np.shape(c) for c in constants if c is not None] + [tuple(o.shape) for o in operands]
+        shapes = [np.shape(v.data) for v in inputs if v is not None and v.is_constant]
+        shapes += [tuple(o.shape) for o in operands]
         data = backend.multi_lookup(table, *[backend.broadcast(o, *shapes) for o in operands])
         ctx.record_multi_lookup(out_name, [quantized[i].data for i in encrypted])
         return QValue.affine(data, quantizer.scale, quantizer.zero_point)
