@@ -67,12 +67,20 @@ def make_node_model(
             out.CopyFrom(known[out.name])
         else:
             untyped.append(out)
-    if untyped and not domain:
-        # data-dependent output shapes (e.g. Reshape by a non-constant shape): take the rank and
-        # type from ONNX's own reference evaluator, leaving every dim symbolic
-        from onnx.reference import ReferenceEvaluator
+    if untyped:
+        # data-dependent output shapes (e.g. Reshape by a non-constant shape) or custom domains:
+        # declare rank and type as ONNX's reference evaluator (or, for a custom domain, the
+        # registered implementation) computes them, leaving every dim symbolic
+        if domain:
+            from ..plugins import get_registry
 
-        values = ReferenceEvaluator(model).run(None, feeds_of(model, inputs))
+            impl = get_registry().resolve(domain, op_type, opset)
+            out = impl.function(*[None if v is None else np.asarray(v) for v in inputs], **(attributes or {}))
+            values = list(out) if isinstance(out, tuple) else [out]
+        else:
+            from onnx.reference import ReferenceEvaluator
+
+            values = ReferenceEvaluator(model).run(None, feeds_of(model, inputs))
         for out, value in zip(model.graph.output, values):
             if out in untyped:
                 elem = helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype)

@@ -1,0 +1,48 @@
+"""nox sessions: tests, lint, typecheck, docs, demo, bench. Each builds its own virtualenv."""
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+PACKAGES = ["-e", "cml_core[fhe,testing]", "-e", "cml_ops_std", "-e", "cml_ops_activations"]
+
+
+def install(session: nox.Session, *extra: str) -> None:
+    session.install("setuptools<81", "wheel")
+    session.install("torch==2.13.0")  # the CPU build first, so nothing pulls a CUDA build in
+    session.install(*PACKAGES, *extra)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    install(session, "-e", "examples/cml-ops-example", "pytest", "hypothesis", "onnxruntime", "scikit-learn")
+    session.run("python", "-m", "pytest", *session.posargs, env={"CI": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "cml_core", "cml_ops_std", "cml_ops_activations", "examples", "tests", "scripts")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    install(session, "mypy")
+    session.run("mypy", "cml_core/src/cml_core")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    install(session)
+    session.run("python", "scripts/generate_docs.py", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    install(session)
+    session.run("python", "-m", "cml_core.demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    install(session, "onnxruntime", "scikit-learn", "matplotlib")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,85 @@
+"""Write docs/ops.md from the op registry (never by hand). ``--check`` fails if the file is stale.
+
+    python scripts/generate_docs.py [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import onnx.defs
+
+from cml_core.cli import _table, op_rows
+from cml_core.plugins import get_registry
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+FIRST_PARTY = {"cml-ops-std", "cml-ops-activations"}
+
+
+def coverage_rows() -> list[dict[str, str]]:
+    """Per standard op: the since-versions ONNX defines from opset 11 on, and which ones we register."""
+    registry = get_registry()
+    history: dict[str, list[int]] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        if schema.domain == "":
+            history.setdefault(schema.name, []).append(int(schema.since_version))
+    rows = []
+    ours = {(i.domain, i.op_type) for i in registry if i.provider.distribution in FIRST_PARTY}
+    for domain, op_type in sorted(ours):
+        if domain:
+            continue
+        versions = sorted(history.get(op_type, []))
+        base = max([v for v in versions if v <= 11], default=min(versions, default=0))
+        needed = [v for v in versions if v >= base]
+        have = registry.versions(domain, op_type)
+        missing = [v for v in needed if v not in have]
+        rows.append({"op": op_type, "ONNX since-versions (opset 11 on)": ", ".join(map(str, needed)),
+                     "registered": ", ".join(map(str, have)),
+                     "not covered": ", ".join(map(str, missing)) or "-"})
+    return rows
+
+
+def render() -> str:
+    return "\n".join([
+        "# Supported ops",
+        "",
+        "Generated from the registry of the first-party plugins by `scripts/generate_docs.py`; do not edit.",
+        "",
+        "`quantized` names the quantized family: `ElementwiseOp` ops join the next table lookup (or,",
+        "with several encrypted inputs, become one multi-input lookup); `LayoutOp` ops move integers;",
+        "`Quantized*` ops are integer linear algebra; `ConstantOnlyOp` ops run on constants only and",
+        "refuse encrypted inputs at quantize time.",
+        "",
+        _table(op_rows(FIRST_PARTY), markdown=True),
+        "",
+        "## ONNX versions",
+        "",
+        "A model at opset N uses, for each op, the highest registered since-version not above N; a",
+        "model is refused when ONNX defines a newer since-version at N than the plugins register.",
+        "",
+        _table(coverage_rows(), markdown=True),
+        "",
+    ])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--check", action="store_true", help="fail if docs/ops.md is not up to date")
+    args = parser.parse_args()
+    text = render()
+    target = DOCS / "ops.md"
+    if args.check:
+        if not target.exists() or target.read_text() != text:
+            print(f"{target} is stale: run python scripts/generate_docs.py", file=sys.stderr)
+            return 1
+        print(f"{target} is up to date")
+        return 0
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
