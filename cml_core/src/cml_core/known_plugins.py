@@ -7,7 +7,7 @@ from __future__ import annotations
 
 KNOWN_PLUGINS: dict[str, frozenset[str]] = {
     "cml-ops-std": frozenset(
-        "Add Clip Constant Conv Div Equal Gemm Greater Identity Less MatMul Mul Not Reshape Sub".split()
+        "Add Clip Constant Conv Div Equal Flatten Gemm Greater Identity Less MatMul Mul Not Reshape Sub".split()
     ),
     "cml-ops-activations": frozenset(
         "Abs Acos Acosh Asin Asinh Atan Atanh Celu Cos Cosh Elu Erf Exp HardSigmoid LeakyRelu Log "

@@ -19,7 +19,12 @@ def reshape_target(data_shape, shape, allowzero):
     return target
 
 
-@OPS.op("Reshape", since=(5, 13, 14, 19, 21, 23, 24, 25), quantized=LayoutOp)
+@OPS.op("Reshape", since=(5, 13), quantized=LayoutOp)
+def reshape_5(data, shape, /):
+    return np.reshape(data, reshape_target(data.shape, shape, 0))
+
+
+@OPS.op("Reshape", since=(14, 19, 21, 23, 24, 25), quantized=LayoutOp)
 def reshape(data, shape, /, *, allowzero=0):
     return np.reshape(data, reshape_target(data.shape, shape, allowzero))
 
@@ -41,7 +46,12 @@ _CONSTANT_ATTRIBUTES = {
 }
 
 
-@OPS.op("Constant", since=(11, 12, 13, 19, 21, 23, 24, 25), quantized=ConstantOnlyOp)
+@OPS.op("Constant", since=11, quantized=ConstantOnlyOp)
+def constant_11(*, value=None, sparse_value=None):
+    return constant(value=value, sparse_value=sparse_value)
+
+
+@OPS.op("Constant", since=(12, 13, 19, 21, 23, 24, 25), quantized=ConstantOnlyOp)
 def constant(*, value=None, value_float=None, value_floats=None, value_int=None, value_ints=None,
              value_string=None, value_strings=None, sparse_value=None):
     given = {k: v for k, v in locals().items() if v is not None}
