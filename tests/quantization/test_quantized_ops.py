@@ -49,6 +49,8 @@ def _float_reference(module, constants, inputs):
     return node.call(args)[0]
 
 
+# ops whose output jumps (a step at alpha): more input bits can move an input across the step
+DISCONTINUOUS = {"ThresholdedRelu"}
 QUANTIZABLE = [i for i in IMPLS if i.quantized is not None and not issubclass(i.quantized, ConstantOnlyOp)]
 
 
@@ -85,15 +87,17 @@ def test_quantized_op_matches_float_twin(impl, data):
         if isinstance(qmodule.ops[0], LinearOp):
             # a linear op's output resolution is its accumulator's scale; its bias is rounded to it
             to_float = qmodule._outputs[0].to_float
-            bound += abs(float(to_float(np.array(1))) - float(to_float(np.array(0)))) / 2
+            bound += float(np.max(np.abs(to_float(np.array(1)) - to_float(np.array(0))))) / 2
         err = np.max(np.abs(y_q.astype(np.float64) - y_ref)) if y.size else 0.0
         assert err <= bound, f"{impl.op_type} n_bits={n_bits}: error {err} above bound {bound}"
         errors[n_bits] = float(np.max(np.abs(y_q.astype(np.float64) - y.astype(np.float64))))
-    if y.dtype.kind != "f":
-        return  # comparisons flip at ties whatever the bits; the check above is the meaningful one
-    # against the exact float result, more bits never make it worse (beyond float noise)
-    slack = 1e-5 * float(np.max(np.abs(y), initial=1.0))
-    assert errors[12] <= errors[4] + slack, f"{impl.op_type}: error grows with n_bits: {errors}"
+    if y.dtype.kind != "f" or impl.op_type in DISCONTINUOUS:
+        return  # outputs that jump flip at ties whatever the bits; the check above is the meaningful one
+    # against the exact float result, more bits converge: at 12 bits the error is no larger than
+    # at 4 bits, or already below 1/512 of the output's scale (4-bit luck can be exact)
+    scale = float(np.max(np.abs(y), initial=0.0)) + float(np.ptp(y)) + 1e-6
+    assert errors[12] <= errors[4] + 1e-5 * scale or errors[12] <= scale / 512, (
+        f"{impl.op_type}: error does not shrink with n_bits: {errors}")
 
 
 CONSTANT_ONLY = [i for i in IMPLS if i.quantized is not None and issubclass(i.quantized, ConstantOnlyOp)]

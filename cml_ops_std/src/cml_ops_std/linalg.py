@@ -40,13 +40,16 @@ class QuantizedConv(LinearOp):
         wq, w_scale = self.weights(ctx, "W", w.data)
         scale = q.scale * w_scale
         bias = self.integer_bias("B", None if b is None else b.data, scale)
+        float_bias = None
+        if b is not None and bias is None:  # too large for the accumulator's resolution: keep it in float
+            float_bias = np.asarray(b.data, dtype=np.float64).reshape((1, -1) + (1,) * (len(q.shape) - 2))
         a = self.attributes
         _, strides, dilations, pads = conv_attributes(q.shape, wq.shape, a.get("auto_pad", "NOTSET"),
                                                       a.get("dilations"), a.get("kernel_shape"), a.get("pads"),
                                                       a.get("strides"))
         acc = backend.conv(self.centered(q), wq, bias, pads=pads, strides=strides, dilations=dilations,
                            group=int(a.get("group", 1)), clear_conv=conv_nd)
-        return self.accumulator(ctx, acc, scale)
+        return self.accumulator(ctx, acc, scale, float_bias)
 
 
 @OPS.op("Conv", since=(11, 22), quantized=QuantizedConv)

@@ -53,9 +53,15 @@ class QuantizedGemm(_MatrixProduct):
         acc, scale = self.product(ctx, a, b, bool(self.attributes.get("transA", 0)),
                                   bool(self.attributes.get("transB", 0)))
         scale *= alpha
+        float_bias = None
         if c is not None and beta != 0:
             if c.is_constant:
-                acc = acc + self.integer_bias("C", beta * np.asarray(c.data, dtype=np.float64), scale)
+                c_scaled = beta * np.asarray(c.data, dtype=np.float64)
+                bias = self.integer_bias("C", c_scaled, scale)
+                if bias is None:  # too large for the accumulator's resolution: keep it in float
+                    float_bias = c_scaled
+                else:
+                    acc = acc + bias
             else:
                 # one lookup brings the encrypted C into the accumulator's units
                 c_float = c.to_float
@@ -65,7 +71,7 @@ class QuantizedGemm(_MatrixProduct):
                     return np.rint(beta * c_float(q) / scale).astype(np.int64)
 
                 acc = acc + ctx.lookup(c, in_accumulator_units, key=f"{self.bound.name}:C")
-        return self.accumulator(ctx, acc, scale)
+        return self.accumulator(ctx, acc, scale, float_bias)
 
 
     def _without_product(self, a: QValue, b: QValue, c: QValue | None, beta: float) -> QValue:

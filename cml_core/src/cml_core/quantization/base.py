@@ -185,29 +185,39 @@ class LinearOp(QuantizedOp):
             self.state[key] = (q.quant(value), q.scale)
         return self.state[key]  # type: ignore[no-any-return]
 
+    #: largest bias, in accumulator units, folded into the integers (beyond it, float precision is lost)
+    MAX_BIAS_UNITS = 2.0**40
+
     def integer_bias(self, key: str, bias: np.ndarray | None, scale: float) -> np.ndarray | None:
-        """``bias`` in units of the accumulator (``scale``), rounded to integers."""
+        """``bias`` in units of the accumulator (``scale``), rounded to integers.
+
+        Returns ``None`` when there is no bias, or when it is so large next to the product's
+        resolution that integers would lose it; pass it to ``accumulator(float_bias=...)`` then.
+        """
         if bias is None:
             return None
         if key not in self.state:
-            units = np.rint(np.asarray(bias, dtype=np.float64) / scale)
-            if units.size and np.max(np.abs(units)) > 2.0**52:
-                raise QuantizationError(
-                    f"{self.where}: the bias is more than 2**52 times the product's resolution ({scale:.3g}); "
-                    "the product is negligible next to it, so check the op's scale attributes"
-                )
-            self.state[key] = units.astype(np.int64)
+            units = np.rint(np.asarray(bias, dtype=np.float64) / scale) if scale else np.full(np.shape(bias), np.inf)
+            fits = not units.size or np.max(np.abs(units)) <= self.MAX_BIAS_UNITS
+            self.state[key] = units.astype(np.int64) if fits else None
         return self.state[key]  # type: ignore[no-any-return]
 
-    def accumulator(self, ctx: QuantContext, acc: Any, scale: float) -> QValue:
-        """The accumulator as a value whose float is ``scale * acc`` (recorded in calibration)."""
+    def accumulator(self, ctx: QuantContext, acc: Any, scale: float, float_bias: Any = None) -> QValue:
+        """The accumulator as a value whose float is ``scale * acc`` (+ ``float_bias``, broadcast).
+
+        A float bias makes the mapping position-dependent, which a later lookup absorbs; integer
+        biases (``integer_bias``) keep it uniform and are preferred.
+        """
         ctx.record_accumulator(acc)
         s = float(scale)
+        bias = None if float_bias is None else np.asarray(float_bias, dtype=np.float64)
 
         def to_float(q: np.ndarray) -> np.ndarray:
-            return s * np.asarray(q, dtype=np.float64)
+            value = s * np.asarray(q, dtype=np.float64)
+            return value if bias is None else value + bias
 
-        return QValue.lazy(acc, to_float, True)
+        uniform = bias is None or bias.size == 1
+        return QValue.lazy(acc, to_float, uniform)
 
     @staticmethod
     def centered(value: QValue) -> Any:
