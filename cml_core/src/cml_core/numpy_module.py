@@ -46,10 +46,19 @@ class BoundNode:
         """How error messages name this node."""
         return f"node {self.name!r} ({self.impl.display_name})"
 
+    def __post_init__(self) -> None:
+        # check arity and attributes once; calls then pass the inputs straight through
+        self.impl.signature.bind([object() if n else None for n in self.node.input], self.attributes,
+                                 where=self.where)
+        n = len(self.node.input)
+        if self.impl.signature.variadic_input is None:
+            while n > len(self.impl.signature.required_inputs) and not self.node.input[n - 1]:
+                n -= 1
+        self._arity = n
+
     def call(self, values: list[Any]) -> tuple[Any, ...]:
         """Run the numpy implementation on ``values`` (``None`` for omitted inputs)."""
-        args, kwargs = self.impl.signature.bind(values, self.attributes, where=self.where)
-        out = self.impl.function(*args, **kwargs)
+        out = self.impl.function(*values[: self._arity], **self.attributes)
         outs = out if isinstance(out, tuple) else (out,)
         n = len(self.node.output)
         if len(outs) < n and any(self.node.output[len(outs):]):
@@ -217,12 +226,10 @@ class NumpyModule:
                 continue
             where = f"node {node.name or '#' + str(index)!r} ({impl.display_name})"
             attributes = {a.name: attribute_value(a, where) for a in node.attribute}
-            b = BoundNode(node, impl, attributes, index)
-            try:  # check arity and attributes now, so errors surface at load, not at first call
-                b.impl.signature.bind([object() if n else None for n in node.input], attributes, where=where)
+            try:  # arity and attributes are checked here, so errors surface at load, not at first call
+                bound.append(BoundNode(node, impl, attributes, index))
             except OpSignatureError as exc:
                 raise ModelLoadError(str(exc)) from exc
-            bound.append(b)
         if missing:
             raise _missing_ops_error(missing, self.registry)
         return bound

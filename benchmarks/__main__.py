@@ -1,0 +1,254 @@
+"""Run the benchmarks and write docs/benchmarks.{json,md,png}.
+
+    python -m benchmarks [--quick] [--samples 3]
+
+Float path: NumpyModule vs onnxruntime (graph optimizations as shipped, one thread) vs the ONNX
+reference evaluator. Clear quantized path: QuantizedModule throughput. FHE: compile and key
+generation time, time per encrypted sample, PBS count, max bit width, complexity, and accuracy
+float / quantized / simulated / encrypted for several quantization and rounding settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from cml_core import BitWidthError, load_model
+from cml_core.fhe import circuit_summary
+
+from . import models
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def median_time(function: Callable[[], Any], repeat: int = 5, min_total: float = 0.2) -> float:
+    """Median seconds of ``function`` over ``repeat`` timed runs (each run repeated to last >= min_total/repeat)."""
+    function()  # warm-up
+    start = time.perf_counter()
+    function()
+    once = time.perf_counter() - start
+    inner = max(1, int(min_total / repeat / max(once, 1e-6)))
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(inner):
+            function()
+        samples.append((time.perf_counter() - start) / inner)
+    return statistics.median(samples)
+
+
+def float_path(quick: bool) -> list[dict[str, Any]]:
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    data = models.digits()
+    resnet_bytes, resnet_x = models.resnet(width=16 if quick else 32)
+    cases = [("MLP 64-32-32-10", models.mlp(), data["x_test"]),
+             ("CNN digits", models.cnn(), data["x_test"].reshape(-1, 1, 8, 8)),
+             ("ResNet-style 4 blocks", resnet_bytes, resnet_x)]
+    rows = []
+    for name, model_bytes, x in cases:
+        module = load_model(model_bytes)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        reference = ReferenceEvaluator(onnx.load_from_string(model_bytes))
+        input_name = module.input_names[0]
+        for batch in (1, 256):
+            xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
+            ours = median_time(lambda: module(xb))
+            ort_t = median_time(lambda: session.run(None, {input_name: xb}))
+            ref_t = median_time(lambda: reference.run(None, {input_name: xb}), repeat=3)
+            rows.append({"model": name, "batch": batch, "cml_ms": ours * 1e3, "onnxruntime_ms": ort_t * 1e3,
+                         "reference_evaluator_ms": ref_t * 1e3, "cml_vs_onnxruntime": ours / ort_t,
+                         "reference_vs_cml": ref_t / ours})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def quantized_path() -> list[dict[str, Any]]:
+    data = models.digits()
+    rows = []
+    for name, model_bytes, x_train, x in (
+        ("MLP 64-32-32-10", models.mlp(), data["x_train"], data["x_test"]),
+        ("CNN digits", models.cnn(), data["x_train"].reshape(-1, 1, 8, 8), data["x_test"].reshape(-1, 1, 8, 8)),
+    ):
+        qmodule = load_model(model_bytes).quantize(x_train, n_bits=6)
+        xb = np.resize(x, (256, *x.shape[1:]))
+        seconds = median_time(lambda: qmodule(xb))
+        rows.append({"model": name, "batch": 256, "ms": seconds * 1e3, "samples_per_s": 256 / seconds})
+        print(rows[-1], flush=True)
+    return rows
+
+
+MLP_SETTINGS: list[tuple[str, Any, Any]] = [
+    ("n_bits 6, no rounding", 6, None),
+    ("n_bits 6, 6-bit exact rounding", 6, 6),
+    ("n_bits 6, 6-bit approximate rounding", 6, {"n_bits": 6, "method": "approximate"}),
+    ("n_bits 6, 4-bit approximate rounding", 6, {"n_bits": 4, "method": "approximate"}),
+    ("n_bits 8, no rounding", 8, None),
+    ("n_bits 8, 5-bit approximate rounding", 8, {"n_bits": 5, "method": "approximate"}),
+    ("inputs 5, ops 6, weights 6 bits, 5-bit approximate rounding",
+     {"model_inputs": 5, "op_inputs": 6, "op_weights": 6}, {"n_bits": 5, "method": "approximate"}),
+]
+CNN_SETTINGS: list[tuple[str, Any, Any]] = [
+    ("n_bits 6, 6-bit exact rounding", 6, 6),
+    ("inputs 5, ops 6, weights 6 bits, 5-bit approximate rounding",
+     {"model_inputs": 5, "op_inputs": 6, "op_weights": 6}, {"n_bits": 5, "method": "approximate"}),
+]
+#: above this circuit complexity, encrypted execution is estimated too slow for a benchmark run
+EXECUTE_LIMIT = 3e11
+
+
+def accuracy(scores: Any, labels: np.ndarray) -> float:
+    return float(np.mean(np.asarray(scores).argmax(1) == labels))
+
+
+def fhe_path(samples: int, quick: bool) -> list[dict[str, Any]]:
+    data = models.digits()
+    rows = []
+    cases = [("MLP 64-32-32-10", models.mlp(), MLP_SETTINGS, lambda a: a),
+             ("CNN digits", models.cnn(), CNN_SETTINGS, lambda a: a.reshape(-1, 1, 8, 8))]
+    for model_name, model_bytes, settings, shape in cases:
+        module = load_model(model_bytes)
+        x_train, x_test, y_test = shape(data["x_train"]), shape(data["x_test"]), data["y_test"]
+        float_acc = accuracy(module(x_test), y_test)
+        for name, n_bits, rounding in settings[:2] if quick else settings:
+            row: dict[str, Any] = {"model": model_name, "setting": name, "float_accuracy": float_acc}
+            qmodule = module.quantize(x_train, n_bits=n_bits, rounding_threshold_bits=rounding)
+            row["quantized_accuracy"] = accuracy(qmodule(x_test), y_test)
+            row["max_lookup_bits"] = qmodule.bitwidth_report().max_lookup_bits
+            start = time.perf_counter()
+            try:
+                qmodule.compile(x_train)
+            except BitWidthError as exc:
+                row["error"] = str(exc).split(". Ways out")[0]
+                rows.append(row)
+                print(row, flush=True)
+                continue
+            row["compile_s"] = time.perf_counter() - start
+            row.update(circuit_summary(qmodule.fhe_circuit))
+            row["simulated_accuracy"] = accuracy(qmodule.forward(x_test, fhe="simulate"), y_test)
+            if row["complexity"] <= EXECUTE_LIMIT:
+                start = time.perf_counter()
+                qmodule.fhe_circuit.keygen(force=False)
+                row["keygen_s"] = time.perf_counter() - start
+                q = qmodule.quantize_input(x_test[:samples])
+                start = time.perf_counter()
+                encrypted = qmodule.quantized_forward(q, fhe="execute")
+                row["seconds_per_encrypted_sample"] = (time.perf_counter() - start) / samples
+                simulated = qmodule.quantized_forward(q, fhe="simulate")
+                row["encrypted_samples"] = samples
+                row["encrypted_accuracy"] = accuracy(qmodule.dequantize_output(encrypted), y_test[:samples])
+                row["encrypted_equals_simulated"] = bool(np.array_equal(encrypted, simulated))
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    versions = {p: metadata.version(p) for p in ("cml-core", "concrete-python", "numpy", "onnx", "onnxruntime", "torch")}
+    import os
+
+    return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "system": platform.platform(), **versions,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def _md_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) >= 1e3 or abs(v) < 1e-2 else f"{v:.3f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], command: str) -> None:
+    (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=2))
+    fhe_rows = results["fhe"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for row in fhe_rows:
+            if "complexity" in row:
+                marker = "o" if row["model"].startswith("MLP") else "s"
+                ax.scatter(row["complexity"], 100 * row["simulated_accuracy"], marker=marker)
+                ax.annotate(row["setting"].replace("rounding", "rnd"), (row["complexity"], 100 * row["simulated_accuracy"]),
+                            fontsize=6)
+        ax.set_xscale("log")
+        ax.set_xlabel("circuit complexity (concrete-python estimate)")
+        ax.set_ylabel("simulated accuracy (%)")
+        ax.set_title("digits: accuracy vs FHE cost (o MLP, s CNN)")
+        fig.tight_layout()
+        fig.savefig(DOCS / "benchmarks.png", dpi=120)
+    except ImportError:
+        pass
+    env = results["environment"]
+    text = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` on {env['date']}: {env['cpus']} CPUs ({env['machine']}), Python {env['python']}, "
+        f"cml-core {env['cml-core']}, concrete-python {env['concrete-python']}, numpy {env['numpy']}, "
+        f"onnxruntime {env['onnxruntime']}, torch {env['torch']}. Raw figures: `benchmarks.json`.",
+        "",
+        "## Float path (median of several runs, milliseconds)",
+        "",
+        _md_table(results["float"], ["model", "batch", "cml_ms", "onnxruntime_ms", "reference_evaluator_ms",
+                                     "cml_vs_onnxruntime", "reference_vs_cml"]),
+        "",
+        "## Clear quantized path (fhe=\"disable\", n_bits 6, batch 256)",
+        "",
+        _md_table(results["quantized"], ["model", "batch", "ms", "samples_per_s"]),
+        "",
+        "## FHE",
+        "",
+        "![accuracy vs complexity](benchmarks.png)",
+        "",
+        _md_table(fhe_rows, ["model", "setting", "float_accuracy", "quantized_accuracy", "simulated_accuracy",
+                             "encrypted_accuracy", "pbs", "max_bit_width", "max_lookup_bits", "complexity",
+                             "compile_s", "keygen_s", "seconds_per_encrypted_sample", "encrypted_equals_simulated",
+                             "error"]),
+        "",
+    ]
+    (DOCS / "benchmarks.md").write_text("\n".join(text) + results.get("notes", ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--quick", action="store_true", help="fewer settings and a smaller ResNet")
+    parser.add_argument("--samples", type=int, default=3, help="encrypted samples per FHE setting")
+    parser.add_argument("--only", choices=["float", "quantized", "fhe"], action="append")
+    args = parser.parse_args()
+    sections = set(args.only or ["float", "quantized", "fhe"])
+    path = DOCS / "benchmarks.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    results["environment"] = environment()
+    if "float" in sections:
+        results["float"] = float_path(args.quick)
+    if "quantized" in sections:
+        results["quantized"] = quantized_path()
+    if "fhe" in sections:
+        results["fhe"] = fhe_path(args.samples, args.quick)
+    command = "python -m benchmarks" + (" --quick" if args.quick else "")
+    write(results, command)
+    print(f"wrote {DOCS / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    main()
