@@ -177,7 +177,7 @@ def _md_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
 
 def write(results: dict[str, Any], command: str) -> None:
     (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=2))
-    fhe_rows = results["fhe"]
+    fhe_rows = results.get("fhe", [])
     try:
         import matplotlib
 
@@ -209,12 +209,12 @@ def write(results: dict[str, Any], command: str) -> None:
         "",
         "## Float path (median of several runs, milliseconds)",
         "",
-        _md_table(results["float"], ["model", "batch", "cml_ms", "onnxruntime_ms", "reference_evaluator_ms",
+        _md_table(results.get("float", []), ["model", "batch", "cml_ms", "onnxruntime_ms", "reference_evaluator_ms",
                                      "cml_vs_onnxruntime", "reference_vs_cml"]),
         "",
         "## Clear quantized path (fhe=\"disable\", n_bits 6, batch 256)",
         "",
-        _md_table(results["quantized"], ["model", "batch", "ms", "samples_per_s"]),
+        _md_table(results.get("quantized", []), ["model", "batch", "ms", "samples_per_s"]),
         "",
         "## FHE",
         "",

@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import strategies as st
 
-from cml_core.testing import Example, OpCase, float32s, float_arrays, int_arrays
+from cml_core.testing import Example, OpCase, float32s, float_arrays, int_arrays, shapes
 
 FLOATS = (np.float32, np.float64)
 
@@ -15,6 +15,26 @@ def _unary(draw, low=-10.0, high=10.0, attributes=None, dtypes=FLOATS):
     if np.dtype(dtype).kind == "i":
         return Example([draw(int_arrays(dtype=dtype))], attrs)
     return Example([draw(float_arrays(dtype=dtype, min_value=low, max_value=high))], attrs)
+
+
+@st.composite
+def _special_values(draw, attributes=None):
+    x = draw(float_arrays(dtype=np.float32))
+    flat = x.reshape(-1)
+    for i in range(flat.size):
+        if draw(st.integers(0, 3)) == 0:
+            flat[i] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    return Example([x], draw(st.fixed_dictionaries({}, optional=attributes or {})))
+
+
+@st.composite
+def _prelu(draw):
+    x = draw(float_arrays(shapes(min_dims=1, max_dims=4)))
+    # the slope broadcasts to x (unidirectional): a suffix of x's shape, with some dims 1
+    rank = draw(st.integers(0, x.ndim))
+    slope_shape = tuple(d if draw(st.booleans()) else 1 for d in x.shape[x.ndim - rank:])
+    slope = draw(float_arrays(slope_shape, min_value=-2, max_value=2))
+    return Example([x, slope], constant_inputs=draw(st.sampled_from([(1,), ()])))
 
 
 def _alpha(low=-3.0, high=3.0):
@@ -51,4 +71,20 @@ CASES = [
     _case("Tan", low=-1.5, high=1.5),
     _case("Tanh"),
     _case("ThresholdedRelu", attributes={"alpha": _alpha()}),
+    _case("Neg", dtypes=FLOATS + (np.int32, np.int64)),
+    _case("Sqrt", low=-1.0, high=100.0),
+    _case("Reciprocal", low=0.1, high=10.0),
+    _case("Round"),
+    _case("Floor"),
+    _case("Ceil"),
+    _case("Sign", dtypes=FLOATS + (np.int64,)),
+    OpCase("IsNaN", lambda opset: _special_values()),
+    OpCase("IsInf", lambda opset: _special_values({"detect_negative": st.integers(0, 1),
+                                                   "detect_positive": st.integers(0, 1)})),
+    _case("Softsign", dtypes=(np.float32,)),  # no float64 kernel in onnxruntime, and the fallback evaluator fails on it
+    _case("HardSwish", dtypes=(np.float32,)),
+    _case("Mish", dtypes=(np.float32,)),
+    _case("Gelu", attributes={"approximate": st.sampled_from(["none", "tanh"])}, dtypes=(np.float32,)),
+    OpCase("PRelu", lambda opset: _prelu()),
+    _case("Shrink", attributes={"bias": _alpha(), "lambd": _alpha(0.0, 3.0)}, dtypes=(np.float32,)),  # float64: no onnxruntime kernel
 ]

@@ -168,3 +168,256 @@ CASES = [
     OpCase("Conv", lambda opset: _conv()),
     OpCase("Constant", _constant),
 ]
+
+
+@st.composite
+def _variadic(draw, dtypes=(np.float32, np.float64)):
+    dtype = draw(st.sampled_from(dtypes))
+    n = draw(st.integers(1, 4))
+    shapes_ = draw(broadcastable_shapes(n))
+    return Example([_values(draw, s, dtype) for s in shapes_], constant_inputs=draw(st.sampled_from([(), (0,)])))
+
+
+@st.composite
+def _pow(draw):
+    sa, sb = draw(broadcastable_shapes(2))
+    base = draw(float_arrays(sa, min_value=0.1, max_value=4))
+    exponent = draw(float_arrays(sb, min_value=-3, max_value=3))
+    if draw(st.booleans()):
+        base = -base
+        exponent = np.round(exponent)
+    return Example([base, exponent], constant_inputs=draw(st.sampled_from([(), (1,)])))
+
+
+@st.composite
+def _mod(draw):
+    fmod = draw(st.integers(0, 1))
+    dtype = np.float32 if fmod and draw(st.booleans()) else np.int64
+    sa, sb = draw(broadcastable_shapes(2))
+    a, b = _values(draw, sa, dtype), _values(draw, sb, dtype)
+    b = np.where(b == 0, np.ones_like(b), b)
+    return Example([a, b], {"fmod": fmod})
+
+
+@st.composite
+def _logical(draw):
+    sa, sb = draw(broadcastable_shapes(2))
+    return Example([draw(bool_arrays(sa)), draw(bool_arrays(sb))])
+
+
+@st.composite
+def _bit_shift(draw):
+    dtype = draw(st.sampled_from([np.uint8, np.uint32, np.uint64]))
+    sa, sb = draw(broadcastable_shapes(2))
+    x = draw(int_arrays(sa, dtype, 0, 200))
+    y = draw(int_arrays(sb, dtype, 0, np.dtype(dtype).itemsize * 8 - 1))
+    return Example([x, y], {"direction": draw(st.sampled_from(["LEFT", "RIGHT"]))})
+
+
+@st.composite
+def _where(draw):
+    sc, sa, sb = draw(broadcastable_shapes(3))
+    return Example([draw(bool_arrays(sc)), draw(float_arrays(sa)), draw(float_arrays(sb))],
+                   constant_inputs=draw(st.sampled_from([(), (0,), (0, 2)])))
+
+
+@st.composite
+def _cast(draw, opset, like=False):
+    source = draw(st.sampled_from([np.float32, np.float64, np.int32, np.int64]))
+    target = draw(st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.bool_]))
+    x = _values(draw, draw(shapes()), source)
+    if like:
+        return Example([x, np.zeros(1, dtype=target)], constant_inputs=(1,))
+    from onnx import helper
+
+    return Example([x], {"to": helper.np_dtype_to_tensor_dtype(np.dtype(target))})
+
+
+@st.composite
+def _dropout(draw, opset):
+    x = draw(float_arrays())
+    if opset < 12:
+        return Example([x], {"ratio": draw(float32s(0, 0.9))}, n_outputs=draw(st.integers(1, 2)))
+    ratio = np.array(draw(float32s(0, 0.9)), np.float32)
+    inputs = [x] + ([ratio] if draw(st.booleans()) else [])
+    return Example(inputs, constant_inputs=(1,), n_outputs=draw(st.integers(1, 2)))
+
+
+@st.composite
+def _transpose(draw):
+    x = draw(float_arrays(shapes(min_dims=1)))
+    attrs = {"perm": list(draw(st.permutations(range(x.ndim))))} if draw(st.booleans()) else {}
+    return Example([x], attrs)
+
+
+@st.composite
+def _squeeze(draw, opset):
+    x = draw(float_arrays(shapes(min_dims=1, max_side=2)))
+    ones = [i for i, d in enumerate(x.shape) if d == 1]
+    axes = draw(st.none() | st.lists(st.sampled_from(ones), unique=True).map(
+        lambda a: [i - x.ndim if j % 2 else i for j, i in enumerate(a)])) if ones else None
+    if axes is None or not axes and opset >= 13:
+        return Example([x])
+    if opset < 13:
+        return Example([x], {"axes": axes}) if axes else Example([x])
+    return Example([x, np.array(axes, np.int64)], constant_inputs=(1,))
+
+
+@st.composite
+def _unsqueeze(draw, opset):
+    x = draw(float_arrays(shapes(max_dims=3)))
+    k = draw(st.integers(1, 2))
+    rank = x.ndim + k
+    axes = draw(st.lists(st.integers(-rank, rank - 1), min_size=k, max_size=k).filter(
+        lambda a: len({v % rank for v in a}) == len(a)))
+    if opset < 13:
+        return Example([x], {"axes": axes})
+    return Example([x, np.array(axes, np.int64)], constant_inputs=(1,))
+
+
+@st.composite
+def _expand(draw):
+    target, source = draw(broadcastable_shapes(2))
+    x = draw(float_arrays(source))
+    return Example([x, np.array(target, np.int64)], constant_inputs=(1,))
+
+
+@st.composite
+def _tile(draw):
+    x = draw(float_arrays(shapes(min_dims=1, max_dims=3, max_side=3)))
+    repeats = np.array([draw(st.integers(1, 3)) for _ in range(x.ndim)], np.int64)
+    return Example([x, repeats], constant_inputs=(1,))
+
+
+@st.composite
+def _slice(draw):
+    x = draw(float_arrays(shapes(min_dims=1)))
+    axes = draw(st.lists(st.integers(0, x.ndim - 1), min_size=1, max_size=x.ndim, unique=True))
+    starts, ends, steps = [], [], []
+    for a in axes:
+        size = x.shape[a]
+        starts.append(draw(st.integers(-size - 2, size + 2)))
+        ends.append(draw(st.integers(-size - 2, size + 2) | st.sampled_from([2**31, -(2**31)])))
+        steps.append(draw(st.sampled_from([1, 1, 2, -1, -2])))
+    negative_axes = [a - x.ndim if draw(st.booleans()) else a for a in axes]
+    inputs = [x, np.array(starts, np.int64), np.array(ends, np.int64)]
+    if draw(st.booleans()) or any(s != 1 for s in steps):
+        inputs += [np.array(negative_axes, np.int64), np.array(steps, np.int64)]
+    return Example(inputs, constant_inputs=tuple(range(1, len(inputs))))
+
+
+@st.composite
+def _gather(draw, elements=False):
+    x = draw(float_arrays(shapes(min_dims=1)))
+    axis = draw(st.integers(-x.ndim, x.ndim - 1))
+    size = x.shape[axis]
+    if elements:
+        shape = list(x.shape)
+        shape[axis] = draw(st.integers(1, 4))
+        indices = draw(int_arrays(tuple(shape), np.int64, -size, size - 1))
+    else:
+        indices = draw(int_arrays(shapes(max_dims=2), np.int64, -size, size - 1))
+    return Example([x, indices], {"axis": axis}, constant_inputs=(1,))
+
+
+@st.composite
+def _split(draw, opset):
+    x = draw(float_arrays(shapes(min_dims=1)))
+    axis = draw(st.integers(-x.ndim, x.ndim - 1))
+    size = x.shape[axis]
+    parts = draw(st.integers(1, size))
+    if draw(st.booleans()):
+        cuts = sorted(draw(st.lists(st.integers(1, size - 1), min_size=parts - 1, max_size=parts - 1, unique=True))) if size > 1 else []
+        split = np.diff([0] + cuts + [size]).astype(np.int64)
+        if opset < 13:
+            return Example([x], {"axis": axis, "split": split.tolist()}, n_outputs=len(split))
+        return Example([x, split], {"axis": axis}, constant_inputs=(1,), n_outputs=len(split))
+    if opset >= 18:
+        n = draw(st.integers(1, size))
+        chunk = -(-size // n)
+        outputs = -(-size // chunk)
+        return Example([x], {"axis": axis, "num_outputs": outputs}, n_outputs=outputs)
+    n = draw(st.sampled_from([d for d in range(1, size + 1) if size % d == 0]))
+    return Example([x], {"axis": axis}, n_outputs=n)
+
+
+@st.composite
+def _concat(draw):
+    base = list(draw(shapes(min_dims=1)))
+    axis = draw(st.integers(-len(base), len(base) - 1))
+    inputs = []
+    for _ in range(draw(st.integers(1, 3))):
+        shape = list(base)
+        shape[axis] = draw(st.integers(1, 3))
+        inputs.append(draw(float_arrays(tuple(shape))))
+    return Example(inputs, {"axis": axis}, constant_inputs=draw(st.sampled_from([(), (0,)])) if len(inputs) > 1 else ())
+
+
+@st.composite
+def _pad(draw, opset):
+    x = draw(float_arrays(shapes(min_dims=1, max_dims=3, min_side=2, max_side=4)))
+    modes = ["constant", "reflect", "edge"] + (["wrap"] if opset >= 19 else [])
+    mode = draw(st.sampled_from(modes))
+    limit = 1 if mode in ("reflect", "wrap") else 2
+    low = 0 if mode != "constant" else -1
+    pads = [draw(st.integers(low, limit)) for _ in range(2 * x.ndim)]
+    inputs = [x, np.array(pads, np.int64)]
+    if mode == "constant" and draw(st.booleans()):
+        inputs.append(np.array(draw(float32s(-3, 3)), np.float32))
+    return Example(inputs, {"mode": mode}, constant_inputs=tuple(range(1, len(inputs))))
+
+
+@st.composite
+def _shape(draw, opset):
+    x = draw(float_arrays(shapes()))
+    attrs = {}
+    if opset >= 15 and draw(st.booleans()):
+        attrs["start"] = draw(st.integers(-x.ndim - 1, x.ndim + 1))
+        if draw(st.booleans()):
+            attrs["end"] = draw(st.integers(-x.ndim - 1, x.ndim + 1))
+    return Example([x], attrs)
+
+
+@st.composite
+def _constant_of_shape(draw):
+    from onnx import numpy_helper
+
+    shape = np.array(draw(shapes(max_dims=3)), np.int64)
+    attrs = {}
+    if draw(st.booleans()):
+        attrs["value"] = numpy_helper.from_array(np.array([draw(float32s(-5, 5))], np.float32), "v")
+    return Example([shape], attrs, constant_inputs=draw(st.sampled_from([(0,), ()])))
+
+
+CASES += [
+    OpCase("Pow", lambda opset: _pow()),
+    OpCase("Mod", lambda opset: _mod()),
+    OpCase("Sum", lambda opset: _variadic()),
+    OpCase("Mean", lambda opset: _variadic((np.float32,))),  # float64: no onnxruntime kernel, the fallback evaluator fails
+    OpCase("Max", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,))),
+    OpCase("Min", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,))),
+    OpCase("GreaterOrEqual", lambda opset: _binary()),
+    OpCase("LessOrEqual", lambda opset: _binary()),
+    OpCase("And", lambda opset: _logical()),
+    OpCase("Or", lambda opset: _logical()),
+    OpCase("Xor", lambda opset: _logical()),
+    OpCase("BitShift", lambda opset: _bit_shift()),
+    OpCase("Where", lambda opset: _where()),
+    OpCase("Cast", _cast),
+    OpCase("CastLike", lambda opset: _cast(opset, like=True)),
+    OpCase("Dropout", _dropout),
+    OpCase("Transpose", lambda opset: _transpose()),
+    OpCase("Squeeze", _squeeze),
+    OpCase("Unsqueeze", _unsqueeze),
+    OpCase("Expand", lambda opset: _expand()),
+    OpCase("Tile", lambda opset: _tile()),
+    OpCase("Slice", lambda opset: _slice()),
+    OpCase("Gather", lambda opset: _gather()),
+    OpCase("GatherElements", lambda opset: _gather(elements=True)),
+    OpCase("Split", _split),
+    OpCase("Concat", lambda opset: _concat()),
+    OpCase("Pad", _pad),
+    OpCase("Shape", _shape),
+    OpCase("Size", lambda opset: _shape(1)),  # opset 1 draws no Shape attributes
+    OpCase("ConstantOfShape", lambda opset: _constant_of_shape()),
+]

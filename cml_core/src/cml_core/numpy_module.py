@@ -55,10 +55,11 @@ class BoundNode:
             while n > len(self.impl.signature.required_inputs) and not self.node.input[n - 1]:
                 n -= 1
         self._arity = n
+        self._context = {"_num_outputs": len(self.node.output)} if "_num_outputs" in self.impl.signature.context else {}
 
     def call(self, values: list[Any]) -> tuple[Any, ...]:
         """Run the numpy implementation on ``values`` (``None`` for omitted inputs)."""
-        out = self.impl.function(*values[: self._arity], **self.attributes)
+        out = self.impl.function(*values[: self._arity], **self.attributes, **self._context)
         outs = out if isinstance(out, tuple) else (out,)
         n = len(self.node.output)
         if len(outs) < n and any(self.node.output[len(outs):]):

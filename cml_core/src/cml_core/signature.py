@@ -14,6 +14,8 @@ from typing import Any, Callable
 from .errors import OpSignatureError
 
 REQUIRED = inspect.Parameter.empty
+#: keyword-only parameters the core fills from the node itself rather than from an attribute
+CONTEXT_PARAMETERS = {"_num_outputs": "number of outputs the node declares"}
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class OpSignature:
     optional_inputs: tuple[str, ...]
     variadic_input: str | None
     attributes: dict[str, Any]  # name -> default (``REQUIRED`` when the attribute has no default)
+    context: tuple[str, ...] = ()  # context parameters the implementation asks for (CONTEXT_PARAMETERS)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -76,10 +79,17 @@ class OpSignature:
                     raise OpSignatureError(f"{name}: a variadic input cannot follow optional inputs")
                 variadic = param.name
             elif kind is inspect.Parameter.KEYWORD_ONLY:
+                if param.name in CONTEXT_PARAMETERS:
+                    continue
+                if param.name.startswith("_"):
+                    raise OpSignatureError(
+                        f"{name}: unknown context parameter {param.name!r}; known: {sorted(CONTEXT_PARAMETERS)}"
+                    )
                 attributes[param.name] = param.default
             else:
                 raise OpSignatureError(f"{name}: **{param.name} is not allowed; list every attribute by name")
-        return cls(tuple(required), tuple(optional), variadic, attributes)
+        context = tuple(p for p in inspect.signature(function).parameters if p in CONTEXT_PARAMETERS)
+        return cls(tuple(required), tuple(optional), variadic, attributes, context)
 
     def bind(
         self, inputs: list[Any], attributes: dict[str, Any], *, where: str

@@ -70,3 +70,42 @@ def softplus(x, /):
 @OPS.op("Tanh", since=(6, 13), quantized=ElementwiseOp)
 def tanh(x, /):
     return _same_type(x, np.tanh(x))
+
+
+@OPS.op("Softsign", since=(1, 22), quantized=ElementwiseOp)
+def softsign(x, /):
+    return _same_type(x, x / (_like(x, 1) + np.abs(x)))
+
+
+@OPS.op("HardSwish", since=(14, 22), quantized=ElementwiseOp)
+def hard_swish(x, /):
+    gate = np.clip(x * _like(x, 1 / 6) + _like(x, 0.5), _like(x, 0), _like(x, 1))
+    return _same_type(x, x * gate)
+
+
+@OPS.op("Mish", since=(18, 22), quantized=ElementwiseOp)
+def mish(x, /):
+    return _same_type(x, x * np.tanh(softplus(x)))
+
+
+@OPS.op("Gelu", since=20, quantized=ElementwiseOp)
+def gelu(x, /, *, approximate="none"):
+    if approximate == "tanh":
+        inner = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+        return _same_type(x, 0.5 * x * (1 + np.tanh(inner)))
+    if approximate != "none":
+        raise ValueError(f"Gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    from .math import _erf
+
+    return _same_type(x, 0.5 * x * (1 + _erf(np.asarray(x, np.float64) / np.sqrt(2))))
+
+
+@OPS.op("PRelu", since=(9, 16), quantized=ElementwiseOp)
+def prelu(x, slope, /):
+    return _same_type(x, np.where(x < 0, x * slope, x))
+
+
+@OPS.op("Shrink", since=9, quantized=ElementwiseOp)
+def shrink(x, /, *, bias=0.0, lambd=0.5):
+    b, lam = _like(x, bias), _like(x, lambd)
+    return _same_type(x, np.where(x < -lam, x + b, np.where(x > lam, x - b, _like(x, 0))))

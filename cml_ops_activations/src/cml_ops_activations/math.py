@@ -41,3 +41,21 @@ def _erf(x):
 
 
 erf = _unary("Erf", (9, 13), _erf)
+
+neg = _unary("Neg", (6, 13), np.negative)
+sqrt = _unary("Sqrt", (6, 13), np.sqrt)
+reciprocal = _unary("Reciprocal", (6, 13), np.reciprocal)
+round_ = _unary("Round", (11, 22), np.round)  # halves to even, as ONNX specifies
+floor = _unary("Floor", (6, 13), np.floor)
+ceil = _unary("Ceil", (6, 13), np.ceil)
+sign = _unary("Sign", (9, 13), np.sign)
+
+
+@OPS.op("IsNaN", since=(9, 13, 20), quantized=ElementwiseOp)
+def is_nan(x, /):
+    return np.isnan(x)
+
+
+@OPS.op("IsInf", since=(10, 20), quantized=ElementwiseOp)
+def is_inf(x, /, *, detect_negative=1, detect_positive=1):
+    return np.isinf(x) & (((x > 0) & bool(detect_positive)) | ((x < 0) & bool(detect_negative)))

@@ -1,6 +1,6 @@
 """Post-training quantization: calibration, quantized op families and the QuantizedModule."""
 
-from .base import ConstantOnlyOp, ElementwiseOp, LayoutOp, LinearOp, QuantizedOp
+from .base import ConstantOnlyOp, ElementwiseOp, LayoutOp, LinearOp, QuantizedOp, ShapeOp
 from .context import QuantContext
 from .module import BitWidthReport, QuantizedModule, quantize_module
 from .quantizers import QuantizedArray, UniformQuantizer
@@ -17,6 +17,7 @@ __all__ = [
     "QuantizedArray",
     "QuantizedModule",
     "QuantizedOp",
+    "ShapeOp",
     "UniformQuantizer",
     "quantize_module",
 ]

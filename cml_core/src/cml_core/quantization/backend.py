@@ -49,6 +49,22 @@ def broadcast(data: Any, *shapes: tuple[int, ...]) -> Any:
     return np.broadcast_to(data, target)
 
 
+def pad_zeros(data: Any, widths: list[tuple[int, int]]) -> Any:
+    """``data`` padded with zeros, ``widths[axis] = (before, after)``."""
+    if not is_traced(data):
+        return np.pad(np.asarray(data), widths)
+    fhe = _fhe()
+    for axis, (before, after) in enumerate(widths):
+        if before or after:
+            blocks = []
+            for count in (before, after):
+                shape = list(data.shape)
+                shape[axis] = count
+                blocks.append(fhe.zeros(tuple(shape)) if count else None)
+            data = np.concatenate([b for b in (blocks[0], data, blocks[1]) if b is not None], axis=axis)
+    return data
+
+
 def round_bits(data: Any, lsbs_to_remove: int, exact: bool = True) -> Any:
     """Round ``data`` to a multiple of ``2**lsbs_to_remove`` (ties upward), keeping its scale.
 

@@ -8,6 +8,7 @@
   the numpy implementation on the integers and keep the float mapping.
 - ``LinearOp``: integer linear algebra on quantized inputs and quantized constants (Gemm,
   MatMul, Conv). Subclasses write ``encrypted_forward``.
+- ``ShapeOp``: ops reading only the shape of an encrypted input (Shape, Size).
 - ``ConstantOnlyOp``: ops computable only when every input is a constant (Constant, shape
   arithmetic); an encrypted input raises ``QuantizationError`` naming the node.
 
@@ -51,7 +52,9 @@ class QuantizedOp:
 
     def call_numpy(self, values: Sequence[Any]) -> Any:
         """Run the numpy implementation (with this node's attributes) on ``values``."""
-        return self.impl.function(*_trim(values, self.signature.variadic_input is None), **self.attributes)
+        context = {"_num_outputs": len(self.bound.node.output)} if self.signature.context else {}
+        return self.impl.function(*_trim(values, self.signature.variadic_input is None), **self.attributes,
+                                  **context)
 
     def forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> tuple[QValue, ...]:
         """Outputs of the node for ``inputs``; constants in, constants out."""
@@ -102,9 +105,15 @@ class ElementwiseOp(QuantizedOp):
             args = list(constants)
             args[position] = inner(q)
             args = [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args]
-            return np.asarray(self.call_numpy(args), dtype=np.float64)
+            # keep the op's own dtype (an integer or boolean result feeds integer ops downstream)
+            return np.asarray(self.call_numpy(args))
 
-        data = backend.broadcast(source.data, *[np.shape(c) for c in constants if c is not None])
+        # the output's shape, from the op itself (constants may broadcast the input, or not at all)
+        probe = list(constants)
+        probe[position] = np.zeros(source.shape)
+        with np.errstate(all="ignore"):
+            out_shape = np.shape(self.call_numpy(probe))
+        data = source.data if tuple(out_shape) == source.shape else backend.broadcast(source.data, out_shape)
         uniform = source.uniform and all(_is_scalar(v) for i, v in enumerate(inputs) if i != position)
         return QValue.lazy(data, to_float, uniform)
 
@@ -149,6 +158,15 @@ class LayoutOp(QuantizedOp):
         if isinstance(out, tuple):
             return tuple(source.with_data(o, name="") for o in out)
         return source.with_data(out, name="")
+
+
+class ShapeOp(QuantizedOp):
+    """Ops whose output depends only on the shape of their encrypted input (Shape, Size): a
+    clear constant, computed from the shape at run time."""
+
+    def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
+        stand_in = [None if v is None else (v.data if v.is_constant else np.zeros(v.shape)) for v in inputs]
+        return QValue.constant(self.call_numpy(stand_in))
 
 
 class ConstantOnlyOp(QuantizedOp):

@@ -127,6 +127,16 @@ class QuantContext:
         self._materialized[key] = out
         return out
 
+    def requantize_to(self, value: QValue, quantizer: UniformQuantizer, key: str) -> Any:
+        """Integers of ``value`` under ``quantizer`` (one lookup, recorded under ``key``)."""
+        to_float = value.to_float
+        assert to_float is not None
+
+        def table(q: np.ndarray) -> np.ndarray:
+            return quantizer.quant(to_float(q))
+
+        return self.lookup(value, table, key=key)
+
     def lookup(self, value: QValue, table: Callable[[np.ndarray], np.ndarray], key: str | None = None) -> Any:
         """Apply ``table`` (int -> int, element-wise) to ``value.data`` as one lookup.
 

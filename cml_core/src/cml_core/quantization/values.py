@@ -68,4 +68,4 @@ class QValue:
         """The float tensor this value stands for (clear data only)."""
         if self.to_float is None:
             return np.asarray(self.data)
-        return self.to_float(np.asarray(self.data))
+        return np.asarray(self.to_float(np.asarray(self.data)), dtype=np.float64)

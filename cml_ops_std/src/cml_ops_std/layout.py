@@ -1,0 +1,262 @@
+"""Ops that select, move or copy elements: transposes, slices, gathers, concatenation, padding."""
+
+import numpy as np
+from cml_core.quantization import ConstantOnlyOp, LayoutOp, QuantizedOp, QValue, ShapeOp, backend
+
+from ._opset import OPS
+
+VERSIONS_13_25 = (13, 21, 23, 24, 25)
+
+
+def _axes(axes, ndim):
+    return [int(a) + ndim if int(a) < 0 else int(a) for a in np.asarray(axes).reshape(-1)]
+
+
+@OPS.op("Transpose", since=(1,) + VERSIONS_13_25, quantized=LayoutOp)
+def transpose(data, /, *, perm=None):
+    return np.transpose(data, perm if perm is None else list(perm))
+
+
+def _squeeze(data, axes):
+    if axes is None:
+        axes = [i for i, d in enumerate(data.shape) if d == 1]
+    axes = _axes(axes, data.ndim)
+    if any(data.shape[a] != 1 for a in axes):
+        raise ValueError(f"cannot squeeze axes {axes} of shape {data.shape}: not of size 1")
+    return np.reshape(data, [d for i, d in enumerate(data.shape) if i not in axes])
+
+
+@OPS.op("Squeeze", since=11, quantized=LayoutOp)
+def squeeze_11(data, /, *, axes=None):
+    return _squeeze(data, axes)
+
+
+@OPS.op("Squeeze", since=VERSIONS_13_25, quantized=LayoutOp)
+def squeeze(data, /, axes=None):
+    return _squeeze(data, axes)
+
+
+def _unsqueeze(data, axes):
+    rank = data.ndim + np.asarray(axes).size
+    shape = list(data.shape)
+    for a in sorted(_axes(axes, rank)):
+        shape.insert(a, 1)
+    return np.reshape(data, shape)
+
+
+@OPS.op("Unsqueeze", since=11, quantized=LayoutOp)
+def unsqueeze_11(data, /, *, axes):
+    return _unsqueeze(data, axes)
+
+
+@OPS.op("Unsqueeze", since=VERSIONS_13_25, quantized=LayoutOp)
+def unsqueeze(data, axes, /):
+    return _unsqueeze(data, axes)
+
+
+@OPS.op("Expand", since=(8, 13), quantized=LayoutOp)
+def expand(data, shape, /):
+    target = np.broadcast_shapes(tuple(data.shape), tuple(int(d) for d in np.asarray(shape).reshape(-1)))
+    return np.broadcast_to(data, target)
+
+
+@OPS.op("Tile", since=(6, 13), quantized=LayoutOp)
+def tile(data, repeats, /):
+    return np.tile(data, [int(r) for r in np.asarray(repeats).reshape(-1)])
+
+
+@OPS.op("Slice", since=(11, 13), quantized=LayoutOp)
+def slice_(data, starts, ends, /, axes=None, steps=None):
+    starts = np.asarray(starts).reshape(-1)
+    ends = np.asarray(ends).reshape(-1)
+    axes = _axes(range(len(starts)) if axes is None else axes, data.ndim)
+    steps = [1] * len(starts) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step == 0:
+            raise ValueError("Slice steps cannot be 0")
+        size = data.shape[axis]
+        start, end = int(start), int(end)
+        start += size if start < 0 else 0
+        end += size if end < 0 else 0
+        if step > 0:
+            start, end = min(max(start, 0), size), min(max(end, 0), size)
+        else:  # counting down: -1 as end means "past the first element"
+            start, end = min(max(start, 0), size - 1), min(max(end, -1), size - 1)
+        index[axis] = slice(start, None if end < 0 else end, step)
+    return data[tuple(index)]
+
+
+@OPS.op("Gather", since=(11, 13), quantized=LayoutOp)
+def gather(data, indices, /, *, axis=0):
+    axis = axis + data.ndim if axis < 0 else axis
+    indices = np.asarray(indices)
+    indices = np.where(indices < 0, indices + data.shape[axis], indices)
+    return np.take(data, indices, axis=axis)
+
+
+@OPS.op("GatherElements", since=(11, 13), quantized=LayoutOp)
+def gather_elements(data, indices, /, *, axis=0):
+    axis = axis + data.ndim if axis < 0 else axis
+    indices = np.asarray(indices)
+    indices = np.where(indices < 0, indices + data.shape[axis], indices)
+    return np.take_along_axis(data, indices, axis=axis)
+
+
+def _split(data, split, axis, count):
+    axis = axis + data.ndim if axis < 0 else axis
+    size = data.shape[axis]
+    if split is None:
+        chunk = -(-size // count)
+        split = [chunk] * (size // chunk) + ([size % chunk] if size % chunk else [])
+    split = [int(s) for s in np.asarray(split).reshape(-1)]
+    if sum(split) != size:
+        raise ValueError(f"split sizes {split} do not add up to the axis size {size}")
+    bounds = np.cumsum([0] + split)
+    index = [slice(None)] * data.ndim
+    parts = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        index[axis] = slice(int(start), int(end))
+        parts.append(data[tuple(index)])
+    return tuple(parts)
+
+
+@OPS.op("Split", since=11, quantized=LayoutOp)
+def split_11(data, /, *, axis=0, split=None, _num_outputs):
+    return _split(data, split, axis, _num_outputs)
+
+
+@OPS.op("Split", since=13, quantized=LayoutOp)
+def split_13(data, /, split=None, *, axis=0, _num_outputs):
+    return _split(data, split, axis, _num_outputs)
+
+
+@OPS.op("Split", since=18, quantized=LayoutOp)
+def split(data, /, split=None, *, axis=0, num_outputs=None, _num_outputs):
+    return _split(data, split, axis, num_outputs or _num_outputs)
+
+
+class QuantizedConcat(QuantizedOp):
+    """Concat: inputs brought to one quantization (the output's) and their integers concatenated.
+
+    Inputs that already share that quantization cost nothing; the others cost one lookup each.
+    """
+
+    def encrypted_forward(self, ctx, inputs):
+        axis = int(self.attributes["axis"])
+        encrypted = [v for v in inputs if not v.is_constant]
+        first = encrypted[0]
+        shared = all(v.is_affine and (v.scale, v.zero_point) == (first.scale, first.zero_point) for v in encrypted)
+        if shared and len(encrypted) == len(inputs):  # constants would be rounded to the inputs' grid
+            quantizer = None
+            scale, zero_point = first.scale, first.zero_point
+        else:
+            quantizer = ctx.quantizer_for(self.bound.node.output[0])
+            scale, zero_point = quantizer.scale, quantizer.zero_point
+        parts = []
+        for i, v in enumerate(inputs):
+            if v.is_constant:
+                q = np.rint(np.asarray(v.data, dtype=np.float64) / scale) + zero_point
+                parts.append(q.astype(np.int64))
+            elif quantizer is None:
+                parts.append(v.data)
+            else:
+                parts.append(ctx.requantize_to(v, quantizer, key=f"{self.bound.name}:{i}"))
+        return QValue.affine(np.concatenate(parts, axis=axis), scale, zero_point)
+
+
+@OPS.op("Concat", since=(11, 13), quantized=QuantizedConcat)
+def concat(*inputs, axis):
+    return np.concatenate(inputs, axis=axis)
+
+
+class QuantizedPad(LayoutOp):
+    """Pad: reflect/edge/wrap move integers; constant padding writes the integer of the pad value."""
+
+    def encrypted_forward(self, ctx, inputs):
+        mode = self.attributes.get("mode", "constant")
+        if mode != "constant":
+            return super().encrypted_forward(ctx, inputs)
+        source = ctx.requantize(inputs[0])
+        value = 0.0 if len(inputs) < 3 or inputs[2] is None else float(np.asarray(inputs[2].data).reshape(-1)[0])
+        q_value = int(np.rint(value / source.scale)) + source.zero_point
+        if not np.isclose(source.scale * (q_value - source.zero_point), value, rtol=1e-9, atol=1e-12):
+            # the pad value is off the input's grid: move to the output's quantization (one lookup)
+            quantizer = ctx.quantizer_for(self.bound.node.output[0])
+            data = ctx.requantize_to(source, quantizer, key=f"{self.bound.name}:pad")
+            source = QValue.affine(data, quantizer.scale, quantizer.zero_point)
+            q_value = int(quantizer.quant(np.array(value)))
+        data, pads = _crop(source.data, self._pads(source.shape, inputs))
+        if q_value != 0:
+            data = data - q_value
+        padded = backend.pad_zeros(data, pads)
+        if q_value != 0:
+            padded = padded + q_value
+        return QValue.affine(padded, source.scale, source.zero_point)
+
+    def _pads(self, shape, inputs):
+        pads = [int(p) for p in np.asarray(inputs[1].data if len(inputs) > 1 else self.attributes["pads"]).reshape(-1)]
+        axes = None if len(inputs) < 4 or inputs[3] is None else _axes(inputs[3].data, len(shape))
+        return _pad_widths(pads, len(shape), axes)
+
+
+def _pad_widths(pads, ndim, axes):
+    axes = list(range(ndim)) if axes is None else axes
+    n = len(axes)
+    if len(pads) != 2 * n:
+        raise ValueError(f"pads has {len(pads)} values, expected {2 * n}")
+    widths = [(0, 0)] * ndim
+    for i, axis in enumerate(axes):
+        widths[axis] = (pads[i], pads[i + n])
+    return widths
+
+
+def _crop(data, widths):
+    """Apply the negative pads (crops); returns the data and the remaining non-negative widths."""
+    if all(b >= 0 and a >= 0 for b, a in widths):
+        return data, widths
+    index = tuple(slice(-b if b < 0 else 0, (data.shape[i] + a) if a < 0 else None) for i, (b, a) in enumerate(widths))
+    return data[index], [(max(b, 0), max(a, 0)) for b, a in widths]
+
+
+def _pad(data, pads, constant_value, axes, mode):
+    widths = _pad_widths([int(p) for p in np.asarray(pads).reshape(-1)], data.ndim,
+                         None if axes is None else _axes(axes, data.ndim))
+    data, widths = _crop(data, widths)
+    if mode == "constant":
+        value = 0 if constant_value is None else np.asarray(constant_value).reshape(-1)[0]
+        return np.pad(data, widths, mode="constant", constant_values=value)
+    if mode in ("reflect", "edge", "wrap"):
+        return np.pad(data, widths, mode=mode)
+    raise ValueError(f"unknown Pad mode {mode!r}")
+
+
+@OPS.op("Pad", since=(11, 13), quantized=QuantizedPad)
+def pad_11(data, pads, /, constant_value=None, *, mode="constant"):
+    return _pad(data, pads, constant_value, None, mode)
+
+
+@OPS.op("Pad", since=(18, 19, 21, 23, 24, 25), quantized=QuantizedPad)
+def pad(data, pads, /, constant_value=None, axes=None, *, mode="constant"):
+    return _pad(data, pads, constant_value, axes, mode)
+
+
+@OPS.op("Shape", since=(1, 13), quantized=ShapeOp)
+def shape_1(data, /):
+    return np.array(data.shape, dtype=np.int64)
+
+
+@OPS.op("Shape", since=(15, 19, 21, 23, 24, 25), quantized=ShapeOp)
+def shape(data, /, *, end=None, start=0):
+    return np.array(data.shape, dtype=np.int64)[slice(start, end)]
+
+
+@OPS.op("Size", since=(1, 13, 19, 21, 23, 24, 25), quantized=ShapeOp)
+def size(data, /):
+    return np.array(int(np.prod(data.shape)), dtype=np.int64)
+
+
+@OPS.op("ConstantOfShape", since=(9, 20, 21, 23, 24, 25), quantized=ConstantOnlyOp)
+def constant_of_shape(shape, /, *, value=None):
+    fill = np.zeros(1, dtype=np.float32) if value is None else np.asarray(value).reshape(-1)
+    return np.full([int(d) for d in np.asarray(shape).reshape(-1)], fill[0], dtype=fill.dtype)
