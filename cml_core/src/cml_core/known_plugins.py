@@ -7,11 +7,15 @@ from __future__ import annotations
 
 KNOWN_PLUGINS: dict[str, frozenset[str]] = {
     "cml-ops-std": frozenset(
-        "Add Clip Constant Conv Div Equal Flatten Gemm Greater Identity Less MatMul Mul Not Reshape Sub".split()
+        "Add And BitShift Cast CastLike Clip Concat Constant ConstantOfShape Conv Div Dropout Equal Expand "
+        "Flatten Gather GatherElements Gemm Greater GreaterOrEqual Identity Less LessOrEqual MatMul Max Mean "
+        "Min Mod Mul Not Or Pad Pow Reshape Shape Size Slice Split Squeeze Sub Sum Tile Transpose Unsqueeze "
+        "Where Xor".split()
     ),
     "cml-ops-activations": frozenset(
-        "Abs Acos Acosh Asin Asinh Atan Atanh Celu Cos Cosh Elu Erf Exp HardSigmoid LeakyRelu Log "
-        "Relu Selu Sigmoid Sin Sinh Softplus Tan Tanh ThresholdedRelu".split()
+        "Abs Acos Acosh Asin Asinh Atan Atanh Ceil Celu Cos Cosh Elu Erf Exp Floor Gelu HardSigmoid HardSwish "
+        "IsInf IsNaN LeakyRelu Log Mish Neg PRelu Reciprocal Relu Round Selu Shrink Sigmoid Sign Sin Sinh "
+        "Softplus Softsign Sqrt Tan Tanh ThresholdedRelu".split()
     ),
 }
 
