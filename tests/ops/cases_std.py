@@ -421,3 +421,74 @@ CASES += [
     OpCase("Size", lambda opset: _shape(1)),  # opset 1 draws no Shape attributes
     OpCase("ConstantOfShape", lambda opset: _constant_of_shape()),
 ]
+
+
+@st.composite
+def _pool(draw, opset, kind):
+    rank = draw(st.integers(1, 3 if kind != "max" else 2))
+    kernel = [draw(st.integers(1, 3)) for _ in range(rank)]
+    dilations = [draw(st.integers(1, 2)) for _ in range(rank)] if (kind == "max" or opset >= 19) else [1] * rank
+    strides = [draw(st.integers(1, 2)) for _ in range(rank)]
+    spatial = [draw(st.integers((k - 1) * d + 1, (k - 1) * d + 4)) for k, d in zip(kernel, dilations)]
+    x = draw(float_arrays((draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial), min_value=-3, max_value=3))
+    attrs = {"kernel_shape": kernel, "strides": strides}
+    if any(d != 1 for d in dilations):
+        attrs["dilations"] = dilations
+    auto_pad = draw(st.sampled_from(["NOTSET", "NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"]))
+    if auto_pad == "NOTSET":
+        attrs["pads"] = [draw(st.integers(0, k - 1)) for k in kernel] * 2
+        if draw(st.booleans()):
+            attrs["ceil_mode"] = 1
+    else:
+        attrs["auto_pad"] = auto_pad
+        if auto_pad.startswith("SAME"):
+            # onnxruntime rejects SAME padding with dilations, and computes negative pads when a stride
+            # exceeds the kernel
+            attrs.pop("dilations", None)
+            attrs["strides"] = [min(st_, k) for st_, k in zip(strides, kernel)]
+    if kind == "average" and draw(st.booleans()):
+        attrs["count_include_pad"] = 1
+    return Example([x], attrs)
+
+
+@st.composite
+def _global_pool(draw):
+    return Example([draw(float_arrays(shapes(min_dims=3, max_dims=5)))])
+
+
+@st.composite
+def _batch_norm(draw, opset):
+    x = draw(float_arrays(shapes(min_dims=2, max_dims=4)))
+    c = x.shape[1]
+    params = [draw(float_arrays((c,), min_value=-2, max_value=2)) for _ in range(3)]
+    var = draw(float_arrays((c,), min_value=0.1, max_value=4))
+    attrs = {"epsilon": draw(float32s(1e-6, 1e-2))} if draw(st.booleans()) else {}
+    return Example([x, params[0], params[1], params[2], var], attrs, constant_inputs=(1, 2, 3, 4))
+
+
+@st.composite
+def _reduce(draw, opset, axes_as_input):
+    x = draw(float_arrays(shapes(min_dims=1)))
+    attrs = {"keepdims": draw(st.integers(0, 1))}
+    axes = draw(st.none() | st.lists(st.integers(-x.ndim, x.ndim - 1), min_size=1, max_size=x.ndim).filter(
+        lambda a: len({v % x.ndim for v in a}) == len(a)))
+    if not axes_as_input(opset):
+        if axes is not None:
+            attrs["axes"] = axes
+        return Example([x], attrs)
+    if draw(st.booleans()):
+        attrs["noop_with_empty_axes"] = draw(st.integers(0, 1))
+    if axes is None:
+        return Example([x], attrs)
+    return Example([x, np.array(axes, np.int64)], attrs, constant_inputs=(1,))
+
+
+CASES += [
+    OpCase("AveragePool", lambda opset: _pool(opset, "average")),
+    OpCase("MaxPool", lambda opset: _pool(opset, "max")),
+    OpCase("GlobalAveragePool", lambda opset: _global_pool()),
+    OpCase("GlobalMaxPool", lambda opset: _global_pool()),
+    OpCase("BatchNormalization", _batch_norm),
+    OpCase("ReduceSum", lambda opset: _reduce(opset, lambda v: v >= 13)),
+    OpCase("ReduceMean", lambda opset: _reduce(opset, lambda v: v >= 18)),
+]

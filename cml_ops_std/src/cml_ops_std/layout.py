@@ -162,7 +162,7 @@ class QuantizedConcat(QuantizedOp):
                 parts.append(v.data)
             else:
                 parts.append(ctx.requantize_to(v, quantizer, key=f"{self.bound.name}:{i}"))
-        return QValue.affine(np.concatenate(parts, axis=axis), scale, zero_point)
+        return QValue.affine(np.concatenate(tuple(parts), axis=axis), scale, zero_point)
 
 
 @OPS.op("Concat", since=(11, 13), quantized=QuantizedConcat)

@@ -61,8 +61,20 @@ def pad_zeros(data: Any, widths: list[tuple[int, int]]) -> Any:
                 shape = list(data.shape)
                 shape[axis] = count
                 blocks.append(fhe.zeros(tuple(shape)) if count else None)
-            data = np.concatenate([b for b in (blocks[0], data, blocks[1]) if b is not None], axis=axis)
+            data = np.concatenate(tuple(b for b in (blocks[0], data, blocks[1]) if b is not None), axis=axis)
     return data
+
+
+def by_selection_matrix(data: Any, layout: Callable[[np.ndarray], Any]) -> Any:
+    """Apply a layout function (moving/copying elements, batch axis untouched) to a traced tensor
+    as a product with its 0/1 selection matrix, for layouts the backend cannot trace directly."""
+    sample_shape = tuple(data.shape[1:])
+    size = int(np.prod(sample_shape))
+    basis = np.eye(size, dtype=np.int64).reshape((size, *sample_shape))
+    moved = np.asarray(layout(basis))
+    matrix = moved.reshape(size, -1)
+    out = np.matmul(data.reshape((data.shape[0], size)), matrix)
+    return out.reshape((data.shape[0], *moved.shape[1:]))
 
 
 def round_bits(data: Any, lsbs_to_remove: int, exact: bool = True) -> Any:
@@ -106,6 +118,43 @@ def conv(
         return out
     return clear_conv(np.asarray(data, dtype=np.int64), weight, bias, strides=strides, pads=pads,
                       dilations=dilations, group=group)
+
+
+def _maximum_of(parts: list[Any]) -> Any:
+    while len(parts) > 1:  # a balanced tree: fewer sequential encrypted maximums
+        parts = [np.maximum(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def window_max(data: Any, kernel: list[int], strides: list[int], dilations: list[int],
+               pads: list[int]) -> Any:
+    """Maximum over pooling windows (ONNX geometry, explicit pads); pads are filled with 0, so
+    ``data`` must be non-negative (unsigned quantized integers)."""
+    n = len(kernel)
+    widths = [(0, 0), (0, 0)] + [(pads[i], pads[i + n]) for i in range(n)]
+    padded = pad_zeros(data, widths) if any(pads) else data
+    spatial = [int(s) for s in padded.shape[2:]]
+    out = [(spatial[i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(n)]
+    parts = []
+    for offset in np.ndindex(*kernel):
+        index = [slice(None), slice(None)]
+        for i in range(n):
+            start = offset[i] * dilations[i]
+            index.append(slice(start, start + (out[i] - 1) * strides[i] + 1, strides[i]))
+        parts.append(padded[tuple(index)])
+    return _maximum_of(parts)
+
+
+def reduce_max(data: Any, axes: tuple[int, ...]) -> Any:
+    """Maximum over ``axes`` (kept with size 1), as a tree of element-wise maximums."""
+    if not is_traced(data):
+        return np.max(np.asarray(data), axis=axes, keepdims=True)
+    parts = [data]
+    for axis in axes:
+        parts = [p[tuple(slice(i, i + 1) if a == axis else slice(None) for a in range(len(p.shape)))]
+                 for p in parts for i in range(int(p.shape[axis]))]
+    return _maximum_of(parts)
 
 
 def maxpool(data: Any, *, kernel_shape: list[int], strides: list[int], pads: list[int],

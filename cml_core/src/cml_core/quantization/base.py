@@ -154,7 +154,21 @@ class LayoutOp(QuantizedOp):
         assert source is not None
         if not source.uniform:  # a per-position float mapping cannot follow moved elements
             source = ctx.requantize(source)
-        out = self.call_numpy([source.data] + [None if v is None else v.data for v in inputs[1:]])
+        rest = [None if v is None else v.data for v in inputs[1:]]
+        try:
+            out = self.call_numpy([source.data] + rest)
+        except Exception:  # noqa: BLE001  (the backend cannot trace this numpy call)
+            if not backend.is_traced(source.data):
+                raise
+            results = []
+            probe = self.call_numpy([np.zeros(source.shape, dtype=np.int64)] + rest)
+            for k in range(len(probe) if isinstance(probe, tuple) else 1):
+                def layout(basis: np.ndarray, k: int = k) -> Any:
+                    result = self.call_numpy([basis] + rest)
+                    return result[k] if isinstance(result, tuple) else result
+
+                results.append(backend.by_selection_matrix(source.data, layout))
+            out = tuple(results) if isinstance(probe, tuple) else results[0]
         if isinstance(out, tuple):
             return tuple(source.with_data(o, name="") for o in out)
         return source.with_data(out, name="")

@@ -1,0 +1,221 @@
+"""Pooling, normalization and reductions."""
+
+import numpy as np
+from cml_core.errors import QuantizationError
+from cml_core.quantization import ConstantOnlyOp, ElementwiseOp, LinearOp, QuantizedOp, QValue, backend
+
+from ._opset import OPS
+from .conv import conv_nd, resolve_pads, windows
+
+
+def _pool_geometry(x_shape, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode):
+    """(strides, dilations, begin/end pads incl. the ceil-mode overhang, explicit pads)."""
+    n = len(kernel_shape)
+    strides = list(strides) if strides is not None else [1] * n
+    dilations = list(dilations) if dilations is not None else [1] * n
+    pads = resolve_pads(auto_pad, x_shape[2:], kernel_shape, strides, dilations, pads)
+    total = list(pads)
+    if ceil_mode:
+        for i in range(n):
+            size = x_shape[2 + i] + pads[i] + pads[i + n]
+            span = (kernel_shape[i] - 1) * dilations[i] + 1
+            out_floor = (size - span) // strides[i] + 1
+            out_ceil = -(-(size - span) // strides[i]) + 1
+            # the last window must start inside the input or its left padding
+            if out_ceil > out_floor and (out_ceil - 1) * strides[i] >= x_shape[2 + i] + pads[i]:
+                out_ceil -= 1
+            total[i + n] += (out_ceil - out_floor) * strides[i] if out_ceil > out_floor else 0
+    return strides, dilations, pads, total
+
+
+def _average_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, count_include_pad):
+    n = len(kernel_shape)
+    strides, dilations, pads, total = _pool_geometry(x.shape, kernel_shape, strides, pads, dilations, auto_pad,
+                                                     ceil_mode)
+    sums = windows(x, kernel_shape, strides, dilations, total).sum(axis=tuple(range(-n, 0)))
+    # which positions count: the input, plus the explicit pads when count_include_pad
+    mask = np.ones((1, 1, *x.shape[2:]), dtype=x.dtype)
+    if count_include_pad:
+        mask = np.pad(mask, [(0, 0), (0, 0)] + [(pads[i], pads[i + n]) for i in range(n)], constant_values=1)
+        extra = [0] * n + [total[i + n] - pads[i + n] for i in range(n)]
+        counts = windows(mask, kernel_shape, strides, dilations, extra)
+    else:
+        counts = windows(mask, kernel_shape, strides, dilations, total)
+    counts = counts.sum(axis=tuple(range(-n, 0)))
+    return (sums / counts).astype(x.dtype)
+
+
+class QuantizedAveragePool(LinearOp):
+    """AveragePool: an integer sum over each window, divided by its count in the float mapping."""
+
+    def encrypted_forward(self, ctx, inputs):
+        q = ctx.requantize(inputs[0])
+        a = self.attributes
+        kernel = list(a["kernel_shape"])
+        n = len(kernel)
+        strides, dilations, pads, total = _pool_geometry(q.shape, kernel, a.get("strides"), a.get("pads"),
+                                                         a.get("dilations"), a.get("auto_pad", "NOTSET"),
+                                                         a.get("ceil_mode", 0))
+        channels = q.shape[1]
+        ones = np.ones((channels, 1, *kernel), dtype=np.int64)
+        acc = backend.conv(self.centered(q), ones, None, pads=total, strides=strides, dilations=dilations,
+                           group=channels, clear_conv=conv_nd)
+        # per-position counts, from the float implementation on ones: count = sum / average
+        probe = np.ones((1, 1, *q.shape[2:]))
+        average = _average_pool(probe, kernel, strides, pads, dilations, "NOTSET", a.get("ceil_mode", 0),
+                                a.get("count_include_pad", 0))
+        summed = windows(probe, kernel, strides, dilations, total).sum(axis=tuple(range(-n, 0)))
+        counts = summed / average
+        if np.all(counts == counts.reshape(-1)[0]):
+            return self.accumulator(ctx, acc, q.scale / counts.reshape(-1)[0])
+        ctx.record_accumulator(acc)
+        scale = q.scale / counts
+        return QValue.lazy(acc, lambda v: scale * np.asarray(v, dtype=np.float64), False)
+
+
+@OPS.op("AveragePool", since=11, quantized=QuantizedAveragePool)
+def average_pool_11(x, /, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, kernel_shape, pads=None,
+                    strides=None):
+    return _average_pool(x, kernel_shape, strides, pads, None, auto_pad, ceil_mode, count_include_pad)
+
+
+@OPS.op("AveragePool", since=(19, 22), quantized=QuantizedAveragePool)
+def average_pool(x, /, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape,
+                 pads=None, strides=None):
+    return _average_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, count_include_pad)
+
+
+def _max_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, storage_order=0):
+    n = len(kernel_shape)
+    strides, dilations, pads, total = _pool_geometry(x.shape, kernel_shape, strides, pads, dilations, auto_pad,
+                                                     ceil_mode)
+    low = np.finfo(x.dtype).min if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    view = windows(x, kernel_shape, strides, dilations, total, pad_value=low)
+    return view.max(axis=tuple(range(-n, 0)))
+
+
+class QuantizedMaxPool(QuantizedOp):
+    """MaxPool: requantized (monotone) integers, maximum over each window of encrypted values."""
+
+    def encrypted_forward(self, ctx, inputs):
+        if len(self.bound.node.output) > 1 and self.bound.node.output[1]:
+            raise QuantizationError(f"{self.where}: the Indices output cannot be computed on encrypted values")
+        q = ctx.requantize(inputs[0])
+        a = self.attributes
+        kernel = list(a["kernel_shape"])
+        strides, dilations, _, total = _pool_geometry(q.shape, kernel, a.get("strides"), a.get("pads"),
+                                                      a.get("dilations"), a.get("auto_pad", "NOTSET"),
+                                                      a.get("ceil_mode", 0))
+        # the integers are unsigned: padding with 0, the grid's smallest value, never changes a maximum
+        data = backend.window_max(q.data, kernel, strides, dilations, total)
+        return QValue.affine(data, q.scale, q.zero_point)
+
+
+@OPS.op("MaxPool", since=(11, 12, 22), quantized=QuantizedMaxPool)
+def max_pool(x, /, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape, pads=None, storage_order=0,
+             strides=None):
+    return _max_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, storage_order)
+
+
+class QuantizedGlobalAveragePool(LinearOp):
+    """GlobalAveragePool: integer sum over the spatial axes, divided by their size."""
+
+    def encrypted_forward(self, ctx, inputs):
+        q = ctx.requantize(inputs[0])
+        axes = tuple(range(2, len(q.shape)))
+        acc = np.sum(self.centered(q), axis=axes, keepdims=True)
+        return self.accumulator(ctx, acc, q.scale / int(np.prod([q.shape[a] for a in axes])))
+
+
+@OPS.op("GlobalAveragePool", since=(1, 22), quantized=QuantizedGlobalAveragePool)
+def global_average_pool(x, /):
+    return np.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype)
+
+
+class QuantizedGlobalMaxPool(QuantizedOp):
+    """GlobalMaxPool: maximum of the requantized integers over the spatial axes."""
+
+    def encrypted_forward(self, ctx, inputs):
+        q = ctx.requantize(inputs[0])
+        data = backend.reduce_max(q.data, tuple(range(2, len(q.shape))))
+        return QValue.affine(data, q.scale, q.zero_point)
+
+
+@OPS.op("GlobalMaxPool", since=(1, 22), quantized=QuantizedGlobalMaxPool)
+def global_max_pool(x, /):
+    return np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+def _batch_norm(x, scale, bias, mean, var, epsilon):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = (np.asarray(scale) / np.sqrt(np.asarray(var) + epsilon)).reshape(shape)
+    return ((x - np.asarray(mean).reshape(shape)) * inv + np.asarray(bias).reshape(shape)).astype(x.dtype)
+
+
+@OPS.op("BatchNormalization", since=9, quantized=ElementwiseOp)
+def batch_normalization_9(x, scale, b, input_mean, input_var, /, *, epsilon=1e-5, momentum=0.9):
+    return _batch_norm(x, scale, b, input_mean, input_var, epsilon)
+
+
+@OPS.op("BatchNormalization", since=(14, 15), quantized=ElementwiseOp)
+def batch_normalization(x, scale, b, input_mean, input_var, /, *, epsilon=1e-5, momentum=0.9, training_mode=0):
+    if training_mode:
+        raise ValueError("BatchNormalization in training mode is not supported; export the model in eval mode")
+    return _batch_norm(x, scale, b, input_mean, input_var, epsilon)
+
+
+def _reduce_axes(data, axes, noop_with_empty_axes=0):
+    if axes is None or np.asarray(axes).size == 0:
+        return None if not noop_with_empty_axes else ()
+    return tuple(int(a) + data.ndim if int(a) < 0 else int(a) for a in np.asarray(axes).reshape(-1))
+
+
+def _reduce(function, data, axes, keepdims, noop):
+    axes = _reduce_axes(data, axes, noop)
+    if axes == ():
+        return data
+    return np.asarray(function(data, axis=axes, keepdims=bool(keepdims))).astype(data.dtype, copy=False)
+
+
+class QuantizedReduceSum(LinearOp):
+    """ReduceSum / ReduceMean: integer sums of the requantized input."""
+
+    mean = False
+
+    def encrypted_forward(self, ctx, inputs):
+        q = ctx.requantize(inputs[0])
+        axes_value = self.attributes.get("axes")
+        if len(inputs) > 1 and inputs[1] is not None:
+            axes_value = inputs[1].data
+        axes = _reduce_axes(np.zeros(q.shape), axes_value, self.attributes.get("noop_with_empty_axes", 0))
+        if axes == ():
+            return q
+        keepdims = bool(self.attributes.get("keepdims", 1))
+        acc = np.sum(self.centered(q), axis=axes, keepdims=keepdims)
+        count = int(np.prod([q.shape[a] for a in (axes if axes is not None else range(len(q.shape)))]))
+        return self.accumulator(ctx, acc, q.scale / count if self.mean else q.scale)
+
+
+class QuantizedReduceMean(QuantizedReduceSum):
+    mean = True
+
+
+def _reduce_ops(op_type, function, versions_attr, versions_input, quantized):
+    """Register a reduction: axes as an attribute before ``versions_input[0]``, as an input from it on."""
+
+    def with_attribute(data, /, *, axes=None, keepdims=1):
+        return _reduce(function, data, axes, keepdims, 0)
+
+    def with_input(data, /, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+        return _reduce(function, data, axes, keepdims, noop_with_empty_axes)
+
+    for f, suffix in ((with_attribute, "attribute"), (with_input, "input")):
+        f.__name__ = f.__qualname__ = f"{op_type.lower()}_axes_{suffix}"
+    if versions_attr:
+        OPS.op(op_type, since=versions_attr, quantized=quantized)(with_attribute)
+    if versions_input:
+        OPS.op(op_type, since=versions_input, quantized=quantized)(with_input)
+
+
+_reduce_ops("ReduceSum", np.sum, (11,), (13,), QuantizedReduceSum)
+_reduce_ops("ReduceMean", np.mean, (11, 13), (18,), QuantizedReduceMean)
