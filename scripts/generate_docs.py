@@ -1,4 +1,5 @@
-"""Write docs/ops.md from the op registry (never by hand). ``--check`` fails if the file is stale.
+"""Write docs/ops.md and the install-hint table of known_plugins.py from the op registry (never by
+hand). ``--check`` fails if either is stale.
 
     python scripts/generate_docs.py [--check]
 """
@@ -64,21 +65,40 @@ def render() -> str:
     ])
 
 
+KNOWN = Path(__file__).resolve().parent.parent / "cml_core" / "src" / "cml_core" / "known_plugins.py"
+
+
+def render_known_plugins() -> str:
+    """known_plugins.py with its table rebuilt from what the first-party plugins register."""
+    import textwrap
+
+    registry = get_registry()
+    text = KNOWN.read_text()
+    start, end = text.index("KNOWN_PLUGINS"), text.index("\n\n\ndef install_hint")
+    body = "KNOWN_PLUGINS: dict[str, frozenset[str]] = {\n"
+    for dist in sorted(FIRST_PARTY, reverse=True):
+        ops = sorted({i.op_type for i in registry if i.provider.distribution == dist})
+        lines = textwrap.wrap(" ".join(ops), 100)
+        body += f'    "{dist}": frozenset(\n'
+        body += "".join(f'        "{line} "\n' for line in lines[:-1])
+        body += f'        "{lines[-1]}".split()\n    ),\n'
+    return text[:start] + body + "}" + text[end:]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true", help="fail if docs/ops.md is not up to date")
     args = parser.parse_args()
-    text = render()
-    target = DOCS / "ops.md"
-    if args.check:
-        if not target.exists() or target.read_text() != text:
-            print(f"{target} is stale: run python scripts/generate_docs.py", file=sys.stderr)
-            return 1
-        print(f"{target} is up to date")
-        return 0
-    target.write_text(text)
-    print(f"wrote {target}")
-    return 0
+    stale = 0
+    for target, text in ((DOCS / "ops.md", render()), (KNOWN, render_known_plugins())):
+        if args.check:
+            if not target.exists() or target.read_text() != text:
+                print(f"{target} is stale: run python scripts/generate_docs.py", file=sys.stderr)
+                stale = 1
+            continue
+        target.write_text(text)
+        print(f"wrote {target}")
+    return stale
 
 
 if __name__ == "__main__":

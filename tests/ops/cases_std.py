@@ -467,8 +467,8 @@ def _batch_norm(draw, opset):
 
 
 @st.composite
-def _reduce(draw, opset, axes_as_input):
-    x = draw(float_arrays(shapes(min_dims=1)))
+def _reduce(draw, opset, axes_as_input, bound=10.0):
+    x = draw(float_arrays(shapes(min_dims=1), min_value=-bound, max_value=bound))
     attrs = {"keepdims": draw(st.integers(0, 1))}
     axes = draw(st.none() | st.lists(st.integers(-x.ndim, x.ndim - 1), min_size=1, max_size=x.ndim).filter(
         lambda a: len({v % x.ndim for v in a}) == len(a)))
@@ -491,4 +491,45 @@ CASES += [
     OpCase("BatchNormalization", _batch_norm),
     OpCase("ReduceSum", lambda opset: _reduce(opset, lambda v: v >= 13)),
     OpCase("ReduceMean", lambda opset: _reduce(opset, lambda v: v >= 18)),
+]
+
+
+@st.composite
+def _arg(draw, opset):
+    x = draw(float_arrays(shapes(min_dims=1)))
+    attrs = {"axis": draw(st.integers(-x.ndim, x.ndim - 1)), "keepdims": draw(st.integers(0, 1))}
+    if opset >= 12:
+        attrs["select_last_index"] = draw(st.integers(0, 1))
+    if draw(st.booleans()):  # ties, so select_last_index matters
+        x = np.round(x / 5).astype(np.float32)
+    return Example([x], attrs)
+
+
+@st.composite
+def _softmax(draw, opset):
+    x = draw(float_arrays(shapes(min_dims=1), min_value=-20, max_value=20))
+    attrs = {"axis": draw(st.integers(-x.ndim, x.ndim - 1))} if draw(st.booleans()) else {}
+    if not attrs and opset < 13 and x.ndim < 2:
+        attrs = {"axis": 0}
+    return Example([x], attrs)
+
+
+def _positive_reduce(opset, since_input):
+    return _reduce(opset, lambda v: v >= since_input)
+
+
+CASES += [
+    OpCase("ReduceMax", lambda opset: _reduce(opset, lambda v: v >= 18)),
+    OpCase("ReduceMin", lambda opset: _reduce(opset, lambda v: v >= 18)),
+    OpCase("ReduceL1", lambda opset: _reduce(opset, lambda v: v >= 18)),
+    OpCase("ReduceL2", lambda opset: _reduce(opset, lambda v: v >= 18)),
+    OpCase("ReduceSumSquare", lambda opset: _reduce(opset, lambda v: v >= 18)),
+    OpCase("ReduceLogSumExp", lambda opset: _reduce(opset, lambda v: v >= 18)),
+    # |x| <= 1.2 keeps products finite: past overflow, inf * 0 depends on the multiplication order
+    OpCase("ReduceProd", lambda opset: _reduce(opset, lambda v: v >= 18, bound=1.2)),
+    OpCase("ArgMax", _arg),
+    OpCase("ArgMin", _arg),
+    OpCase("Softmax", _softmax),
+    OpCase("LogSoftmax", _softmax),
+    OpCase("Hardmax", _softmax),
 ]

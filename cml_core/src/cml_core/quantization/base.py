@@ -68,6 +68,20 @@ class QuantizedOp:
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue | tuple[QValue, ...]:
         raise NotImplementedError(f"{type(self).__name__} does not implement encrypted_forward")
 
+    def fitted_quantizer(self, ctx: QuantContext, key: str, values: Any, n_bits: int | None = None) -> UniformQuantizer:
+        """A quantizer for an intermediate (non-ONNX) tensor, fitted on its calibration ``values``.
+
+        Fitted while calibrating and kept in ``state``; ``values`` is ignored afterwards.
+        """
+        if key not in self.state:
+            if not ctx.calibrating:
+                raise QuantizationError(f"{self.where}: {key} was not calibrated")
+            arr = np.asarray(values, dtype=np.float64)
+            finite = arr[np.isfinite(arr)]
+            low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+            self.state[key] = UniformQuantizer.fit(low, high, n_bits or ctx.config.op_inputs)
+        return self.state[key]  # type: ignore[no-any-return]
+
     @staticmethod
     def encrypted_positions(inputs: Sequence[QValue | None]) -> list[int]:
         return [i for i, v in enumerate(inputs) if v is not None and not v.is_constant]
@@ -110,7 +124,8 @@ class ElementwiseOp(QuantizedOp):
 
         # the output's shape, from the op itself (constants may broadcast the input, or not at all)
         probe = list(constants)
-        probe[position] = np.zeros(source.shape)
+        with np.errstate(all="ignore"):  # zeros of the input's value type (floats, or integers after a Cast)
+            probe[position] = np.zeros(source.shape, dtype=np.asarray(inner(np.zeros(1, dtype=np.int64))).dtype)
         with np.errstate(all="ignore"):
             out_shape = np.shape(self.call_numpy(probe))
         data = source.data if tuple(out_shape) == source.shape else backend.broadcast(source.data, out_shape)
