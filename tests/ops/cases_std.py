@@ -533,3 +533,80 @@ CASES += [
     OpCase("LogSoftmax", _softmax),
     OpCase("Hardmax", _softmax),
 ]
+
+
+@st.composite
+def _conv_transpose(draw):
+    rank = draw(st.integers(1, 2))
+    group = draw(st.integers(1, 2))
+    cin, per_group = group * draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    kernel = [draw(st.integers(1, 3)) for _ in range(rank)]
+    strides = [draw(st.integers(1, 2)) for _ in range(rank)]
+    dilations = [draw(st.integers(1, 2)) for _ in range(rank)]
+    spatial = [draw(st.integers(1, 4)) for _ in range(rank)]
+    x = draw(float_arrays((1, cin, *spatial), min_value=-3, max_value=3))
+    w = draw(float_arrays((cin, per_group, *kernel), min_value=-3, max_value=3))
+    attrs = {"group": group, "strides": strides, "dilations": dilations}
+    mode = draw(st.sampled_from(["pads", "output_padding", "output_shape"]))
+    if mode == "pads":  # at most half the kernel on each side, so the output keeps at least one element
+        attrs["pads"] = [draw(st.integers(0, (k - 1) // 2)) for k in kernel] * 2
+    elif mode == "output_padding":
+        attrs["output_padding"] = [draw(st.integers(0, s - 1)) for s in strides]
+    else:
+        full = [(spatial[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 for i in range(rank)]
+        attrs["output_shape"] = [max(1, f - draw(st.integers(0, 1))) for f in full]
+    inputs = [x, w] + ([draw(float_arrays((per_group * group,)))] if draw(st.booleans()) else [])
+    return Example(inputs, attrs, constant_inputs=tuple(range(1, len(inputs))))
+
+
+@st.composite
+def _lp_pool(draw, opset):
+    example = draw(_pool(opset if opset >= 18 else 11, "average"))
+    example.attributes.pop("count_include_pad", None)
+    if opset < 18:
+        example.attributes.pop("ceil_mode", None)
+        example.attributes.pop("dilations", None)
+    example.attributes["p"] = draw(st.integers(1, 3))
+    return example
+
+
+@st.composite
+def _lrn(draw):
+    # onnxruntime implements LRN for 4-D inputs only
+    x = draw(float_arrays(shapes(min_dims=4, max_dims=4), min_value=-3, max_value=3))
+    attrs = {"size": draw(st.sampled_from([1, 3, 5]))}  # onnxruntime accepts odd sizes only
+    for name, strategy in (("alpha", float32s(1e-4, 1e-1)), ("beta", float32s(0.1, 1)), ("bias", float32s(0.5, 2))):
+        if draw(st.booleans()):
+            attrs[name] = draw(strategy)
+    return Example([x], attrs)
+
+
+@st.composite
+def _instance_norm(draw):
+    x = draw(float_arrays(shapes(min_dims=3, max_dims=4, min_side=2), min_value=-3, max_value=3))
+    # a ramp keeps every group's variance away from 0, where onnxruntime's float32 statistics lose digits
+    x = (x + np.arange(x.size, dtype=np.float32).reshape(x.shape) % 3).astype(np.float32)
+    c = x.shape[1]
+    params = [draw(float_arrays((c,), min_value=-2, max_value=2)) for _ in range(2)]
+    return Example([x, *params], constant_inputs=(1, 2))
+
+
+@st.composite
+def _layer_norm(draw):
+    x = draw(float_arrays(shapes(min_dims=1, max_dims=4, min_side=2), min_value=-3, max_value=3))
+    axis = draw(st.integers(-x.ndim, x.ndim - 1))
+    normalized = x.shape[axis % x.ndim:]
+    inputs = [x, draw(float_arrays(normalized, min_value=-2, max_value=2))]
+    if draw(st.booleans()):
+        inputs.append(draw(float_arrays(normalized, min_value=-2, max_value=2)))
+    return Example(inputs, {"axis": axis}, constant_inputs=tuple(range(1, len(inputs))),
+                   n_outputs=draw(st.sampled_from([1, 3])))
+
+
+CASES += [
+    OpCase("ConvTranspose", lambda opset: _conv_transpose()),
+    OpCase("LpPool", _lp_pool),
+    OpCase("LRN", lambda opset: _lrn()),
+    OpCase("InstanceNormalization", lambda opset: _instance_norm()),
+    OpCase("LayerNormalization", lambda opset: _layer_norm()),
+]

@@ -1,0 +1,307 @@
+"""ConvTranspose, LpPool, LRN, InstanceNormalization and LayerNormalization."""
+
+import numpy as np
+from cml_core.errors import QuantizationError
+from cml_core.quantization import LinearOp, QuantizedOp, QValue, backend
+
+from ._opset import OPS
+from .conv import conv_nd, windows
+from .pooling import _pool_geometry
+
+
+# -- ConvTranspose ---------------------------------------------------------------------------------
+def conv_transpose_nd(x, w, b=None, *, strides, pads, dilations, group, output_padding):
+    """ONNX ConvTranspose with explicit pads; exact for integer dtypes."""
+    n = w.ndim - 2
+    channels, per_group = x.shape[1], w.shape[1]
+    cg = channels // group
+    in_shape = x.shape[2:]
+    full = [(in_shape[i] - 1) * strides[i] + (w.shape[2 + i] - 1) * dilations[i] + 1 + output_padding[i]
+            for i in range(n)]
+    out = np.zeros((x.shape[0], per_group * group, *full), dtype=np.result_type(x.dtype, w.dtype))
+    for g in range(group):
+        xg = x[:, g * cg : (g + 1) * cg]
+        for offset in np.ndindex(*w.shape[2:]):
+            kernel = w[(slice(g * cg, (g + 1) * cg), slice(None)) + offset]  # (Cg, Mg)
+            contribution = np.moveaxis(np.tensordot(xg, kernel, axes=([1], [0])), -1, 1)  # (N, Mg, *in)
+            index = [slice(None), slice(g * per_group, (g + 1) * per_group)]
+            index += [slice(offset[i] * dilations[i], offset[i] * dilations[i] + (in_shape[i] - 1) * strides[i] + 1,
+                            strides[i]) for i in range(n)]
+            out[tuple(index)] += contribution
+    crop = tuple([slice(None), slice(None)] + [slice(pads[i], full[i] - pads[i + n]) for i in range(n)])
+    out = out[crop]
+    if b is not None:
+        out = out + np.asarray(b).reshape((1, -1) + (1,) * n)
+    return out
+
+
+def _conv_transpose_geometry(x_shape, w_shape, auto_pad, dilations, kernel_shape, output_padding, output_shape,
+                             pads, strides):
+    n = len(w_shape) - 2
+    kernel = list(kernel_shape) if kernel_shape is not None else list(w_shape[2:])
+    strides = list(strides) if strides is not None else [1] * n
+    dilations = list(dilations) if dilations is not None else [1] * n
+    output_padding = list(output_padding) if output_padding is not None else [0] * n
+    in_shape = x_shape[2:]
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(output_shape)[-n:] if output_shape is not None else [in_shape[i] * strides[i] for i in range(n)]
+        begin, end = [], []
+        for i in range(n):
+            total = strides[i] * (in_shape[i] - 1) + output_padding[i] + (kernel[i] - 1) * dilations[i] + 1 - target[i]
+            small, large = total // 2, total - total // 2
+            if auto_pad == "SAME_UPPER":
+                begin.append(small)
+                end.append(large)
+            else:
+                begin.append(large)
+                end.append(small)
+        pads = begin + end
+    elif auto_pad == "VALID" or pads is None:
+        pads = [0] * (2 * n)
+    return strides, list(pads), dilations, output_padding
+
+
+class QuantizedConvTranspose(LinearOp):
+    """ConvTranspose of an encrypted input with constant weights: an integer transposed convolution."""
+
+    weight_inputs = ("w",)
+
+    def encrypted_forward(self, ctx, inputs):
+        x, w = inputs[0], inputs[1]
+        b = inputs[2] if len(inputs) > 2 else None
+        if not w.is_constant or (b is not None and not b.is_constant):
+            raise QuantizationError(f"{self.where}: ConvTranspose weights and bias must be constants")
+        q = ctx.requantize(x)
+        wq, w_scale = self.weights(ctx, "W", w.data)
+        scale = q.scale * w_scale
+        bias = self.integer_bias("B", None if b is None else b.data, scale)
+        a = self.attributes
+        strides, pads, dilations, output_padding = _conv_transpose_geometry(
+            q.shape, wq.shape, a.get("auto_pad", "NOTSET"), a.get("dilations"), a.get("kernel_shape"),
+            a.get("output_padding"), a.get("output_shape"), a.get("pads"), a.get("strides"))
+
+        def clear(data, weight, b_, *, strides, pads, dilations, group):
+            return conv_transpose_nd(data, weight, b_, strides=strides, pads=pads, dilations=dilations, group=group,
+                                     output_padding=output_padding)
+
+        acc = backend.conv(self.centered(q), wq, bias, pads=pads, strides=strides, dilations=dilations,
+                           group=int(a.get("group", 1)), clear_conv=clear)
+        float_bias = None
+        if b is not None and bias is None:
+            float_bias = np.asarray(b.data, np.float64).reshape((1, -1) + (1,) * (len(q.shape) - 2))
+        return self.accumulator(ctx, acc, scale, float_bias)
+
+
+@OPS.op("ConvTranspose", since=(11, 22), quantized=QuantizedConvTranspose)
+def conv_transpose(x, w, /, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                   output_padding=None, output_shape=None, pads=None, strides=None):
+    strides, pads, dilations, output_padding = _conv_transpose_geometry(
+        x.shape, w.shape, auto_pad, dilations, kernel_shape, output_padding, output_shape, pads, strides)
+    return conv_transpose_nd(x, w, b, strides=strides, pads=pads, dilations=dilations, group=group,
+                             output_padding=output_padding).astype(x.dtype)
+
+
+# -- LpPool --------------------------------------------------------------------------------------
+def _lp_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, p):
+    n = len(kernel_shape)
+    strides, dilations, _, total = _pool_geometry(x.shape, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
+    powered = np.power(np.abs(x.astype(np.float64)), p)
+    sums = windows(powered, kernel_shape, strides, dilations, total).sum(axis=tuple(range(-n, 0)))
+    return np.power(sums, 1.0 / p).astype(x.dtype)
+
+
+class QuantizedLpPool(QuantizedOp):
+    """LpPool: |x|**p by one lookup, an integer sum over each window, the p-th root joins the next lookup."""
+
+    def encrypted_forward(self, ctx, inputs):
+        source = inputs[0]
+        a = self.attributes
+        p = float(a.get("p", 2))
+        kernel = list(a["kernel_shape"])
+        strides, dilations, _, total = _pool_geometry(source.shape, kernel, a.get("strides"), a.get("pads"),
+                                                      a.get("dilations"), a.get("auto_pad", "NOTSET"),
+                                                      a.get("ceil_mode", 0))
+        to_float = source.to_float
+        powered = np.power(np.abs(source.float_value()), p) if ctx.calibrating else None
+        quantizer = self.fitted_quantizer(ctx, "power", powered)
+        mapped = ctx.lookup(source, lambda q: quantizer.quant(np.power(np.abs(to_float(q)), p)),
+                            key=f"{self.bound.name}:power")
+        channels = source.shape[1]
+        ones = np.ones((channels, 1, *kernel), dtype=np.int64)
+        acc = backend.conv(mapped - quantizer.zero_point, ones, None, pads=total, strides=strides,
+                           dilations=dilations, group=channels, clear_conv=conv_nd)
+        ctx.record_accumulator(acc)
+        scale = quantizer.scale
+        return QValue.lazy(acc, lambda v: np.power(np.maximum(scale * np.asarray(v, np.float64), 0), 1.0 / p), True)
+
+
+@OPS.op("LpPool", since=11, quantized=QuantizedLpPool)
+def lp_pool_11(x, /, *, auto_pad="NOTSET", kernel_shape, p=2, pads=None, strides=None):
+    return _lp_pool(x, kernel_shape, strides, pads, None, auto_pad, 0, p)
+
+
+@OPS.op("LpPool", since=(18, 22), quantized=QuantizedLpPool)
+def lp_pool(x, /, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape, p=2, pads=None, strides=None):
+    return _lp_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, p)
+
+
+# -- normalizations ----------------------------------------------------------------------------------
+def _normalize(x, axes, epsilon):
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = np.square(x64 - mean).mean(axis=axes, keepdims=True)
+    return (x64 - mean) / np.sqrt(var + epsilon), mean, var
+
+
+class QuantizedNormalization(QuantizedOp):
+    """(x - mean) / sqrt(var + eps) * scale + bias over ``axes``, on encrypted values.
+
+    The centred integers K*x - sum(x) are exact; their squares cost one lookup, their sum is an
+    integer sum, and one two-input lookup divides each centred value by its group's deviation.
+    Scale and bias join the next lookup.
+    """
+
+    def axes(self, shape):
+        raise NotImplementedError
+
+    def affine_params(self, inputs, shape):
+        raise NotImplementedError
+
+    def normalize(self, ctx, source, axes, epsilon):
+        q = ctx.requantize(source)
+        count = int(np.prod([q.shape[a] for a in axes]))
+        centred_int = self.centered_sum(q, axes, count)
+        unit = q.scale / count
+        centred = QValue.lazy(centred_int, lambda d: unit * np.asarray(d, np.float64), True,
+                              name=f"{self.bound.name}:centred")
+        squares_q = self.fitted_quantizer(ctx, "square", np.square(centred.float_value()) if ctx.calibrating else None)
+        squares = ctx.lookup(centred, lambda d: squares_q.quant(np.square(unit * np.asarray(d, np.float64))),
+                             key=f"{self.bound.name}:square")
+        total = np.sum(squares, axis=axes, keepdims=True)
+        variance = QValue.lazy(total, lambda t: squares_q.scale * (np.asarray(t, np.float64) - count * squares_q.zero_point)
+                               / count, True, name=f"{self.bound.name}:variance")
+        var_q = self.fitted_quantizer(ctx, "variance", variance.float_value() if ctx.calibrating else None)
+        var_float = variance.to_float
+        var_int = ctx.lookup(variance, lambda t: var_q.quant(var_float(t)), key=f"{self.bound.name}:variance")
+        dev_q = self.fitted_quantizer(ctx, "centred", centred.float_value() if ctx.calibrating else None)
+        dev_int = ctx.lookup(centred, lambda d: dev_q.quant(unit * np.asarray(d, np.float64)),
+                             key=f"{self.bound.name}:centred")
+        if ctx.calibrating:
+            normalized = dev_q.dequant(dev_int) / np.sqrt(np.maximum(var_q.dequant(var_int), 0) + epsilon)
+        else:
+            normalized = None
+        out_q = self.fitted_quantizer(ctx, "normalized", normalized)
+
+        def table(d, v):
+            return out_q.quant(dev_q.dequant(d) / np.sqrt(np.maximum(var_q.dequant(v), 0) + epsilon))
+
+        operands = [dev_int, backend.broadcast(var_int, tuple(dev_int.shape))]
+        data = backend.multi_lookup(table, *operands)
+        ctx.record_multi_lookup(self.bound.node.output[0], operands)
+        return data, out_q
+
+    @staticmethod
+    def centered_sum(q, axes, count):
+        c = q.data - q.zero_point if q.zero_point else q.data
+        return c * count - np.sum(c, axis=axes, keepdims=True)
+
+    def finish(self, data, out_q, gamma, beta):
+        scale, zero_point = out_q.scale, out_q.zero_point
+
+        def to_float(v):
+            z = scale * (np.asarray(v, np.float64) - zero_point)
+            return z * gamma + (0.0 if beta is None else beta)
+
+        uniform = np.size(gamma) == 1 and (beta is None or np.size(beta) == 1)
+        return QValue.lazy(data, to_float, uniform)
+
+
+class QuantizedInstanceNormalization(QuantizedNormalization):
+    def encrypted_forward(self, ctx, inputs):
+        x, scale, bias = inputs[0], inputs[1], inputs[2]
+        if not (scale.is_constant and bias.is_constant):
+            raise QuantizationError(f"{self.where}: scale and bias must be constants")
+        axes = tuple(range(2, len(x.shape)))
+        data, out_q = self.normalize(ctx, x, axes, float(self.attributes.get("epsilon", 1e-5)))
+        shape = (1, -1) + (1,) * (len(x.shape) - 2)
+        return self.finish(data, out_q, np.asarray(scale.data, np.float64).reshape(shape),
+                           np.asarray(bias.data, np.float64).reshape(shape))
+
+
+@OPS.op("InstanceNormalization", since=(6, 22), quantized=QuantizedInstanceNormalization)
+def instance_normalization(x, scale, b, /, *, epsilon=1e-5):
+    normalized, _, _ = _normalize(x, tuple(range(2, x.ndim)), epsilon)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return (normalized * np.asarray(scale).reshape(shape) + np.asarray(b).reshape(shape)).astype(x.dtype)
+
+
+class QuantizedLayerNormalization(QuantizedNormalization):
+    def encrypted_forward(self, ctx, inputs):
+        if len(self.bound.node.output) > 1 and any(self.bound.node.output[1:]):
+            raise QuantizationError(f"{self.where}: the Mean and InvStdDev outputs cannot be encrypted outputs")
+        x, scale = inputs[0], inputs[1]
+        bias = inputs[2] if len(inputs) > 2 else None
+        if not scale.is_constant or (bias is not None and not bias.is_constant):
+            raise QuantizationError(f"{self.where}: scale and bias must be constants")
+        axis = int(self.attributes.get("axis", -1))
+        axis = axis + len(x.shape) if axis < 0 else axis
+        data, out_q = self.normalize(ctx, x, tuple(range(axis, len(x.shape))), float(self.attributes.get("epsilon", 1e-5)))
+        return self.finish(data, out_q, np.asarray(scale.data, np.float64),
+                           None if bias is None else np.asarray(bias.data, np.float64))
+
+
+@OPS.op("LayerNormalization", since=17, quantized=QuantizedLayerNormalization)
+def layer_normalization(x, scale, /, b=None, *, axis=-1, epsilon=1e-5, stash_type=1):
+    axis = axis + x.ndim if axis < 0 else axis
+    axes = tuple(range(axis, x.ndim))
+    normalized, mean, var = _normalize(x, axes, epsilon)
+    y = normalized * scale + (0 if b is None else b)
+    return y.astype(x.dtype), mean.astype(np.float32), (1 / np.sqrt(var + epsilon)).astype(np.float32)
+
+
+# -- LRN -------------------------------------------------------------------------------------------
+def _channel_window_sum(squares, size):
+    """Sum over the channel window [c - floor((size-1)/2), c + ceil((size-1)/2)]."""
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    padded = np.pad(squares, [(0, 0), (before, after)] + [(0, 0)] * (squares.ndim - 2))
+    return sum(padded[:, i : i + squares.shape[1]] for i in range(size))
+
+
+class QuantizedLRN(QuantizedOp):
+    """LRN: squares by one lookup, an integer sum over neighbouring channels, one two-input lookup."""
+
+    def encrypted_forward(self, ctx, inputs):
+        a = self.attributes
+        size, alpha, beta, bias = int(a["size"]), float(a.get("alpha", 1e-4)), float(a.get("beta", 0.75)), float(a.get("bias", 1.0))
+        q = ctx.requantize(inputs[0])
+        squares_q = self.fitted_quantizer(ctx, "square", np.square(q.float_value()) if ctx.calibrating else None)
+        to_float = q.to_float
+        squares = ctx.lookup(q, lambda v: squares_q.quant(np.square(to_float(v))), key=f"{self.bound.name}:square")
+        channels = q.shape[1]
+        kernel = np.zeros((channels, channels) + (1,) * (len(q.shape) - 2), dtype=np.int64)
+        before = (size - 1) // 2
+        for c in range(channels):
+            kernel[c, max(0, c - before) : min(channels, c - before + size)] = 1
+        acc = backend.conv(squares - squares_q.zero_point, kernel, None, pads=[0] * (2 * (len(q.shape) - 2)),
+                           strides=[1] * (len(q.shape) - 2), dilations=[1] * (len(q.shape) - 2), group=1,
+                           clear_conv=conv_nd)
+        window = QValue.lazy(acc, lambda t: squares_q.scale * np.asarray(t, np.float64), True,
+                             name=f"{self.bound.name}:window")
+        window_q = self.fitted_quantizer(ctx, "window", window.float_value() if ctx.calibrating else None)
+        window_float = window.to_float
+        w_int = ctx.lookup(window, lambda t: window_q.quant(window_float(t)), key=f"{self.bound.name}:window")
+        out_q = ctx.quantizer_for(self.bound.node.output[0])
+
+        def table(x_int, s_int):
+            return out_q.quant(q.to_float(x_int) / np.power(bias + alpha / size * window_q.dequant(s_int), beta))
+
+        data = backend.multi_lookup(table, q.data, w_int)
+        ctx.record_multi_lookup(self.bound.node.output[0], [q.data, w_int])
+        return QValue.affine(data, out_q.scale, out_q.zero_point)
+
+
+@OPS.op("LRN", since=(1, 13), quantized=QuantizedLRN)
+def lrn(x, /, *, alpha=0.0001, beta=0.75, bias=1.0, size):
+    x64 = x.astype(np.float64)
+    window = _channel_window_sum(np.square(x64), size)
+    return (x64 / np.power(bias + alpha / size * window, beta)).astype(x.dtype)
