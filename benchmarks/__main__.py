@@ -15,15 +15,16 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
+from cml_core.fhe import circuit_summary
 
 from cml_core import BitWidthError, load_model
-from cml_core.fhe import circuit_summary
 
 from . import models
 
@@ -65,9 +66,9 @@ def float_path(quick: bool) -> list[dict[str, Any]]:
         input_name = module.input_names[0]
         for batch in (1, 256):
             xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
-            ours = median_time(lambda: module(xb))
-            ort_t = median_time(lambda: session.run(None, {input_name: xb}))
-            ref_t = median_time(lambda: reference.run(None, {input_name: xb}), repeat=3)
+            ours = median_time(lambda module=module, xb=xb: module(xb))
+            ort_t = median_time(lambda session=session, name=input_name, xb=xb: session.run(None, {name: xb}))
+            ref_t = median_time(lambda ref=reference, name=input_name, xb=xb: ref.run(None, {name: xb}), repeat=3)
             rows.append({"model": name, "batch": batch, "cml_ms": ours * 1e3, "onnxruntime_ms": ort_t * 1e3,
                          "reference_evaluator_ms": ref_t * 1e3, "cml_vs_onnxruntime": ours / ort_t,
                          "reference_vs_cml": ref_t / ours})
@@ -84,7 +85,7 @@ def quantized_path() -> list[dict[str, Any]]:
     ):
         qmodule = load_model(model_bytes).quantize(x_train, n_bits=6)
         xb = np.resize(x, (256, *x.shape[1:]))
-        seconds = median_time(lambda: qmodule(xb))
+        seconds = median_time(lambda qmodule=qmodule, xb=xb: qmodule(xb))
         rows.append({"model": name, "batch": 256, "ms": seconds * 1e3, "samples_per_s": 256 / seconds})
         print(rows[-1], flush=True)
     return rows

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-
 from cml_core.demo import load_example
 
 

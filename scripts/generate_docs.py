@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import onnx.defs
-
 from cml_core.cli import _table, op_rows
 from cml_core.plugins import get_registry
 

@@ -6,12 +6,11 @@ import functools
 
 import numpy as np
 import onnx
+from cml_core.fhe import export_torch
 from onnx import helper, numpy_helper
 
-from cml_core.fhe import export_torch
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits():
     """scikit-learn's bundled digits, scaled to [0, 1], split 1400 / 397."""
     from sklearn.datasets import load_digits
@@ -39,7 +38,7 @@ def _train(net, x, y, epochs=150, lr=1e-2):
     return net.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_mlp(activation: str = "ReLU") -> bytes:
     """A 64-32-32-10 MLP on digits; activations 'ReLU' or 'mixed' (Tanh, Sigmoid, Elu, Softplus, HardSigmoid)."""
     import torch
@@ -57,7 +56,7 @@ def digits_mlp(activation: str = "ReLU") -> bytes:
     return export_torch(net, x[:1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_cnn() -> bytes:
     """Conv-ReLU-Conv-ReLU-Flatten-Gemm on 1x8x8 digits images."""
     import torch
@@ -71,7 +70,7 @@ def digits_cnn() -> bytes:
     return export_torch(net, x[:1].reshape(-1, 1, 8, 8))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def breast_cancer_logreg():
     """scikit-learn logistic regression on breast cancer as an ONNX Gemm + Sigmoid; with its data split."""
     from sklearn.datasets import load_breast_cancer

@@ -5,9 +5,9 @@ import io
 
 import numpy as np
 import pytest
+from cml_core.testing import run_onnxruntime
 
 from cml_core import load_model
-from cml_core.testing import run_onnxruntime
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -3,10 +3,10 @@ like any first-party op: loaded, run, quantized, listed."""
 
 import numpy as np
 import onnx
+from cml_core.plugins import get_plugin_manager
 from onnx import helper
 
 from cml_core import get_registry, load_model
-from cml_core.plugins import get_plugin_manager
 
 
 def _model():

@@ -5,11 +5,18 @@ import io
 import numpy as np
 import onnx
 import pytest
+from cml_core.demo import load_example
 from onnx import helper, numpy_helper
 
-from cml_core import (InputError, ModelLoadError, NodeExecutionError, OpRegistry, UnsupportedOpError, get_registry,
-                      load_model)
-from cml_core.demo import load_example
+from cml_core import (
+    InputError,
+    ModelLoadError,
+    NodeExecutionError,
+    OpRegistry,
+    UnsupportedOpError,
+    get_registry,
+    load_model,
+)
 
 F = onnx.TensorProto.FLOAT
 

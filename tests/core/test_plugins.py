@@ -5,9 +5,9 @@ import types
 
 import numpy as np
 import pytest
+from cml_core.plugins import PluginLoadWarning, PluginManager
 
 from cml_core import DuplicateOpError, OpSet, PluginError, hookimpl
-from cml_core.plugins import PluginLoadWarning, PluginManager
 
 
 class FakeDist:
@@ -127,8 +127,9 @@ def test_two_plugins_with_the_same_op_and_a_pin(fake_plugins, monkeypatch):
 def test_first_party_plugins_are_discovered_with_their_versions():
     from importlib import metadata
 
-    from cml_core import get_registry
     from cml_core.known_plugins import KNOWN_PLUGINS
+
+    from cml_core import get_registry
 
     registry = get_registry()
     for dist, ops in KNOWN_PLUGINS.items():

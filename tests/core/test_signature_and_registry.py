@@ -3,10 +3,10 @@
 import numpy as np
 import onnx.defs
 import pytest
-
-from cml_core import DuplicateOpError, OpRegistry, OpSet, OpSignatureError, UnsupportedOpError, get_registry
 from cml_core.registry import Provider
 from cml_core.signature import REQUIRED, OpSignature
+
+from cml_core import DuplicateOpError, OpRegistry, OpSet, OpSignatureError, UnsupportedOpError, get_registry
 
 
 def test_signature_reads_inputs_and_attributes():

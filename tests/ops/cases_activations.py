@@ -1,9 +1,8 @@
 """Property-test cases for cml-ops-activations: one ``OpCase`` per op type."""
 
 import numpy as np
-from hypothesis import strategies as st
-
 from cml_core.testing import Example, OpCase, float32s, float_arrays, int_arrays, shapes
+from hypothesis import strategies as st
 
 FLOATS = (np.float32, np.float64)
 

@@ -1,11 +1,11 @@
 """Every registered op, at each registered since-version, against onnxruntime."""
 
 import pytest
+from cml_core.testing import check_op
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cml_core import get_registry
-from cml_core.testing import check_op
 
 from .cases_activations import CASES as ACTIVATION_CASES
 from .cases_std import CASES as STD_CASES
@@ -37,10 +37,9 @@ def test_op_matches_onnxruntime(impl, data):
 
 
 def _reference_evaluator(impl, example):
-    from onnx.reference import ReferenceEvaluator
-
     from cml_core.testing import make_node_model
     from cml_core.testing.models import feeds_of
+    from onnx.reference import ReferenceEvaluator
 
     model = make_node_model(impl.op_type, example.inputs, example.attributes, opset=impl.since_version,
                             constant_inputs=example.constant_inputs, n_outputs=example.n_outputs)

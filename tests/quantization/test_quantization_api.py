@@ -3,10 +3,10 @@
 import numpy as np
 import onnx
 import pytest
+from cml_core.quantization import UniformQuantizer
 from onnx import helper, numpy_helper
 
 from cml_core import QuantizationError, QuantizedArray, load_model
-from cml_core.quantization import UniformQuantizer
 
 
 def test_quantized_array_roundtrip_error_is_at_most_half_a_step():

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from cml_core.quantization import ConstantOnlyOp, LinearOp, ShapeOp
+from cml_core.testing import make_node_model
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cml_core import QuantizationError, get_registry, load_model
-from cml_core.quantization import ConstantOnlyOp, LinearOp, ShapeOp
-from cml_core.testing import make_node_model
 
 from ..ops.test_ops_vs_onnxruntime import CASES, IMPLS
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def _concrete() -> Any:
     return fhe
 
 
-def _traced_function(qmodule: "QuantizedModule") -> Any:
+def _traced_function(qmodule: QuantizedModule) -> Any:
     names = [f"x{i}" for i in range(len(qmodule.numpy_module.inputs))]
 
     def run(*tracers: Any) -> Any:
@@ -48,7 +49,7 @@ def _samples(arrays: Sequence[np.ndarray]) -> list[Any]:
     return [tuple(a[i : i + 1] for a in arrays) for i in range(n)]
 
 
-def compile_quantized_module(qmodule: "QuantizedModule", calibration_x: Any, *, p_error: float | None = None,
+def compile_quantized_module(qmodule: QuantizedModule, calibration_x: Any, *, p_error: float | None = None,
                              global_p_error: float | None = None, configuration: Any = None,
                              verbose: bool = False) -> Any:
     """Compile ``qmodule``'s integer program on the quantized ``calibration_x``; returns the circuit.
@@ -93,7 +94,7 @@ def circuit_summary(circuit: Any) -> dict[str, Any]:
     }
 
 
-def run_circuit(qmodule: "QuantizedModule", q: Sequence[Any], mode: str) -> tuple[np.ndarray, ...]:
+def run_circuit(qmodule: QuantizedModule, q: Sequence[Any], mode: str) -> tuple[np.ndarray, ...]:
     """Run the compiled circuit sample by sample (``"simulate"`` or ``"execute"``); returns integers."""
     if mode not in FHE_MODES:
         raise CmlError(f"fhe must be one of {FHE_MODES}, got {mode!r}")
@@ -126,7 +127,7 @@ def run_circuit(qmodule: "QuantizedModule", q: Sequence[Any], mode: str) -> tupl
 
 def compile_onnx_model(model: Any, calibration_x: Any, n_bits: Any = 8, rounding_threshold_bits: Any = None,
                        p_error: float | None = None, global_p_error: float | None = None,
-                       configuration: Any = None, verbose: bool = False) -> "QuantizedModule":
+                       configuration: Any = None, verbose: bool = False) -> QuantizedModule:
     """Load, quantize and compile an ONNX model (path, bytes or ModelProto); returns the QuantizedModule."""
     from .numpy_module import load_model
 
@@ -152,7 +153,7 @@ def export_torch(torch_module: Any, example_x: Any, opset_version: int = 14) -> 
 
 def compile_torch_model(torch_module: Any, calibration_x: Any, n_bits: Any = 8, rounding_threshold_bits: Any = None,
                         p_error: float | None = None, global_p_error: float | None = None,
-                        configuration: Any = None, verbose: bool = False, opset_version: int = 14) -> "QuantizedModule":
+                        configuration: Any = None, verbose: bool = False, opset_version: int = 14) -> QuantizedModule:
     """Export a PyTorch module to ONNX and compile it like ``compile_onnx_model``."""
     return compile_onnx_model(export_torch(torch_module, calibration_x, opset_version), calibration_x, n_bits=n_bits,
                               rounding_threshold_bits=rounding_threshold_bits, p_error=p_error,

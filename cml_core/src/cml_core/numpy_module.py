@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -190,7 +191,7 @@ class NumpyModule:
             checked.append(arr)
         return checked
 
-    def quantize(self, calibration_data: Any, n_bits: Any = 8, **options: Any) -> "QuantizedModule":
+    def quantize(self, calibration_data: Any, n_bits: Any = 8, **options: Any) -> QuantizedModule:
         """Calibrate on ``calibration_data`` and return an integer-only ``QuantizedModule``.
 
         See ``cml_core.quantization.quantize_module`` for the options.

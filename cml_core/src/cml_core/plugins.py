@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -43,7 +44,7 @@ class HookSpecs:
     """Hooks a plugin may implement. This list only ever grows."""
 
     @hookspec
-    def cml_register_ops(self, registry: "ProviderRegistry") -> None:
+    def cml_register_ops(self, registry: ProviderRegistry) -> None:
         """Register the plugin's ops by calling ``registry.add(opset)`` or ``registry.register(...)``."""
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import DuplicateOpError, UnsupportedOpError
 from .signature import OpSignature
@@ -42,7 +43,7 @@ class OpImpl:
     since_version: int
     function: Callable[..., Any]
     signature: OpSignature
-    quantized: type["QuantizedOp"] | None
+    quantized: type[QuantizedOp] | None
     provider: Provider
 
     @property
@@ -62,7 +63,7 @@ class OpDefinition:
     since_versions: tuple[int, ...]
     function: Callable[..., Any]
     domain: str = ONNX_DOMAIN
-    quantized: type["QuantizedOp"] | None = None
+    quantized: type[QuantizedOp] | None = None
     replace: bool = False
 
 
@@ -87,7 +88,7 @@ class OpSet:
         since: int | Iterable[int],
         *,
         domain: str = ONNX_DOMAIN,
-        quantized: type["QuantizedOp"] | None = None,
+        quantized: type[QuantizedOp] | None = None,
         replace: bool = False,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator declaring ``function`` as the numpy implementation of ``op_type``."""
@@ -122,7 +123,7 @@ class OpRegistry:
         function: Callable[..., Any],
         *,
         domain: str = ONNX_DOMAIN,
-        quantized: type["QuantizedOp"] | None = None,
+        quantized: type[QuantizedOp] | None = None,
         replace: bool = False,
         provider: Provider = LOCAL,
     ) -> OpImpl:

@@ -8,8 +8,9 @@ attributes carrying their ONNX names and defaults.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import OpSignatureError
 
@@ -44,7 +45,7 @@ class OpSignature:
         return None if self.variadic_input else len(self.input_names)
 
     @classmethod
-    def of(cls, function: Callable[..., Any]) -> "OpSignature":
+    def of(cls, function: Callable[..., Any]) -> OpSignature:
         """Parse ``function``'s signature.
 
         Raises:

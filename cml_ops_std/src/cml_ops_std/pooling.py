@@ -2,7 +2,7 @@
 
 import numpy as np
 from cml_core.errors import QuantizationError
-from cml_core.quantization import ConstantOnlyOp, ElementwiseOp, LinearOp, QuantizedOp, QValue, backend
+from cml_core.quantization import ElementwiseOp, LinearOp, QuantizedOp, QValue, backend
 
 from ._opset import OPS
 from .conv import conv_nd, resolve_pads, windows

@@ -7,10 +7,10 @@ are quantized symmetrically, and the result is an integer accumulator whose floa
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-
 from cml_core.quantization import LinearOp, QValue
 from cml_core.quantization.context import QuantContext
 

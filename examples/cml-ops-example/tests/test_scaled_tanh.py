@@ -1,9 +1,8 @@
 """The example plugin's own test: what an outside author writes, a few lines with cml_core.testing."""
 
 import numpy as np
-from hypothesis import given
-
 from cml_core.testing import check_op, float32s, float_arrays
+from hypothesis import given
 
 
 def reference(x, alpha=1.0, beta=1.0):

@@ -6,7 +6,8 @@ arrays they compute in int64; on concrete-python tracers they emit the matching 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -17,7 +17,8 @@ Every family computes a node whose inputs are all constants with the numpy imple
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 class QuantizedOp:
     """Base of all quantized ops: binds a node's inputs and attributes by the numpy signature."""
 
-    def __init__(self, bound: "BoundNode") -> None:
+    def __init__(self, bound: BoundNode) -> None:
         self.bound = bound
         self.impl = bound.impl
         self.signature = bound.impl.signature

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def parse_config(n_bits: Any, rounding_threshold_bits: Any) -> QuantConfig:
                        rounding, exact)
 
 
-def _as_inputs(module: "NumpyModule", data: Any, what: str) -> list[np.ndarray]:
+def _as_inputs(module: NumpyModule, data: Any, what: str) -> list[np.ndarray]:
     items = list(data) if isinstance(data, tuple) else [data]
     if len(items) != len(module.inputs):
         raise QuantizationError(
@@ -113,7 +114,7 @@ class QuantizedModule:
     ``quantize_input`` -> ``quantized_forward`` (integers only) -> ``dequantize_output``.
     """
 
-    def __init__(self, module: "NumpyModule", config: QuantConfig, float_ranges: dict[str, tuple[float, float]],
+    def __init__(self, module: NumpyModule, config: QuantConfig, float_ranges: dict[str, tuple[float, float]],
                  input_quantizers: list[UniformQuantizer], ops: list[QuantizedOp],
                  producers: dict[str, tuple[str, str]]) -> None:
         self.numpy_module = module
@@ -237,7 +238,7 @@ class QuantizedModule:
                 f"lookups={self.lookup_count}, rounding={c.rounding_bits})")
 
 
-def quantize_module(module: "NumpyModule", calibration_data: Any, n_bits: Any = 8,
+def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
                     rounding_threshold_bits: Any = None) -> QuantizedModule:
     """Calibrate ``module`` on ``calibration_data`` and build its ``QuantizedModule``.
 

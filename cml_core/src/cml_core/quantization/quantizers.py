@@ -44,7 +44,7 @@ class UniformQuantizer:
         return 2 ** (self.n_bits - 1) - 1 if self.is_signed else 2**self.n_bits - 1
 
     @classmethod
-    def fit(cls, low: float, high: float, n_bits: int, *, is_signed: bool = False, is_symmetric: bool = False) -> "UniformQuantizer":
+    def fit(cls, low: float, high: float, n_bits: int, *, is_signed: bool = False, is_symmetric: bool = False) -> UniformQuantizer:
         """The quantizer covering the float range [low, high].
 
         A degenerate range (``low == high``, a constant tensor) is represented exactly by one
@@ -112,7 +112,7 @@ class QuantizedArray:
 
     @classmethod
     def from_integers(cls, n_bits: int, qvalues: Any, scale: float, zero_point: int,
-                      is_signed: bool = False, is_symmetric: bool = False) -> "QuantizedArray":
+                      is_signed: bool = False, is_symmetric: bool = False) -> QuantizedArray:
         """A QuantizedArray from integers and known quantization parameters."""
         obj = cls.__new__(cls)
         obj.quantizer = UniformQuantizer(check_n_bits(n_bits), float(scale), int(zero_point), is_signed, is_symmetric)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +33,11 @@ class QValue:
     name: str = ""
 
     @classmethod
-    def constant(cls, value: Any, name: str = "") -> "QValue":
+    def constant(cls, value: Any, name: str = "") -> QValue:
         return cls(np.asarray(value), name=name)
 
     @classmethod
-    def affine(cls, data: Any, scale: float, zero_point: int, name: str = "") -> "QValue":
+    def affine(cls, data: Any, scale: float, zero_point: int, name: str = "") -> QValue:
         s, z = float(scale), int(zero_point)
 
         def to_float(q: np.ndarray) -> np.ndarray:
@@ -45,7 +46,7 @@ class QValue:
         return cls(data, to_float, True, s, z, name)
 
     @classmethod
-    def lazy(cls, data: Any, to_float: FloatFunction, uniform: bool, name: str = "") -> "QValue":
+    def lazy(cls, data: Any, to_float: FloatFunction, uniform: bool, name: str = "") -> QValue:
         return cls(data, to_float, uniform, None, None, name)
 
     @property
@@ -60,7 +61,7 @@ class QValue:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
 
-    def with_data(self, data: Any, name: str = "") -> "QValue":
+    def with_data(self, data: Any, name: str = "") -> QValue:
         """The same float mapping over new integers (after a layout op moved them)."""
         return QValue(data, self.to_float, self.uniform, self.scale, self.zero_point, name or self.name)
 

@@ -12,13 +12,13 @@ A plugin author tests an op in a few lines::
 
 from __future__ import annotations
 
-from .models import make_node_model, run_cml, run_onnxruntime, ORT_MAX_IR_VERSION
-from .checks import check_op, tolerance, assert_close
+from .checks import assert_close, check_op, tolerance
+from .models import ORT_MAX_IR_VERSION, make_node_model, run_cml, run_onnxruntime
 from .strategies import (
     Example,
     OpCase,
-    broadcastable_shapes,
     bool_arrays,
+    broadcastable_shapes,
     float32s,
     float_arrays,
     int_arrays,

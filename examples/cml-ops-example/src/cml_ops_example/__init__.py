@@ -6,8 +6,9 @@ point of ``pyproject.toml``.
 """
 
 import numpy as np
-from cml_core import OpSet, hookimpl
 from cml_core.quantization import ElementwiseOp
+
+from cml_core import OpSet, hookimpl
 
 DOMAIN = "com.example.cml"
 OPS = OpSet()
