@@ -161,9 +161,10 @@ def test_torch_layers_load_quantize_and_compile(name, opset):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("opset", [13, 18])
-@pytest.mark.parametrize("name", list(layers()) + ["residual-concat"])
+@pytest.mark.parametrize("name", ["conv1d", "conv2d", "residual-concat"])
 def test_torch_layers_compile_and_simulate(name, opset):
-    """Compiling and simulating deep circuits takes minutes: kept for the slow run."""
+    """Compiling and simulating takes minutes per model: kept for the slow run. (The 20-activation
+    network is left out: its circuit takes over ten minutes to build.)"""
     torch.manual_seed(0)
     net = WithResidual() if name == "residual-concat" else layers()[name]
     _randomize_batch_norm(net)
