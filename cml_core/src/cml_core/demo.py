@@ -15,12 +15,13 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .fhe import circuit_summary
 from .numpy_module import load_model
 
 
-def load_example() -> tuple[bytes, dict[str, np.ndarray]]:
+def load_example() -> tuple[bytes, dict[str, NDArray[Any]]]:
     """The shipped ONNX model (bytes) and its train/test split."""
     folder = resources.files("cml_core") / "examples"
     model = (folder / "digits_mlp.onnx").read_bytes()
@@ -29,7 +30,7 @@ def load_example() -> tuple[bytes, dict[str, np.ndarray]]:
     return model, data
 
 
-def accuracy(scores: Any, labels: np.ndarray) -> float:
+def accuracy(scores: Any, labels: NDArray[Any]) -> float:
     return float(np.mean(np.asarray(scores).argmax(axis=1) == labels))
 
 

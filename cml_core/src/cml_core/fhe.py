@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import CmlError
 
@@ -42,7 +43,7 @@ def _traced_function(qmodule: QuantizedModule) -> Any:
     return eval(source, {"run": run}), names  # noqa: S307  (fixed, generated source)
 
 
-def _samples(arrays: Sequence[np.ndarray]) -> list[Any]:
+def _samples(arrays: Sequence[NDArray[Any]]) -> list[Any]:
     n = arrays[0].shape[0]
     if len(arrays) == 1:
         return [arrays[0][i : i + 1] for i in range(n)]
@@ -94,7 +95,7 @@ def circuit_summary(circuit: Any) -> dict[str, Any]:
     }
 
 
-def run_circuit(qmodule: QuantizedModule, q: Sequence[Any], mode: str) -> tuple[np.ndarray, ...]:
+def run_circuit(qmodule: QuantizedModule, q: Sequence[Any], mode: str) -> tuple[NDArray[Any], ...]:
     """Run the compiled circuit sample by sample (``"simulate"`` or ``"execute"``); returns integers."""
     if mode not in FHE_MODES:
         raise CmlError(f"fhe must be one of {FHE_MODES}, got {mode!r}")
@@ -111,7 +112,7 @@ def run_circuit(qmodule: QuantizedModule, q: Sequence[Any], mode: str) -> tuple[
         qmodule._fhe_keys_ready = True  # type: ignore[attr-defined]
         if verbose:
             print(f"keys ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    results: list[tuple[np.ndarray, ...]] = []
+    results: list[tuple[NDArray[Any], ...]] = []
     samples = _samples(arrays)
     start = time.perf_counter()
     for i, sample in enumerate(samples):
@@ -146,7 +147,8 @@ def export_torch(torch_module: Any, example_x: Any, opset_version: int = 14) -> 
     names = [f"input_{i}" for i in range(len(tensors))]
     buffer = io.BytesIO()
     torch_module.eval()
-    torch.onnx.export(torch_module, tensors, buffer, dynamo=False, opset_version=opset_version, input_names=names,
+    torch.onnx.export(torch_module, tensors, buffer,  # type: ignore[arg-type]  # a binary buffer works
+                      dynamo=False, opset_version=opset_version, input_names=names,
                       output_names=["output"], dynamic_axes={n: {0: "batch"} for n in names + ["output"]})
     return buffer.getvalue()
 

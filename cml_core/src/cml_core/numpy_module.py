@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 import onnx.defs
+from numpy.typing import NDArray
 from onnx import numpy_helper
 
 from .errors import (
@@ -94,7 +95,7 @@ class NumpyModule:
         graph = self.onnx_model.graph
         self.opsets = _opsets(self.onnx_model)
         self._check_opsets()
-        self.constants: dict[str, np.ndarray] = {
+        self.constants: dict[str, NDArray[Any]] = {
             init.name: numpy_helper.to_array(init) for init in graph.initializer
         }
         self.inputs = [
@@ -131,7 +132,7 @@ class NumpyModule:
         outs = tuple(values[name] for name in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 
-    def run(self, *inputs: Any, keep_intermediates: bool = False) -> dict[str, np.ndarray]:
+    def run(self, *inputs: Any, keep_intermediates: bool = False) -> dict[str, NDArray[Any]]:
         """Evaluate the graph; returns tensor name -> value for the outputs (or every tensor)."""
         env: dict[str, Any] = dict(self.constants)
         env.update(zip(self.input_names, self.check_inputs(inputs)))
@@ -158,7 +159,7 @@ class NumpyModule:
             return env
         return {name: env[name] for name in self.output_names}
 
-    def check_inputs(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+    def check_inputs(self, inputs: Sequence[Any]) -> list[NDArray[Any]]:
         """Validate call-time inputs against the graph inputs and cast them to the declared dtype.
 
         Raises:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 def is_traced(value: Any) -> bool:
@@ -24,7 +25,7 @@ def _fhe() -> Any:
     return fhe
 
 
-def lookup(data: Any, function: Callable[[np.ndarray], np.ndarray]) -> Any:
+def lookup(data: Any, function: Callable[[NDArray[Any]], NDArray[Any]]) -> Any:
     """Apply the element-wise integer ``function`` as one table lookup.
 
     ``function`` maps an int64 array (of ``data``'s shape) to an int64 array of the same shape; it
@@ -35,7 +36,7 @@ def lookup(data: Any, function: Callable[[np.ndarray], np.ndarray]) -> Any:
     return function(np.asarray(data, dtype=np.int64))
 
 
-def multi_lookup(function: Callable[..., np.ndarray], *data: Any) -> Any:
+def multi_lookup(function: Callable[..., NDArray[Any]], *data: Any) -> Any:
     """Apply ``function`` of several encrypted integer tensors as one lookup on their packed bits."""
     if any(is_traced(d) for d in data):
         return _fhe().multivariate(function)(*data)
@@ -66,7 +67,7 @@ def pad_zeros(data: Any, widths: list[tuple[int, int]]) -> Any:
     return data
 
 
-def by_selection_matrix(data: Any, layout: Callable[[np.ndarray], Any]) -> Any:
+def by_selection_matrix(data: Any, layout: Callable[[NDArray[Any]], Any]) -> Any:
     """Apply a layout function (moving/copying elements, batch axis untouched) to a traced tensor
     as a product with its 0/1 selection matrix, for layouts the backend cannot trace directly."""
     sample_shape = tuple(data.shape[1:])
@@ -95,8 +96,8 @@ def round_bits(data: Any, lsbs_to_remove: int, exact: bool = True) -> Any:
 
 
 def conv(
-    data: Any, weight: np.ndarray, bias: np.ndarray | None, *, pads: list[int], strides: list[int],
-    dilations: list[int], group: int, clear_conv: Callable[..., np.ndarray],
+    data: Any, weight: NDArray[Any], bias: NDArray[Any] | None, *, pads: list[int], strides: list[int],
+    dilations: list[int], group: int, clear_conv: Callable[..., NDArray[Any]],
 ) -> Any:
     """Integer convolution (ONNX Conv semantics, explicit pads).
 
@@ -159,7 +160,7 @@ def reduce_max(data: Any, axes: tuple[int, ...]) -> Any:
 
 
 def maxpool(data: Any, *, kernel_shape: list[int], strides: list[int], pads: list[int],
-            dilations: list[int], clear_maxpool: Callable[..., np.ndarray]) -> Any:
+            dilations: list[int], clear_maxpool: Callable[..., NDArray[Any]]) -> Any:
     """Integer max pooling; ``clear_maxpool`` computes it on numpy arrays."""
     if is_traced(data):
         return _fhe().maxpool(data, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import QuantizationError
 from . import backend
@@ -116,7 +117,7 @@ class ElementwiseOp(QuantizedOp):
         constants: list[Any] = [None if v is None else v.data for v in inputs]
         constants[position] = None
 
-        def to_float(q: np.ndarray) -> np.ndarray:
+        def to_float(q: NDArray[Any]) -> NDArray[Any]:
             args = list(constants)
             args[position] = inner(q)
             args = [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args]
@@ -143,7 +144,7 @@ class ElementwiseOp(QuantizedOp):
             self.state["out"] = quantizer
         maps = {i: q.to_float for i, q in quantized.items()}
 
-        def table(*qs: np.ndarray) -> np.ndarray:
+        def table(*qs: NDArray[Any]) -> NDArray[Any]:
             args = list(constants)
             for i, q in zip(encrypted, qs):
                 args[i] = maps[i](q)  # type: ignore[misc]
@@ -179,7 +180,7 @@ class LayoutOp(QuantizedOp):
             results = []
             probe = self.call_numpy([np.zeros(source.shape, dtype=np.int64)] + rest)
             for k in range(len(probe) if isinstance(probe, tuple) else 1):
-                def layout(basis: np.ndarray, k: int = k) -> Any:
+                def layout(basis: NDArray[Any], k: int = k) -> Any:
                     result = self.call_numpy([basis] + rest)
                     return result[k] if isinstance(result, tuple) else result
 
@@ -221,12 +222,12 @@ class LinearOp(QuantizedOp):
     weight_inputs: tuple[str, ...] = ()
 
     @staticmethod
-    def weight_quantizer(value: np.ndarray, n_bits: int) -> UniformQuantizer:
+    def weight_quantizer(value: NDArray[Any], n_bits: int) -> UniformQuantizer:
         """The quantizer of a constant weight tensor: signed, symmetric, ``n_bits`` bits."""
         arr = np.asarray(value, dtype=np.float64)
         return UniformQuantizer.fit(float(arr.min()), float(arr.max()), n_bits, is_signed=True, is_symmetric=True)
 
-    def weights(self, ctx: QuantContext, key: str, value: np.ndarray) -> tuple[np.ndarray, float]:
+    def weights(self, ctx: QuantContext, key: str, value: NDArray[Any]) -> tuple[NDArray[Any], float]:
         """(integers, scale) of a constant weight tensor: signed, symmetric, ``op_weights`` bits."""
         if key not in self.state:
             q = self.weight_quantizer(value, ctx.config.op_weights)
@@ -236,7 +237,7 @@ class LinearOp(QuantizedOp):
     #: largest bias, in accumulator units, folded into the integers (beyond it, float precision is lost)
     MAX_BIAS_UNITS = 2.0**40
 
-    def integer_bias(self, key: str, bias: np.ndarray | None, scale: float) -> np.ndarray | None:
+    def integer_bias(self, key: str, bias: NDArray[Any] | None, scale: float) -> NDArray[Any] | None:
         """``bias`` in units of the accumulator (``scale``), rounded to integers.
 
         Returns ``None`` when there is no bias, or when it is so large next to the product's
@@ -260,7 +261,7 @@ class LinearOp(QuantizedOp):
         s = float(scale)
         bias = None if float_bias is None else np.asarray(float_bias, dtype=np.float64)
 
-        def to_float(q: np.ndarray) -> np.ndarray:
+        def to_float(q: NDArray[Any]) -> NDArray[Any]:
             value = s * np.asarray(q, dtype=np.float64)
             return value if bias is None else value + bias
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import QuantizationError
 from . import backend
@@ -120,7 +121,7 @@ class QuantContext:
         to_float = value.to_float
         assert to_float is not None
 
-        def table(q: np.ndarray) -> np.ndarray:
+        def table(q: NDArray[Any]) -> NDArray[Any]:
             return quantizer.quant(to_float(q))
 
         data = self.lookup(value, table)
@@ -133,12 +134,12 @@ class QuantContext:
         to_float = value.to_float
         assert to_float is not None
 
-        def table(q: np.ndarray) -> np.ndarray:
+        def table(q: NDArray[Any]) -> NDArray[Any]:
             return quantizer.quant(to_float(q))
 
         return self.lookup(value, table, key=key)
 
-    def lookup(self, value: QValue, table: Callable[[np.ndarray], np.ndarray], key: str | None = None) -> Any:
+    def lookup(self, value: QValue, table: Callable[[NDArray[Any]], NDArray[Any]], key: str | None = None) -> Any:
         """Apply ``table`` (int -> int, element-wise) to ``value.data`` as one lookup.
 
         The lookup input is first rounded to ``rounding_bits`` when configured. Calibration

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import BitWidthError, QuantizationError
 from .base import QuantizedOp
@@ -59,7 +60,7 @@ def parse_config(n_bits: Any, rounding_threshold_bits: Any) -> QuantConfig:
                        rounding, exact)
 
 
-def _as_inputs(module: NumpyModule, data: Any, what: str) -> list[np.ndarray]:
+def _as_inputs(module: NumpyModule, data: Any, what: str) -> list[NDArray[Any]]:
     items = list(data) if isinstance(data, tuple) else [data]
     if len(items) != len(module.inputs):
         raise QuantizationError(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import QuantizationError
 
@@ -37,11 +38,11 @@ class UniformQuantizer:
     def q_min(self) -> int:
         if not self.is_signed:
             return 0
-        return -(2 ** (self.n_bits - 1)) + (1 if self.is_symmetric else 0)
+        return int(-(2 ** (self.n_bits - 1)) + (1 if self.is_symmetric else 0))
 
     @property
     def q_max(self) -> int:
-        return 2 ** (self.n_bits - 1) - 1 if self.is_signed else 2**self.n_bits - 1
+        return int(2 ** (self.n_bits - 1) - 1 if self.is_signed else 2**self.n_bits - 1)
 
     @classmethod
     def fit(cls, low: float, high: float, n_bits: int, *, is_signed: bool = False, is_symmetric: bool = False) -> UniformQuantizer:
@@ -79,12 +80,13 @@ class UniformQuantizer:
         zero_point = int(round(q_low - low / scale))
         return cls(n_bits, scale, zero_point, is_signed, False)
 
-    def quant(self, values: Any) -> np.ndarray:
+    def quant(self, values: Any) -> NDArray[Any]:
         """Integers (int64) representing ``values``, clipped to the quantizer's range."""
         q = np.rint(np.asarray(values, dtype=np.float64) / self.scale) + self.zero_point
-        return np.clip(q, self.q_min, self.q_max).astype(np.int64)
+        integers: NDArray[Any] = np.clip(q, self.q_min, self.q_max).astype(np.int64)
+        return integers
 
-    def dequant(self, qvalues: Any) -> np.ndarray:
+    def dequant(self, qvalues: Any) -> NDArray[Any]:
         """Floats (float64) that ``qvalues`` represent."""
         return self.scale * (np.asarray(qvalues, dtype=np.float64) - self.zero_point)
 
@@ -130,22 +132,22 @@ class QuantizedArray:
     is_signed = property(lambda self: self.quantizer.is_signed)
     is_symmetric = property(lambda self: self.quantizer.is_symmetric)
 
-    def quant(self) -> np.ndarray:
+    def quant(self) -> NDArray[Any]:
         """Re-quantize ``values`` (after they were updated) and return the integers."""
         self.qvalues = self.quantizer.quant(self.values)
         return self.qvalues
 
-    def dequant(self) -> np.ndarray:
+    def dequant(self) -> NDArray[Any]:
         """Floats the integers represent (and store them in ``values``)."""
         self.values = self.quantizer.dequant(self.qvalues)
         return self.values
 
-    def update_values(self, values: Any) -> np.ndarray:
+    def update_values(self, values: Any) -> NDArray[Any]:
         """Set new float values, keeping the quantization parameters; returns the integers."""
         self.values = np.asarray(values, dtype=np.float64)
         return self.quant()
 
-    def update_quantized_values(self, qvalues: Any) -> np.ndarray:
+    def update_quantized_values(self, qvalues: Any) -> NDArray[Any]:
         """Set new integers, keeping the quantization parameters; returns the floats."""
         self.qvalues = np.asarray(qvalues, dtype=np.int64)
         return self.dequant()

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-FloatFunction = Callable[[np.ndarray], np.ndarray]
+FloatFunction = Callable[[NDArray[Any]], NDArray[Any]]
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class QValue:
     def affine(cls, data: Any, scale: float, zero_point: int, name: str = "") -> QValue:
         s, z = float(scale), int(zero_point)
 
-        def to_float(q: np.ndarray) -> np.ndarray:
+        def to_float(q: NDArray[Any]) -> NDArray[Any]:
             return s * (np.asarray(q, dtype=np.float64) - z)
 
         return cls(data, to_float, True, s, z, name)
@@ -65,7 +66,7 @@ class QValue:
         """The same float mapping over new integers (after a layout op moved them)."""
         return QValue(data, self.to_float, self.uniform, self.scale, self.zero_point, name or self.name)
 
-    def float_value(self) -> np.ndarray:
+    def float_value(self) -> NDArray[Any]:
         """The float tensor this value stands for (clear data only)."""
         if self.to_float is None:
             return np.asarray(self.data)

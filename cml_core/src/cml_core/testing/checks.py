@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..registry import OpRegistry
 from .models import feeds_of, make_node_model, run_cml, run_onnxruntime
@@ -23,7 +24,7 @@ def tolerance(dtype: Any) -> tuple[float, float]:
     return _TOLERANCES.get(np.dtype(dtype).name, (0.0, 0.0))
 
 
-def assert_close(actual: np.ndarray, expected: np.ndarray, *, what: str = "output",
+def assert_close(actual: NDArray[Any], expected: NDArray[Any], *, what: str = "output",
                  rtol: float | None = None, atol: float | None = None) -> None:
     """Assert same dtype, same shape and values equal within the dtype's tolerance (NaN equals NaN)."""
     actual, expected = np.asarray(actual), np.asarray(expected)
@@ -38,7 +39,7 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, *, what: str = "outpu
         np.testing.assert_allclose(actual, expected, rtol=r, atol=a, equal_nan=True, err_msg=what)
 
 
-def run_reference(model: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_reference(model: Any, feeds: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
     """onnxruntime's outputs; where it has no kernel for the op, type or opset, the ONNX reference
     evaluator's (both are independent of cml)."""
     try:
@@ -54,18 +55,18 @@ def run_reference(model: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 def check_op(
     op_type: str,
-    inputs: Sequence[np.ndarray | None],
+    inputs: Sequence[NDArray[Any] | None],
     attributes: dict[str, Any] | None = None,
     *,
     opset: int,
     domain: str = "",
     constant_inputs: Sequence[int] = (),
     n_outputs: int = 1,
-    reference: Callable[..., Sequence[np.ndarray]] | None = None,
+    reference: Callable[..., Sequence[NDArray[Any]]] | None = None,
     registry: OpRegistry | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-) -> list[np.ndarray]:
+) -> list[NDArray[Any]]:
     """Run a one-node model through cml and a reference; assert the outputs agree.
 
     The reference is onnxruntime unless ``reference`` is given (needed for custom domains): a
@@ -80,7 +81,7 @@ def check_op(
     if reference is None:
         expected = run_reference(model, feeds)
     else:
-        out = reference(*inputs, **attributes)
+        out: Any = reference(*inputs, **attributes)
         expected = list(out) if isinstance(out, (tuple, list)) else [out]
     assert len(got) == len(expected), f"{op_type}: {len(got)} outputs, reference gave {len(expected)}"
     for i, (g, e) in enumerate(zip(got, expected)):

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from numpy.typing import NDArray
 from onnx import helper, numpy_helper
 
 from ..numpy_module import load_model
@@ -18,7 +19,7 @@ ORT_MAX_IR_VERSION = 10
 
 def make_node_model(
     op_type: str,
-    inputs: Sequence[np.ndarray | None],
+    inputs: Sequence[NDArray[Any] | None],
     attributes: dict[str, Any] | None = None,
     *,
     opset: int,
@@ -81,7 +82,7 @@ def make_node_model(
         else:
             from onnx.reference import ReferenceEvaluator
 
-            values = ReferenceEvaluator(model).run(None, feeds_of(model, inputs))
+            values = list(ReferenceEvaluator(model).run(None, feeds_of(model, inputs)))
         for out, value in zip(model.graph.output, values):
             if out in untyped:
                 elem = helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype)
@@ -89,13 +90,13 @@ def make_node_model(
     return model
 
 
-def feeds_of(model: onnx.ModelProto, inputs: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+def feeds_of(model: onnx.ModelProto, inputs: Sequence[NDArray[Any] | None]) -> dict[str, NDArray[Any]]:
     """Map the model's graph input names to the corresponding non-constant arrays."""
     wanted = {vi.name for vi in model.graph.input}
     return {f"x{i}": np.asarray(v) for i, v in enumerate(inputs) if v is not None and f"x{i}" in wanted}
 
 
-def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
     """Outputs of ``model`` in onnxruntime, graph optimizations off (a test-time reference)."""
     import onnxruntime as ort
 
@@ -108,8 +109,8 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> lis
 
 
 def run_cml(
-    model: onnx.ModelProto, feeds: dict[str, np.ndarray], registry: OpRegistry | None = None
-) -> list[np.ndarray]:
+    model: onnx.ModelProto, feeds: dict[str, NDArray[Any]], registry: OpRegistry | None = None
+) -> list[NDArray[Any]]:
     """Outputs of ``model`` through ``load_model`` (outputs always as a list)."""
     module = load_model(model, registry)
     values = module.run(*[feeds[name] for name in module.input_names])

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from numpy.typing import NDArray
 
 
 @dataclass
 class Example:
     """One drawn test case of an op: its inputs, attributes and which inputs are initializers."""
 
-    inputs: list[np.ndarray | None]
+    inputs: list[NDArray[Any] | None]
     attributes: dict[str, Any] = field(default_factory=dict)
     constant_inputs: tuple[int, ...] = ()
     n_outputs: int = 1
@@ -45,18 +46,21 @@ def broadcastable_shapes(n: int = 2, min_dims: int = 0, max_dims: int = 4, max_s
     ).map(lambda s: s.input_shapes)
 
 
+_WIDTHS: dict[int, Literal[16, 32, 64]] = {2: 16, 4: 32, 8: 64}
+
+
 def float_arrays(
     shape: tuple[int, ...] | st.SearchStrategy[tuple[int, ...]] | None = None,
     dtype: Any = np.float32,
     min_value: float = -10.0,
     max_value: float = 10.0,
-) -> st.SearchStrategy[np.ndarray]:
+) -> st.SearchStrategy[NDArray[Any]]:
     """Finite float arrays in ``[min_value, max_value]``, no subnormals."""
     kind = np.dtype(dtype).type
     return hnp.arrays(
         np.dtype(dtype),
         shapes() if shape is None else shape,
-        elements=st.floats(float(kind(min_value)), float(kind(max_value)), width=np.dtype(dtype).itemsize * 8,
+        elements=st.floats(float(kind(min_value)), float(kind(max_value)), width=_WIDTHS[np.dtype(dtype).itemsize],
                            allow_subnormal=False, allow_nan=False, allow_infinity=False),
     )
 
@@ -71,13 +75,13 @@ def float32s(min_value: float, max_value: float) -> st.SearchStrategy[float]:
     return st.floats(low, high, width=32, allow_subnormal=False)
 
 
-def int_arrays(shape: Any = None, dtype: Any = np.int64, min_value: int = -50, max_value: int = 50) -> st.SearchStrategy[np.ndarray]:
+def int_arrays(shape: Any = None, dtype: Any = np.int64, min_value: int = -50, max_value: int = 50) -> st.SearchStrategy[NDArray[Any]]:
     """Integer arrays in ``[min_value, max_value]``."""
     return hnp.arrays(np.dtype(dtype), shapes() if shape is None else shape,
                       elements=st.integers(min_value, max_value))
 
 
-def bool_arrays(shape: Any = None) -> st.SearchStrategy[np.ndarray]:
+def bool_arrays(shape: Any = None) -> st.SearchStrategy[NDArray[Any]]:
     return hnp.arrays(np.bool_, shapes() if shape is None else shape)
 
 
