@@ -45,12 +45,12 @@ def cast_like_15(x, target_type, /):
     return _cast(x, target_type.dtype, 1)
 
 
-@OPS.op("CastLike", since=(19, 21), quantized=ElementwiseOp)
+@OPS.op("CastLike", since=(19, 21, 23), quantized=ElementwiseOp)
 def cast_like_19(x, target_type, /, *, saturate=1):
     return _cast(x, target_type.dtype, saturate)
 
 
-@OPS.op("CastLike", since=(25,), quantized=ElementwiseOp)
+@OPS.op("CastLike", since=(24, 25), quantized=ElementwiseOp)
 def cast_like(x, target_type, /, *, round_mode="up", saturate=1):
     return _cast(x, target_type.dtype, saturate)
 
