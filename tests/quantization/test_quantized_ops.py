@@ -49,8 +49,8 @@ def _float_reference(module, constants, inputs):
     return node.call(args)[0]
 
 
-# ops whose output jumps (a step at alpha): more input bits can move an input across the step
-DISCONTINUOUS = {"ThresholdedRelu", "Round", "Floor", "Ceil", "Sign", "Mod"}
+# ops whose output jumps (a step at a threshold): more input bits can move an input across the step
+DISCONTINUOUS = {"ThresholdedRelu", "Shrink", "Round", "Floor", "Ceil", "Sign", "Mod"}
 # ops on integer types only: their quantized form runs on integers made inside the graph (see below)
 INTEGER_ONLY = {"BitShift"}
 # ops that requantize intermediate values (an element-wise map before a sum, softmax's exponentials
