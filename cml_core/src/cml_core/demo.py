@@ -1,6 +1,6 @@
 """End-to-end demo: the shipped digits MLP, from ONNX to encrypted inference.
 
-    python -m cml_core.demo [--samples 5] [--n-bits 8] [--rounding 5] [--exact-rounding]
+    python -m cml_core.demo [--samples 5] [--n-bits 6] [--input-bits 5] [--rounding 5] [--exact-rounding]
 
 Loads the model and its data, measures float and quantized accuracy on the test split, compiles the
 quantized model with concrete-python, checks the simulated accuracy, then classifies a handful of
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the demo; returns the figures it printed."""
     parser = argparse.ArgumentParser(prog="python -m cml_core.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=5, help="encrypted samples to classify")
-    parser.add_argument("--n-bits", type=int, default=8, help="quantization bits")
+    parser.add_argument("--n-bits", type=int, default=6, help="bits of activations and weights")
+    parser.add_argument("--input-bits", type=int, default=5,
+                        help="bits of the encrypted inputs (the digits pixels take 17 values)")
     parser.add_argument("--rounding", type=int, default=5, help="bits kept before each lookup (0: no rounding)")
     parser.add_argument("--exact-rounding", action="store_true", help="exact instead of approximate rounding")
     parser.add_argument("--verbose", action="store_true", help="show compilation and encryption progress")
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rounding = None
     if args.rounding:
         rounding = {"n_bits": args.rounding, "method": "exact" if args.exact_rounding else "approximate"}
-    qmodule = module.quantize(x_train, n_bits=args.n_bits, rounding_threshold_bits=rounding)
+    n_bits = {"model_inputs": args.input_bits, "op_inputs": args.n_bits, "op_weights": args.n_bits}
+    qmodule = module.quantize(x_train, n_bits=n_bits, rounding_threshold_bits=rounding)
     figures["quantized accuracy"] = accuracy(qmodule(x_test), y_test)
 
     start = time.perf_counter()
