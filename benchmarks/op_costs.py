@@ -1,9 +1,13 @@
 """Circuit cost of the multi-input non-linear ops (4-bit, one sample): python -m benchmarks.op_costs"""
 
-import numpy as np, onnx
-from onnx import helper, numpy_helper
-from cml_core import load_model
+import numpy as np
+import onnx
 from cml_core.fhe import circuit_summary
+from onnx import helper, numpy_helper
+
+from cml_core import load_model
+
+
 def model(node, in_shape, out_shape, inits=()):
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, in_shape)],
                           [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, out_shape)], list(inits))
