@@ -198,24 +198,3 @@ class QuantizedReduceSum(LinearOp):
 
 class QuantizedReduceMean(QuantizedReduceSum):
     mean = True
-
-
-def _reduce_ops(op_type, function, versions_attr, versions_input, quantized):
-    """Register a reduction: axes as an attribute before ``versions_input[0]``, as an input from it on."""
-
-    def with_attribute(data, /, *, axes=None, keepdims=1):
-        return _reduce(function, data, axes, keepdims, 0)
-
-    def with_input(data, /, axes=None, *, keepdims=1, noop_with_empty_axes=0):
-        return _reduce(function, data, axes, keepdims, noop_with_empty_axes)
-
-    for f, suffix in ((with_attribute, "attribute"), (with_input, "input")):
-        f.__name__ = f.__qualname__ = f"{op_type.lower()}_axes_{suffix}"
-    if versions_attr:
-        OPS.op(op_type, since=versions_attr, quantized=quantized)(with_attribute)
-    if versions_input:
-        OPS.op(op_type, since=versions_input, quantized=quantized)(with_input)
-
-
-_reduce_ops("ReduceSum", np.sum, (11,), (13,), QuantizedReduceSum)
-_reduce_ops("ReduceMean", np.mean, (11, 13), (18,), QuantizedReduceMean)

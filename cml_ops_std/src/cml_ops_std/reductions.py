@@ -4,7 +4,7 @@ import numpy as np
 from cml_core.quantization import ConstantOnlyOp, QuantizedOp, QValue, backend
 
 from ._opset import OPS
-from .pooling import _reduce, _reduce_axes
+from .pooling import QuantizedReduceMean, QuantizedReduceSum, _reduce, _reduce_axes
 
 
 def _axes_of(op, inputs, shape):
@@ -185,6 +185,8 @@ def _min(x, axis, keepdims):
         dtype=x.dtype)
 
 
+_register_reduction("ReduceSum", np.sum, (11,), (13,), QuantizedReduceSum)
+_register_reduction("ReduceMean", np.mean, (11, 13), (18,), QuantizedReduceMean)
 _register_reduction("ReduceMax", _max, (11, 12, 13), (18, 20), QuantizedReduceMax)
 _register_reduction("ReduceMin", _min, (11, 12, 13), (18, 20), QuantizedReduceMin)
 _register_reduction("ReduceL1", _l1, (11, 13), (18,), QuantizedReduceL1, np.abs)
