@@ -27,15 +27,28 @@ def gemm(a, b, /, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: 
 
 
 class QuantizedConv(LinearOp):
-    """Conv of an encrypted input with constant weights: an integer convolution, bias folded in."""
+    """Conv of an encrypted input with constant weights: an integer convolution, bias folded in.
+
+    Subclasses change ``geometry`` and ``clear`` (ConvTranspose).
+    """
 
     weight_inputs = ("w",)
+
+    def geometry(self, x_shape, w_shape):
+        """(strides, explicit pads, dilations) from the node's attributes."""
+        a = self.attributes
+        _, strides, dilations, pads = conv_attributes(x_shape, w_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
+                                                      a.get("kernel_shape"), a.get("pads"), a.get("strides"))
+        return strides, pads, dilations
+
+    def clear(self, data, weight, bias, *, strides, pads, dilations, group):
+        return conv_nd(data, weight, bias, strides=strides, pads=pads, dilations=dilations, group=group)
 
     def encrypted_forward(self, ctx, inputs):
         x, w = inputs[0], inputs[1]
         b = inputs[2] if len(inputs) > 2 else None
         if not w.is_constant or (b is not None and not b.is_constant):
-            raise QuantizationError(f"{self.where}: Conv weights and bias must be constants")
+            raise QuantizationError(f"{self.where}: weights and bias must be constants")
         q = ctx.requantize(x)
         wq, w_scale = self.weights(ctx, "W", w.data)
         scale = q.scale * w_scale
@@ -43,12 +56,9 @@ class QuantizedConv(LinearOp):
         float_bias = None
         if b is not None and bias is None:  # too large for the accumulator's resolution: keep it in float
             float_bias = np.asarray(b.data, dtype=np.float64).reshape((1, -1) + (1,) * (len(q.shape) - 2))
-        a = self.attributes
-        _, strides, dilations, pads = conv_attributes(q.shape, wq.shape, a.get("auto_pad", "NOTSET"),
-                                                      a.get("dilations"), a.get("kernel_shape"), a.get("pads"),
-                                                      a.get("strides"))
+        strides, pads, dilations = self.geometry(q.shape, wq.shape)
         acc = backend.conv(self.centered(q), wq, bias, pads=pads, strides=strides, dilations=dilations,
-                           group=int(a.get("group", 1)), clear_conv=conv_nd)
+                           group=int(self.attributes.get("group", 1)), clear_conv=self.clear)
         return self.accumulator(ctx, acc, scale, float_bias)
 
 

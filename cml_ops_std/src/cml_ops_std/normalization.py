@@ -2,10 +2,11 @@
 
 import numpy as np
 from cml_core.errors import QuantizationError
-from cml_core.quantization import LinearOp, QuantizedOp, QValue, backend
+from cml_core.quantization import QuantizedOp, QValue, backend
 
 from ._opset import OPS
 from .conv import conv_nd, windows
+from .linalg import QuantizedConv
 from .pooling import _pool_geometry
 
 
@@ -61,35 +62,19 @@ def _conv_transpose_geometry(x_shape, w_shape, auto_pad, dilations, kernel_shape
     return strides, list(pads), dilations, output_padding
 
 
-class QuantizedConvTranspose(LinearOp):
+class QuantizedConvTranspose(QuantizedConv):
     """ConvTranspose of an encrypted input with constant weights: an integer transposed convolution."""
 
-    weight_inputs = ("w",)
-
-    def encrypted_forward(self, ctx, inputs):
-        x, w = inputs[0], inputs[1]
-        b = inputs[2] if len(inputs) > 2 else None
-        if not w.is_constant or (b is not None and not b.is_constant):
-            raise QuantizationError(f"{self.where}: ConvTranspose weights and bias must be constants")
-        q = ctx.requantize(x)
-        wq, w_scale = self.weights(ctx, "W", w.data)
-        scale = q.scale * w_scale
-        bias = self.integer_bias("B", None if b is None else b.data, scale)
+    def geometry(self, x_shape, w_shape):
         a = self.attributes
-        strides, pads, dilations, output_padding = _conv_transpose_geometry(
-            q.shape, wq.shape, a.get("auto_pad", "NOTSET"), a.get("dilations"), a.get("kernel_shape"),
+        strides, pads, dilations, self._output_padding = _conv_transpose_geometry(
+            x_shape, w_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"), a.get("kernel_shape"),
             a.get("output_padding"), a.get("output_shape"), a.get("pads"), a.get("strides"))
+        return strides, pads, dilations
 
-        def clear(data, weight, b_, *, strides, pads, dilations, group):
-            return conv_transpose_nd(data, weight, b_, strides=strides, pads=pads, dilations=dilations, group=group,
-                                     output_padding=output_padding)
-
-        acc = backend.conv(self.centered(q), wq, bias, pads=pads, strides=strides, dilations=dilations,
-                           group=int(a.get("group", 1)), clear_conv=clear)
-        float_bias = None
-        if b is not None and bias is None:
-            float_bias = np.asarray(b.data, np.float64).reshape((1, -1) + (1,) * (len(q.shape) - 2))
-        return self.accumulator(ctx, acc, scale, float_bias)
+    def clear(self, data, weight, bias, *, strides, pads, dilations, group):
+        return conv_transpose_nd(data, weight, bias, strides=strides, pads=pads, dilations=dilations, group=group,
+                                 output_padding=self._output_padding)
 
 
 @OPS.op("ConvTranspose", since=(11, 22), quantized=QuantizedConvTranspose)
