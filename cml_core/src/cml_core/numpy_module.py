@@ -57,16 +57,20 @@ class BoundNode:
             while n > len(self.impl.signature.required_inputs) and not self.node.input[n - 1]:
                 n -= 1
         self._arity = n
-        self._context = {"_num_outputs": len(self.node.output)} if "_num_outputs" in self.impl.signature.context else {}
+        self.inputs = tuple(self.node.input[:n])  # "" marks an omitted optional input
+        self.outputs = tuple(self.node.output)
+        context = {"_num_outputs": len(self.outputs)} if "_num_outputs" in self.impl.signature.context else {}
+        self._kwargs = {**self.attributes, **context}
 
     def call(self, values: list[Any]) -> tuple[Any, ...]:
         """Run the numpy implementation on ``values`` (``None`` for omitted inputs)."""
-        out = self.impl.function(*values[: self._arity], **self.attributes, **self._context)
-        outs = out if isinstance(out, tuple) else (out,)
-        n = len(self.node.output)
-        if len(outs) < n and any(self.node.output[len(outs):]):
-            raise NodeExecutionError(f"{self.where}: implementation returned {len(outs)} outputs, node has {n}")
-        return outs[:n]
+        out = self.impl.function(*values[: self._arity], **self._kwargs)
+        if not isinstance(out, tuple):
+            return (out,)
+        n = len(self.outputs)
+        if len(out) < n and any(self.outputs[len(out):]):
+            raise NodeExecutionError(f"{self.where}: implementation returned {len(out)} outputs, node has {n}")
+        return out[:n]
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class NumpyModule:
         ]
         self.nodes = self._bind_nodes()
         self._fold_constants()
-        self._last_use = self._compute_last_use()
+        self._dead_after = self._compute_dead_after()
 
     # -- public ---------------------------------------------------------------------------------
     @property
@@ -136,9 +140,9 @@ class NumpyModule:
         """Evaluate the graph; returns tensor name -> value for the outputs (or every tensor)."""
         env: dict[str, Any] = dict(self.constants)
         env.update(zip(self.input_names, self.check_inputs(inputs)))
-        outputs = set(self.output_names)
-        for step, bound in enumerate(self.nodes):
-            values = [env[name] if name else None for name in bound.node.input]
+        env[""] = None  # omitted optional inputs
+        for bound, dead in zip(self.nodes, self._dead_after):
+            values = [env[name] for name in bound.inputs]
             try:
                 results = bound.call(values)
             except CmlError:
@@ -148,14 +152,12 @@ class NumpyModule:
                 raise NodeExecutionError(
                     f"{bound.where} failed on inputs of shapes {shapes}: {type(exc).__name__}: {exc}"
                 ) from exc
-            for name, value in zip(bound.node.output, results):
-                if name:
-                    env[name] = value
+            env.update(zip(bound.outputs, results))
             if not keep_intermediates:
-                for name in self._last_use.get(step, ()):
-                    if name not in outputs:
-                        env.pop(name, None)
+                for name in dead:
+                    del env[name]
         if keep_intermediates:
+            env.pop("", None)
             return env
         return {name: env[name] for name in self.output_names}
 
@@ -259,16 +261,22 @@ class NumpyModule:
         used = {n for b in self.nodes for n in b.node.input} | set(self.output_names)
         self.constants = {k: v for k, v in self.constants.items() if k in used}
 
-    def _compute_last_use(self) -> dict[int, list[str]]:
+    def _compute_dead_after(self) -> list[tuple[str, ...]]:
+        """Per node, the intermediates no later node (nor the graph output) needs: freed after it runs."""
         last: dict[str, int] = {}
         for step, bound in enumerate(self.nodes):
-            for name in bound.node.input:
+            for name in bound.inputs:
                 if name and name not in self.constants:
                     last[name] = step
-        by_step: dict[int, list[str]] = {}
+            for name in bound.outputs:  # an output nobody reads dies where it is made
+                if name and name not in last:
+                    last[name] = step
+        keep = set(self.output_names)
+        dead: list[list[str]] = [[] for _ in self.nodes]
         for name, step in last.items():
-            by_step.setdefault(step, []).append(name)
-        return by_step
+            if name not in keep:
+                dead[step].append(name)
+        return [tuple(names) for names in dead]
 
 
 def _fmt(shape: tuple[Any, ...]) -> str:

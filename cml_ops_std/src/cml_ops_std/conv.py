@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -44,26 +46,64 @@ def windows(x, kernel_shape, strides, dilations, pads, pad_value=0):
     return view
 
 
+COLUMN_BUDGET = 1 << 20  # im2col elements built at once: a few samples at a time stay in cache
+
+
+def output_shape(size, kernel_shape, strides, dilations, pads):
+    """Spatial output shape of a window op with explicit pads."""
+    n = len(kernel_shape)
+    out = [(size[a] + pads[a] + pads[a + n] - (kernel_shape[a] - 1) * dilations[a] - 1) // strides[a] + 1
+           for a in range(n)]
+    if any(o <= 0 for o in out):
+        padded = [size[a] + pads[a] + pads[a + n] for a in range(n)]
+        raise ValueError(f"kernel {list(kernel_shape)} does not fit the padded input {padded}")
+    return out
+
+
+def columns(x, kernel_shape, strides, dilations, pads):
+    """im2col: ``(N, C, *kernel, *out)`` with zeros where a window reaches into the padding.
+
+    Filled with one strided slice copy per kernel position, which beats gathering from a strided
+    view of a padded copy.
+    """
+    size = x.shape[2:]
+    out = output_shape(size, kernel_shape, strides, dilations, pads)
+    cols = np.zeros((*x.shape[:2], *kernel_shape, *out), dtype=x.dtype)
+    for position in itertools.product(*(range(k) for k in kernel_shape)):
+        source, target = [slice(None)] * 2, [slice(None)] * 2 + list(position)
+        for a, step in enumerate(strides):
+            offset = position[a] * dilations[a] - pads[a]
+            # outputs o whose input index o * step + offset lies inside the input
+            first = max(0, -(offset // step))
+            stop = min(out[a], (size[a] - 1 - offset) // step + 1)
+            if stop <= first:
+                break
+            source.append(slice(first * step + offset, (stop - 1) * step + offset + 1, step))
+            target.append(slice(first, stop))
+        else:
+            cols[tuple(target)] = x[tuple(source)]
+    return cols, out
+
+
 def conv_nd(x, w, b=None, *, strides, pads, dilations, group):
     """ONNX Conv with explicit pads; exact for integer dtypes (used by the quantized twin)."""
-    n = w.ndim - 2
-    view = windows(x, w.shape[2:], strides, dilations, pads)
     channels, out_channels = x.shape[1], w.shape[0]
     if channels % group or out_channels % group or w.shape[1] * group != channels:
         raise ValueError(f"group={group} does not divide {channels} input / {out_channels} output channels "
                          f"for weight of shape {w.shape}")
-    cg, mg = channels // group, out_channels // group
-    kernel_axes = tuple(range(2 + n, 2 + 2 * n))
+    kernel_shape = w.shape[2:]
+    weight = w.reshape(group, out_channels // group, -1)
+    out = output_shape(x.shape[2:], kernel_shape, strides, dilations, pads)
+    step = max(1, COLUMN_BUDGET // (channels * int(np.prod(kernel_shape)) * int(np.prod(out)) or 1))
     parts = []
-    for g in range(group):
-        xg = view[:, g * cg : (g + 1) * cg]
-        wg = w[g * mg : (g + 1) * mg]
-        # contract channels and kernel positions: (N, *out, Mg)
-        parts.append(np.tensordot(xg, wg, axes=((1,) + kernel_axes, (1,) + tuple(range(2, 2 + n)))))
-    y = np.concatenate(parts, axis=-1) if group > 1 else parts[0]
-    y = np.moveaxis(y, -1, 1)
+    for i in range(0, max(x.shape[0], 1), step):
+        cols, _ = columns(x[i : i + step], kernel_shape, strides, dilations, pads)
+        # one batched product over (batch, group): (Mg, Cg*K) @ (Cg*K, P) -> (n, G, Mg, P), NCHW order
+        cols = cols.reshape(cols.shape[0], group, -1, int(np.prod(out)))
+        parts.append(np.matmul(weight, cols).reshape(cols.shape[0], out_channels, *out))
+    y = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if b is not None:
-        y = y + np.asarray(b).reshape((1, -1) + (1,) * n)
+        y += np.asarray(b, dtype=y.dtype).reshape((1, -1) + (1,) * len(out))
     return y
 
 

@@ -18,11 +18,11 @@ def matmul(a, b, /):
 def gemm(a, b, /, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N803  (ONNX names)
     a = a.T if transA else a
     b = b.T if transB else b
-    y = np.matmul(a, b)
+    y = np.matmul(a, b)  # a fresh array: scaled and biased in place
     if alpha != 1.0:
-        y = y * np.asarray(alpha, dtype=y.dtype)
+        y *= np.asarray(alpha, dtype=y.dtype)
     if c is not None and beta != 0:
-        y = y + (c if beta == 1.0 else c * np.asarray(beta, dtype=c.dtype))
+        y += c if beta == 1.0 else c * np.asarray(beta, dtype=c.dtype)
     return y.astype(a.dtype, copy=False)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import BitWidthError, QuantizationError
+from . import backend
 from .base import QuantizedOp
 from .context import MAX_LOOKUP_BITS, AccumulatorRecord, LookupSite, QuantConfig, QuantContext
 from .quantizers import UniformQuantizer, check_n_bits
@@ -196,6 +197,45 @@ class QuantizedModule:
                     "the calibration set is representative (outliers widen ranges)."
                 )
 
+    def rounding_bits(self) -> dict[str, int | None]:
+        """Per rounded lookup (keyed by its tensor): the bits kept before the lookup (None: not rounded)."""
+        return {key: (site.lookup_bits if site.lsbs_removed else None)
+                for key, site in self.sites.items() if site.packed_bits is None}
+
+    def set_rounding(self, bits: int | None | dict[str, int | None], method: str | None = None) -> QuantizedModule:
+        """Change the rounding before lookups without recalibrating; drops any compiled circuit.
+
+        ``bits`` is one value for every lookup or a dict keyed by lookup tensor or node name (the
+        keys of ``rounding_bits()``, or the ``node`` column of ``bitwidth_report()``); ``None``
+        means no rounding. ``method`` is ``"exact"`` or ``"approximate"`` (default: unchanged).
+        Multi-input lookups are never rounded.
+
+        Raises:
+            QuantizationError: an unknown key, a bit count below 1, or an unknown method.
+        """
+        sites = {k: s for k, s in self.sites.items() if s.packed_bits is None}
+        if isinstance(bits, dict):
+            by_node = {s.node: k for k, s in sites.items()}
+            unknown = sorted(k for k in bits if k not in sites and k not in by_node)
+            if unknown:
+                raise QuantizationError(f"set_rounding: no rounded lookup named {unknown}; lookups: {sorted(sites)}")
+            wanted = {(k if k in sites else by_node[k]): v for k, v in bits.items()}
+        else:
+            wanted = dict.fromkeys(sites, bits)
+        if method is not None:
+            if method not in ("exact", "approximate"):
+                raise QuantizationError(f"set_rounding: method must be 'exact' or 'approximate', got {method!r}")
+            self.config.rounding_exact = method == "exact"
+        for key, value in wanted.items():
+            site = sites[key]
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise QuantizationError(f"set_rounding: bits for {key!r} must be a positive int or None, got {value!r}")
+            site.lsbs_removed = 0 if value is None else max(0, site.input_bits - int(value))
+            low, high = backend.round_bits(np.array([site.low, site.high]), site.lsbs_removed)
+            site.rounded_low, site.rounded_high = int(low), int(high)
+        self.fhe_circuit = None
+        return self
+
     # -- compilation (see cml_core.fhe) --------------------------------------------------------
     def compile(self, calibration_x: Any, p_error: float | None = None, global_p_error: float | None = None,
                 configuration: Any = None, verbose: bool = False) -> Any:
@@ -235,8 +275,11 @@ class QuantizedModule:
 
     def __repr__(self) -> str:
         c = self.config
+        kept = set(self.rounding_bits().values())
+        rounding = next(iter(kept)) if len(kept) == 1 else ("per lookup" if kept else None)
+        method = "exact" if c.rounding_exact else "approximate"
         return (f"QuantizedModule(n_bits={{inputs: {c.model_inputs}, ops: {c.op_inputs}, weights: {c.op_weights}}}, "
-                f"lookups={self.lookup_count}, rounding={c.rounding_bits})")
+                f"lookups={self.lookup_count}, rounding={rounding}{'' if rounding is None else ' ' + method})")
 
 
 def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
