@@ -70,3 +70,30 @@ def resnet(width: int = 32, blocks: int = 4, size: int = 32) -> tuple[bytes, np.
                         nn.Conv2d(width, 10, 1), nn.ReLU(), nn.Flatten(), nn.Linear(10 * size * size, 10))
     x = np.random.default_rng(0).normal(size=(256, 3, size, size)).astype(np.float32)
     return _export(net, x), x
+
+
+def resnet18(size: int = 224) -> tuple[bytes, np.ndarray]:
+    """A full-size ResNet-18 (ImageNet layout: 11.7M parameters, untrained) and one input image."""
+    import torch
+    from torch import nn
+
+    class Basic(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                      nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [Basic(cin, cout, stride), Basic(cout, cout, 1)]
+        cin = cout
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
+    x = np.random.default_rng(0).normal(size=(1, 3, size, size)).astype(np.float32)
+    return _export(net, x), x

@@ -28,10 +28,17 @@ FAMILIES = {
          helper.make_node("Mul", ["t", "c"], ["m"]), helper.make_node("Gemm", ["m", "w2"], ["y"])],
         {"w": RNG.normal(size=(3, 4)), "b": RNG.normal(size=4), "c": np.array(1.5), "w2": RNG.normal(size=(4, 2))},
         ["n", 3], ["n", 2]), (3,)),
-    # two encrypted operands: one multi-input lookup
+    # two encrypted operands made from different integers: one multi-input lookup
     "encrypted-encrypted": (_model(
-        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "x"], ["y"])], {},
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Mul", ["r", "h"], ["y"])], {"w": RNG.normal(size=(4, 4))},
         ["n", 4], ["n", 4]), (4,)),
+    # Swish: x * Sigmoid(x) is a function of the same integers, composed into one univariate lookup
+    "swish": (_model(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["h"]), helper.make_node("Sigmoid", ["h"], ["s"]),
+         helper.make_node("Mul", ["h", "s"], ["m"]), helper.make_node("Gemm", ["m", "w2"], ["y"])],
+        {"w": RNG.normal(size=(3, 4)), "b": RNG.normal(size=4), "w2": RNG.normal(size=(4, 2))},
+        ["n", 3], ["n", 2]), (3,)),
     # convolution then a layout op
     "conv+layout": (_model(
         [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
@@ -85,6 +92,11 @@ def test_simulation_equals_clear_and_execution_equals_simulation(family):
     # lookups in the integer program are programmable bootstraps in the circuit, and only they are
     pbs = qmodule.fhe_circuit.statistics["programmable_bootstrap_count"]
     assert (pbs > 0) == (qmodule.lookup_count > 0 or family == "pooling")
+    packed = [site.packed_bits is not None for site in qmodule.sites.values()]
+    if family == "swish":  # one univariate lookup per element of h, before the second Gemm
+        assert packed == [False] and pbs == 4
+    if family == "encrypted-encrypted":
+        assert any(packed)
 
 
 def test_bit_width_error_names_the_node_and_the_ways_out():
@@ -109,3 +121,24 @@ def test_compile_torch_model_and_progress(capsys):
     qmodule.forward(x[:1], fhe="execute")
     err = capsys.readouterr().err
     assert "compiled" in err and "keys ready" in err and "encrypted sample 1/1" in err
+
+
+def test_choose_rounding_meets_its_target_with_the_cheapest_uniform_setting():
+    from cml_core.demo import load_example
+    from cml_core.fhe import choose_rounding
+
+    model, data = load_example()
+    x_train, x_val, y_val = data["x_train"][:300], data["x_test"][:120], data["y_test"][:120]
+    qmodule = load_model(model).quantize(x_train, n_bits={"model_inputs": 5, "op_inputs": 6, "op_weights": 6})
+    choice = choose_rounding(qmodule, x_train, x_val, y_val, max_drop=0.02, method="exact", min_bits=3)
+    float_accuracy = np.mean(load_model(model)(x_val).argmax(1) == y_val)
+    assert choice.reference_score == pytest.approx(float_accuracy)
+    # the module is left compiled with the choice, and simulating it again gives the reported score
+    assert qmodule.rounding_bits() == choice.bits
+    simulated = qmodule.forward(x_val, fhe="simulate").argmax(1)
+    assert np.mean(simulated == y_val) == pytest.approx(choice.score) and choice.score >= choice.target
+    # uniform settings from min_bits up until the first that reaches the target; refinements only cheapen it
+    first_ok = next(i for i, t in enumerate(choice.trials) if t.score >= choice.target)
+    uniform = choice.trials[: first_ok + 1]
+    assert [sorted(set(t.bits.values())) for t in uniform] == [[b] for b in range(3, 3 + len(uniform))]
+    assert choice.complexity <= uniform[-1].complexity

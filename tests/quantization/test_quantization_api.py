@@ -114,3 +114,29 @@ def test_rounding_lowers_lookup_bits():
     lookup = [r for r in rounded if r.kind == "lookup"][0]
     assert plain.max_lookup_bits > 5
     assert lookup.lookup_bits <= 6 and lookup.lsbs_removed == plain.max_lookup_bits - 5
+
+
+@pytest.mark.parametrize("bits", [3, 5, None])
+def test_set_rounding_equals_quantizing_with_that_rounding(bits):
+    module = _gemm_relu_model()
+    x = np.random.default_rng(2).normal(size=(200, 4)).astype(np.float32)
+    fresh = module.quantize(x, n_bits=8, rounding_threshold_bits=bits)
+    changed = module.quantize(x, n_bits=8, rounding_threshold_bits=6).set_rounding(bits)
+    assert changed.bitwidth_report() == fresh.bitwidth_report()
+    assert np.array_equal(changed.quantized_forward(changed.quantize_input(x)),
+                          fresh.quantized_forward(fresh.quantize_input(x)))
+
+
+def test_set_rounding_per_lookup_and_bad_keys():
+    module = _gemm_relu_model()
+    x = np.random.default_rng(2).normal(size=(200, 4)).astype(np.float32)
+    qmodule = module.quantize(x, n_bits=8)
+    qmodule.set_rounding({"act": 4}, method="approximate")  # by node name
+    assert qmodule.rounding_bits() == {"r": 4} and not qmodule.config.rounding_exact
+    assert "rounding=4 approximate" in repr(qmodule)
+    with pytest.raises(QuantizationError, match="no rounded lookup named"):
+        qmodule.set_rounding({"nope": 4})
+    with pytest.raises(QuantizationError, match="positive int"):
+        qmodule.set_rounding(0)
+    with pytest.raises(QuantizationError, match="method"):
+        qmodule.set_rounding(4, method="sloppy")

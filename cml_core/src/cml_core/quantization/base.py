@@ -106,32 +106,40 @@ class ElementwiseOp(QuantizedOp):
 
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
         encrypted = self.encrypted_positions(inputs)
-        if len(encrypted) == 1:
-            return self._compose(ctx, inputs, encrypted[0])
+        first = inputs[encrypted[0]]
+        assert first is not None
+        if all(inputs[i].data is first.data for i in encrypted):  # type: ignore[union-attr]
+            # one encrypted input, or several functions of the same integers (x * Sigmoid(x)):
+            # the op composes into a single univariate mapping, no lookup yet
+            return self._compose(ctx, inputs, encrypted)
         return self._multi_lookup(ctx, inputs, encrypted)
 
-    def _compose(self, ctx: QuantContext, inputs: Sequence[QValue | None], position: int) -> QValue:
-        source = inputs[position]
-        assert source is not None and source.to_float is not None
-        inner = source.to_float
+    def _compose(self, ctx: QuantContext, inputs: Sequence[QValue | None], positions: list[int]) -> QValue:
+        source = inputs[positions[0]]
+        assert source is not None
+        maps = {p: inputs[p].to_float for p in positions}  # type: ignore[union-attr]
         constants: list[Any] = [None if v is None else v.data for v in inputs]
-        constants[position] = None
+        for p in positions:
+            constants[p] = None
 
         def to_float(q: NDArray[Any]) -> NDArray[Any]:
             args = list(constants)
-            args[position] = inner(q)
+            for p in positions:
+                args[p] = maps[p](q)  # type: ignore[misc]
             args = [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args]
             # keep the op's own dtype (an integer or boolean result feeds integer ops downstream)
             return np.asarray(self.call_numpy(args))
 
         # the output's shape, from the op itself (constants may broadcast the input, or not at all)
         probe = list(constants)
-        with np.errstate(all="ignore"):  # zeros of the input's value type (floats, or integers after a Cast)
-            probe[position] = np.zeros(source.shape, dtype=np.asarray(inner(np.zeros(1, dtype=np.int64))).dtype)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):  # zeros of each input's value type (floats, or integers after a Cast)
+            for p in positions:
+                kind = np.asarray(maps[p](np.zeros(1, dtype=np.int64))).dtype  # type: ignore[misc]
+                probe[p] = np.zeros(source.shape, dtype=kind)
             out_shape = np.shape(self.call_numpy(probe))
         data = source.data if tuple(out_shape) == source.shape else backend.broadcast(source.data, out_shape)
-        uniform = source.uniform and all(_is_scalar(v) for i, v in enumerate(inputs) if i != position)
+        uniform = (all(inputs[p].uniform for p in positions)  # type: ignore[union-attr]
+                   and all(_is_scalar(v) for i, v in enumerate(inputs) if i not in positions))
         return QValue.lazy(data, to_float, uniform)
 
     def _multi_lookup(self, ctx: QuantContext, inputs: Sequence[QValue | None], encrypted: list[int]) -> QValue:

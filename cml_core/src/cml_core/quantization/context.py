@@ -35,6 +35,7 @@ class QuantConfig:
     model_outputs: int
     rounding_bits: int | None = None
     rounding_exact: bool = True
+    rounding_per_lookup: dict[str, int | None] = field(default_factory=dict)  # lookup key -> bits, overrides
 
 
 @dataclass
@@ -151,8 +152,9 @@ class QuantContext:
         if self.calibrating:
             data = np.asarray(value.data)
             site = LookupSite(producer[0], producer[1], value.name, int(data.min()), int(data.max()))
-            if self.config.rounding_bits is not None:
-                site.lsbs_removed = max(0, site.input_bits - self.config.rounding_bits)
+            bits = self.config.rounding_per_lookup.get(key, self.config.rounding_bits)
+            if bits is not None:
+                site.lsbs_removed = max(0, site.input_bits - bits)
             rounded = backend.round_bits(data, site.lsbs_removed, self.config.rounding_exact)
             site.rounded_low, site.rounded_high = int(np.min(rounded)), int(np.max(rounded))
             self.sites[key] = site

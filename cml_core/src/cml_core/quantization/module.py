@@ -11,7 +11,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import BitWidthError, QuantizationError
-from . import backend
 from .base import QuantizedOp
 from .context import MAX_LOOKUP_BITS, AccumulatorRecord, LookupSite, QuantConfig, QuantContext
 from .quantizers import UniformQuantizer, check_n_bits
@@ -128,6 +127,7 @@ class QuantizedModule:
         self.sites: dict[str, LookupSite] = {}
         self.accumulators: dict[str, AccumulatorRecord] = {}
         self._outputs: list[QValue] = []
+        self._calibration_inputs: list[NDArray[Any]] = []
         self.fhe_circuit: Any = None
 
     # -- the three steps -----------------------------------------------------------------------
@@ -203,38 +203,49 @@ class QuantizedModule:
                 for key, site in self.sites.items() if site.packed_bits is None}
 
     def set_rounding(self, bits: int | None | dict[str, int | None], method: str | None = None) -> QuantizedModule:
-        """Change the rounding before lookups without recalibrating; drops any compiled circuit.
+        """Change the rounding before lookups and recalibrate the integer ranges; drops any circuit.
 
         ``bits`` is one value for every lookup or a dict keyed by lookup tensor or node name (the
-        keys of ``rounding_bits()``, or the ``node`` column of ``bitwidth_report()``); ``None``
-        means no rounding. ``method`` is ``"exact"`` or ``"approximate"`` (default: unchanged).
-        Multi-input lookups are never rounded.
+        keys of ``rounding_bits()``, or the ``node`` column of ``bitwidth_report()``) that
+        overrides the current setting for those lookups; ``None`` means no rounding. ``method``
+        is ``"exact"`` or ``"approximate"`` (default: unchanged). Multi-input lookups are never
+        rounded. The float calibration ranges stay; the integer pass over the calibration data
+        runs again, since rounding one lookup moves the ranges of everything after it.
 
         Raises:
             QuantizationError: an unknown key, a bit count below 1, or an unknown method.
         """
         sites = {k: s for k, s in self.sites.items() if s.packed_bits is None}
-        if isinstance(bits, dict):
-            by_node = {s.node: k for k, s in sites.items()}
-            unknown = sorted(k for k in bits if k not in sites and k not in by_node)
-            if unknown:
-                raise QuantizationError(f"set_rounding: no rounded lookup named {unknown}; lookups: {sorted(sites)}")
-            wanted = {(k if k in sites else by_node[k]): v for k, v in bits.items()}
-        else:
-            wanted = dict.fromkeys(sites, bits)
-        if method is not None:
-            if method not in ("exact", "approximate"):
-                raise QuantizationError(f"set_rounding: method must be 'exact' or 'approximate', got {method!r}")
-            self.config.rounding_exact = method == "exact"
-        for key, value in wanted.items():
-            site = sites[key]
-            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+        by_node = {s.node: k for k, s in sites.items()}
+        wanted = bits if isinstance(bits, dict) else {}
+        unknown = sorted(k for k in wanted if k not in sites and k not in by_node)
+        if unknown:
+            raise QuantizationError(f"set_rounding: no rounded lookup named {unknown}; lookups: {sorted(sites)}")
+        for key, value in (wanted.items() if isinstance(bits, dict) else [("all lookups", bits)]):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise QuantizationError(f"set_rounding: bits for {key!r} must be a positive int or None, got {value!r}")
-            site.lsbs_removed = 0 if value is None else max(0, site.input_bits - int(value))
-            low, high = backend.round_bits(np.array([site.low, site.high]), site.lsbs_removed)
-            site.rounded_low, site.rounded_high = int(low), int(high)
-        self.fhe_circuit = None
+        if method is not None and method not in ("exact", "approximate"):
+            raise QuantizationError(f"set_rounding: method must be 'exact' or 'approximate', got {method!r}")
+        if isinstance(bits, dict):
+            self.config.rounding_per_lookup.update(
+                {(k if k in sites else by_node[k]): (None if v is None else int(v)) for k, v in bits.items()})
+        else:
+            self.config.rounding_bits, self.config.rounding_per_lookup = bits, {}
+        if method is not None:
+            self.config.rounding_exact = method == "exact"
+        self.calibrate_integers()
         return self
+
+    def calibrate_integers(self) -> None:
+        """Run the integer program on the calibration data, recording lookup and accumulator ranges."""
+        self.sites.clear()
+        self.accumulators.clear()
+        outputs = self._run(self._calibration_inputs, calibrating=True)
+        for spec, out in zip(self.numpy_module.outputs, outputs):
+            if out.is_constant:
+                raise QuantizationError(f"model output {spec.name!r} does not depend on the inputs; nothing to encrypt")
+        self._outputs = [dataclasses.replace(o, data=None) for o in outputs]
+        self.fhe_circuit = None
 
     # -- compilation (see cml_core.fhe) --------------------------------------------------------
     def compile(self, calibration_x: Any, p_error: float | None = None, global_p_error: float | None = None,
@@ -321,10 +332,6 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     input_quantizers = [UniformQuantizer.fit(*ranges[s.name], config.model_inputs) for s in module.inputs]
     ops = [b.impl.quantized(b) for b in module.nodes]  # type: ignore[misc]
     qmodule = QuantizedModule(module, config, ranges, input_quantizers, ops, producers)
-    q_inputs = [qz.quant(a) for qz, a in zip(input_quantizers, inputs)]
-    outputs = qmodule._run(q_inputs, calibrating=True)
-    for spec, out in zip(module.outputs, outputs):
-        if out.is_constant:
-            raise QuantizationError(f"model output {spec.name!r} does not depend on the inputs; nothing to encrypt")
-    qmodule._outputs = [dataclasses.replace(o, data=None) for o in outputs]
+    qmodule._calibration_inputs = [qz.quant(a) for qz, a in zip(input_quantizers, inputs)]
+    qmodule.calibrate_integers()
     return qmodule
