@@ -159,7 +159,8 @@ class NumpyModule:
         if keep_intermediates:
             env.pop("", None)
             return env
-        return {name: env[name] for name in self.output_names}
+        # an op may return a view with another memory layout: outputs are handed over C-contiguous
+        return {name: _contiguous(env[name]) for name in self.output_names}
 
     def check_inputs(self, inputs: Sequence[Any]) -> list[NDArray[Any]]:
         """Validate call-time inputs against the graph inputs and cast them to the declared dtype.
@@ -277,6 +278,12 @@ class NumpyModule:
             if name not in keep:
                 dead[step].append(name)
         return [tuple(names) for names in dead]
+
+
+def _contiguous(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+        return np.ascontiguousarray(value)
+    return value
 
 
 def _fmt(shape: tuple[Any, ...]) -> str:

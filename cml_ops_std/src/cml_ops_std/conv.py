@@ -86,7 +86,10 @@ def columns(x, kernel_shape, strides, dilations, pads):
 
 
 def conv_nd(x, w, b=None, *, strides, pads, dilations, group):
-    """ONNX Conv with explicit pads; exact for integer dtypes (used by the quantized twin)."""
+    """ONNX Conv with explicit pads; exact for integer dtypes (used by the quantized twin).
+
+    Many small samples (a batch of digits) go batch-last; large ones take per-sample im2col.
+    """
     channels, out_channels = x.shape[1], w.shape[0]
     if channels % group or out_channels % group or w.shape[1] * group != channels:
         raise ValueError(f"group={group} does not divide {channels} input / {out_channels} output channels "
@@ -94,17 +97,51 @@ def conv_nd(x, w, b=None, *, strides, pads, dilations, group):
     kernel_shape = w.shape[2:]
     weight = w.reshape(group, out_channels // group, -1)
     out = output_shape(x.shape[2:], kernel_shape, strides, dilations, pads)
-    step = max(1, COLUMN_BUDGET // (channels * int(np.prod(kernel_shape)) * int(np.prod(out)) or 1))
-    parts = []
-    for i in range(0, max(x.shape[0], 1), step):
-        cols, _ = columns(x[i : i + step], kernel_shape, strides, dilations, pads)
-        # one batched product over (batch, group): (Mg, Cg*K) @ (Cg*K, P) -> (n, G, Mg, P), NCHW order
-        cols = cols.reshape(cols.shape[0], group, -1, int(np.prod(out)))
-        parts.append(np.matmul(weight, cols).reshape(cols.shape[0], out_channels, *out))
-    y = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    per_sample = channels * int(np.prod(kernel_shape)) * int(np.prod(out))
+    if x.shape[0] >= BATCH_LAST_MIN_BATCH and per_sample <= BATCH_LAST_MAX_COLUMNS:
+        return _conv_batch_last(x, weight, b, kernel_shape, out, strides, dilations, pads)
+    else:
+        step = max(1, COLUMN_BUDGET // max(per_sample, 1))
+        parts = []
+        for i in range(0, max(x.shape[0], 1), step):
+            cols, _ = columns(x[i : i + step], kernel_shape, strides, dilations, pads)
+            # one batched product over (batch, group): (Mg, Cg*K) @ (Cg*K, P) -> (n, G, Mg, P), NCHW order
+            cols = cols.reshape(cols.shape[0], group, -1, int(np.prod(out)))
+            parts.append(np.matmul(weight, cols).reshape(cols.shape[0], out_channels, *out))
+        y = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if b is not None:
         y += np.asarray(b, dtype=y.dtype).reshape((1, -1) + (1,) * len(out))
     return y
+
+
+BATCH_LAST_MIN_BATCH = 8  # the batch is the innermost axis of every copy: it must not be tiny
+BATCH_LAST_MAX_COLUMNS = 8192  # im2col elements per sample, so the whole batch's columns stay small
+
+
+def _conv_batch_last(x, weight, b, kernel_shape, out, strides, dilations, pads):
+    """Convolution with the batch as the innermost axis.
+
+    Every im2col copy then moves rows of a whole batch, and one product covers every sample. The
+    result is an NCHW view of batch-last memory; a following convolution reads it without a copy.
+    """
+    n = len(kernel_shape)
+    batch, channels, size = x.shape[0], x.shape[1], x.shape[2:]
+    source = np.moveaxis(x, 0, -1)  # (C, *size, N)
+    if any(pads):
+        padded = np.zeros((channels, *(size[a] + pads[a] + pads[a + n] for a in range(n)), batch), dtype=x.dtype)
+        padded[(slice(None), *(slice(pads[a], pads[a] + size[a]) for a in range(n)))] = source
+        source = padded
+    cols = np.empty((channels, *kernel_shape, *out, batch), dtype=x.dtype)
+    for position in itertools.product(*(range(k) for k in kernel_shape)):
+        start = [position[a] * dilations[a] for a in range(n)]
+        cols[(slice(None), *position)] = source[
+            (slice(None), *(slice(start[a], start[a] + (out[a] - 1) * strides[a] + 1, strides[a]) for a in range(n)))]
+    group, per_group = weight.shape[:2]
+    # (G, Mg, Cg*K) @ (G, Cg*K, P*N) -> (G, Mg, P*N) = (M, *out, N)
+    y = np.matmul(weight, cols.reshape(group, weight.shape[2], -1)).reshape(group * per_group, *out, batch)
+    if b is not None:
+        y += np.asarray(b, dtype=y.dtype).reshape((-1,) + (1,) * (n + 1))
+    return np.moveaxis(y, -1, 0)
 
 
 def conv_attributes(x_shape, w_shape, auto_pad, dilations, kernel_shape, pads, strides):
