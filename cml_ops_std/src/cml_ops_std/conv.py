@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -97,7 +99,7 @@ def conv_nd(x, w, b=None, *, strides, pads, dilations, group):
     kernel_shape = w.shape[2:]
     weight = w.reshape(group, out_channels // group, -1)
     out = output_shape(x.shape[2:], kernel_shape, strides, dilations, pads)
-    per_sample = channels * int(np.prod(kernel_shape)) * int(np.prod(out))
+    per_sample = channels * math.prod(kernel_shape) * math.prod(out)
     if x.shape[0] >= BATCH_LAST_MIN_BATCH and per_sample <= BATCH_LAST_MAX_COLUMNS:
         return _conv_batch_last(x, weight, b, kernel_shape, out, strides, dilations, pads)
     else:
@@ -106,7 +108,7 @@ def conv_nd(x, w, b=None, *, strides, pads, dilations, group):
         for i in range(0, max(x.shape[0], 1), step):
             cols, _ = columns(x[i : i + step], kernel_shape, strides, dilations, pads)
             # one batched product over (batch, group): (Mg, Cg*K) @ (Cg*K, P) -> (n, G, Mg, P), NCHW order
-            cols = cols.reshape(cols.shape[0], group, -1, int(np.prod(out)))
+            cols = cols.reshape(cols.shape[0], group, -1, math.prod(out))
             parts.append(np.matmul(weight, cols).reshape(cols.shape[0], out_channels, *out))
         y = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if b is not None:
@@ -116,6 +118,18 @@ def conv_nd(x, w, b=None, *, strides, pads, dilations, group):
 
 BATCH_LAST_MIN_BATCH = 8  # the batch is the innermost axis of every copy: it must not be tiny
 BATCH_LAST_MAX_COLUMNS = 8192  # im2col elements per sample, so the whole batch's columns stay small
+
+
+@functools.lru_cache(maxsize=256)
+def _window_slices(kernel_shape, out, strides, dilations):
+    """Per kernel position: (index into the columns, index into the batch-last padded input)."""
+    n = len(kernel_shape)
+    plan = []
+    for position in itertools.product(*(range(k) for k in kernel_shape)):
+        start = [position[a] * dilations[a] for a in range(n)]
+        source = (slice(None), *(slice(start[a], start[a] + (out[a] - 1) * strides[a] + 1, strides[a]) for a in range(n)))
+        plan.append(((slice(None), *position), source))
+    return tuple(plan)
 
 
 def _conv_batch_last(x, weight, b, kernel_shape, out, strides, dilations, pads):
@@ -132,10 +146,8 @@ def _conv_batch_last(x, weight, b, kernel_shape, out, strides, dilations, pads):
         padded[(slice(None), *(slice(pads[a], pads[a] + size[a]) for a in range(n)))] = source
         source = padded
     cols = np.empty((channels, *kernel_shape, *out, batch), dtype=x.dtype)
-    for position in itertools.product(*(range(k) for k in kernel_shape)):
-        start = [position[a] * dilations[a] for a in range(n)]
-        cols[(slice(None), *position)] = source[
-            (slice(None), *(slice(start[a], start[a] + (out[a] - 1) * strides[a] + 1, strides[a]) for a in range(n)))]
+    for target, window in _window_slices(tuple(kernel_shape), tuple(out), tuple(strides), tuple(dilations)):
+        cols[target] = source[window]
     group, per_group = weight.shape[:2]
     # (G, Mg, Cg*K) @ (G, Cg*K, P*N) -> (G, Mg, P*N) = (M, *out, N)
     y = np.matmul(weight, cols.reshape(group, weight.shape[2], -1)).reshape(group * per_group, *out, batch)
