@@ -139,9 +139,9 @@ def fhe_path(samples: int, quick: bool) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"model": model_name, "setting": name, "float_accuracy": float_acc}
             auto = rounding == "auto"
             qmodule = module.quantize(x_train, n_bits=n_bits, rounding_threshold_bits=None if auto else rounding)
-            if auto:  # tuned on a slice of the training set, never on the test set
+            if auto:  # tuned on the training set, never on the test set
                 start = time.perf_counter()
-                choice = choose_rounding(qmodule, x_train, x_train[-300:], data["y_train"][-300:], max_drop=0.01)
+                choice = choose_rounding(qmodule, x_train, x_train, data["y_train"], max_drop=0.01)
                 row["tuning_s"] = time.perf_counter() - start
                 row["rounding_choice"] = choice.bits
             row["quantized_accuracy"] = accuracy(qmodule(x_test), y_test)
