@@ -3,7 +3,10 @@
 import numpy as np
 import onnx
 import pytest
-from cml_core.quantization import UniformQuantizer
+from cml_core.quantization import UniformQuantizer, context
+from cml_core.quantization.context import bits_for_range, centring_offset
+from hypothesis import given
+from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from cml_core import QuantizationError, QuantizedArray, load_model
@@ -140,3 +143,28 @@ def test_set_rounding_per_lookup_and_bad_keys():
         qmodule.set_rounding(0)
     with pytest.raises(QuantizationError, match="method"):
         qmodule.set_rounding(4, method="sloppy")
+
+
+@given(st.integers(-5000, 5000), st.integers(0, 20000), st.one_of(st.none(), st.integers(2, 8)))
+def test_centring_offset_keeps_the_grid_and_never_widens(low, width, rounding_bits):
+    high = low + width
+    offset = centring_offset(low, high, rounding_bits)
+    after = bits_for_range(low + offset, high + offset)
+    assert after <= bits_for_range(low, high)
+    if rounding_bits is None:  # exact centring: the fewest signed bits that hold width + 1 values
+        assert after <= max(2, width.bit_length())
+    else:  # a multiple of the rounding step, so the rounding grid does not move
+        assert offset % (1 << max(0, max(2, width.bit_length()) - rounding_bits)) == 0
+
+
+def test_centring_gives_the_fewest_lookup_bits_and_leaves_the_integers_alone(monkeypatch):
+    module = _gemm_relu_model()
+    x = np.random.default_rng(3).normal(loc=2.0, size=(300, 4)).astype(np.float32)  # lopsided ReLU inputs
+    centred = module.quantize(x, n_bits=8)
+    monkeypatch.setattr(context, "centring_offset", lambda low, high, bits: 0)
+    plain = module.quantize(x, n_bits=8)
+    site_c, site_p = centred.sites["r"], plain.sites["r"]
+    assert site_c.offset != 0 and site_p.lookup_bits == bits_for_range(site_p.low, site_p.high)
+    assert site_c.lookup_bits == max(2, (site_c.high - site_c.low).bit_length()) <= site_p.lookup_bits
+    np.testing.assert_array_equal(centred.quantized_forward(centred.quantize_input(x)),
+                                  plain.quantized_forward(plain.quantize_input(x)))

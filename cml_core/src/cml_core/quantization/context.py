@@ -25,6 +25,19 @@ def bits_for_range(low: int, high: int) -> int:
     return max((-low - 1).bit_length(), high.bit_length() if high > 0 else 0) + 1
 
 
+def centring_offset(low: int, high: int, rounding_bits: int | None) -> int:
+    """A constant that centres ``[low, high]`` on zero, a multiple of the rounding step.
+
+    Keeping it a multiple of the step leaves the rounding grid where it was (zero stays a grid
+    point, so a ReLU's kink stays exact).
+    """
+    centre = -((low + high + 1) // 2)  # [-ceil(w/2), floor(w/2)]: the fewest signed bits for width w
+    if rounding_bits is None:
+        return centre
+    step = 1 << max(0, bits_for_range(low + centre, high + centre) - rounding_bits)
+    return int(round(centre / step)) * step
+
+
 @dataclass
 class QuantConfig:
     """Bit widths and rounding of a quantization."""
@@ -51,12 +64,13 @@ class LookupSite:
     rounded_low: int = 0
     rounded_high: int = 0
     packed_bits: int | None = None  # multi-input lookups: total bits of the packed inputs
+    offset: int = 0  # added to the input before rounding (centres the range), taken back by the table
 
     @property
     def input_bits(self) -> int:
         if self.packed_bits is not None:
             return self.packed_bits
-        return bits_for_range(self.low, self.high)
+        return bits_for_range(self.low + self.offset, self.high + self.offset)
 
     @property
     def lookup_bits(self) -> int:
@@ -143,8 +157,10 @@ class QuantContext:
     def lookup(self, value: QValue, table: Callable[[NDArray[Any]], NDArray[Any]], key: str | None = None) -> Any:
         """Apply ``table`` (int -> int, element-wise) to ``value.data`` as one lookup.
 
-        The lookup input is first rounded to ``rounding_bits`` when configured. Calibration
-        records the input range of each lookup under ``key`` (default: the tensor's name);
+        The calibrated input range is first centred on zero by adding a constant (free on
+        encrypted data; the table takes it back), so a lopsided range such as a ReLU input's
+        needs no more bits than its width. The input is then rounded to ``rounding_bits`` when
+        configured. Calibration records each lookup under ``key`` (default: the tensor's name);
         running reuses what was recorded.
         """
         key = key or value.name
@@ -153,15 +169,20 @@ class QuantContext:
             data = np.asarray(value.data)
             site = LookupSite(producer[0], producer[1], value.name, int(data.min()), int(data.max()))
             bits = self.config.rounding_per_lookup.get(key, self.config.rounding_bits)
+            site.offset = centring_offset(site.low, site.high, bits)
             if bits is not None:
                 site.lsbs_removed = max(0, site.input_bits - bits)
-            rounded = backend.round_bits(data, site.lsbs_removed, self.config.rounding_exact)
+            rounded = backend.round_bits(data + site.offset, site.lsbs_removed, self.config.rounding_exact)
             site.rounded_low, site.rounded_high = int(np.min(rounded)), int(np.max(rounded))
             self.sites[key] = site
         else:
             site = self.sites[key]
-            rounded = backend.round_bits(value.data, site.lsbs_removed, self.config.rounding_exact)
-        return backend.lookup(rounded, table)
+            shifted = value.data + site.offset if site.offset else value.data
+            rounded = backend.round_bits(shifted, site.lsbs_removed, self.config.rounding_exact)
+        offset = site.offset
+        if not offset:
+            return backend.lookup(rounded, table)
+        return backend.lookup(rounded, lambda q: table(q - offset))
 
     def record_multi_lookup(self, tensor: str, data: list[Any]) -> None:
         """Record a lookup on several packed integer inputs (calibration only)."""
