@@ -142,3 +142,16 @@ def test_choose_rounding_meets_its_target_with_the_cheapest_uniform_setting():
     uniform = choice.trials[: first_ok + 1]
     assert [sorted(set(t.bits.values())) for t in uniform] == [[b] for b in range(3, 3 + len(uniform))]
     assert choice.complexity <= uniform[-1].complexity
+
+
+def test_choose_rounding_without_labels_scores_agreement_with_the_float_model():
+    from cml_core.fhe import choose_rounding
+
+    model, shape = FAMILIES["linear+univariate"]
+    x = np.random.default_rng(2).uniform(-1, 1, size=(60, *shape)).astype(np.float32)
+    qmodule = load_model(model).quantize(x, n_bits=6)
+    choice = choose_rounding(qmodule, x, x, max_drop=0.1, method="exact", min_bits=2)
+    assert choice.reference_score == 1.0 and choice.target == pytest.approx(0.9)
+    agreement = np.mean(qmodule.forward(x, fhe="simulate").argmax(1) == load_model(model)(x).argmax(1))
+    assert agreement == pytest.approx(choice.score) and agreement >= 0.9
+    assert "chosen" in str(choice) and len(str(choice).splitlines()) == len(choice.trials) + 1
