@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from cml_core.fhe import choose_rounding, circuit_summary
+from cml_core.fhe import circuit_summary
 
-from cml_core import BitWidthError, load_model
+from cml_core import BitWidthError, choose_rounding, load_model
 
 from . import models
 

@@ -125,7 +125,8 @@ def test_compile_torch_model_and_progress(capsys):
 
 def test_choose_rounding_meets_its_target_with_the_cheapest_uniform_setting():
     from cml_core.demo import load_example
-    from cml_core.fhe import choose_rounding
+
+    from cml_core import choose_rounding
 
     model, data = load_example()
     x_train, x_val, y_val = data["x_train"][:300], data["x_test"][:120], data["y_test"][:120]
@@ -145,7 +146,7 @@ def test_choose_rounding_meets_its_target_with_the_cheapest_uniform_setting():
 
 
 def test_choose_rounding_without_labels_scores_agreement_with_the_float_model():
-    from cml_core.fhe import choose_rounding
+    from cml_core import choose_rounding
 
     model, shape = FAMILIES["linear+univariate"]
     x = np.random.default_rng(2).uniform(-1, 1, size=(60, *shape)).astype(np.float32)

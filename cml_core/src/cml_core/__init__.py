@@ -38,6 +38,7 @@ __all__ = [
     "QuantizedArray",
     "QuantizedModule",
     "UnsupportedOpError",
+    "choose_rounding",
     "compile_onnx_model",
     "compile_torch_model",
     "get_registry",
@@ -48,6 +49,7 @@ __all__ = [
 _LAZY = {
     "QuantizedArray": ("quantization.quantizers", "QuantizedArray"),
     "QuantizedModule": ("quantization.module", "QuantizedModule"),
+    "choose_rounding": ("tuning", "choose_rounding"),
     "compile_onnx_model": ("fhe", "compile_onnx_model"),
     "compile_torch_model": ("fhe", "compile_torch_model"),
 }

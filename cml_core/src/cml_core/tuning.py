@@ -1,0 +1,102 @@
+"""Choosing the rounding before each lookup: the cheapest setting that keeps a score target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .fhe import circuit_summary, compile_quantized_module, run_circuit
+
+if TYPE_CHECKING:
+    from .quantization.module import QuantizedModule
+
+
+@dataclass
+class RoundingTrial:
+    """One rounding setting tried by ``choose_rounding``."""
+
+    bits: dict[str, int | None]
+    score: float
+    complexity: float
+    pbs: int
+
+
+@dataclass
+class RoundingChoice:
+    """What ``choose_rounding`` picked, the score it had to reach, and every setting it tried."""
+
+    bits: dict[str, int | None]
+    score: float
+    target: float
+    reference_score: float
+    complexity: float
+    trials: list[RoundingTrial] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"chosen {self.bits}: score {self.score:.4f} (target {self.target:.4f}, float "
+                 f"{self.reference_score:.4f}), complexity {self.complexity:.3g}"]
+        lines += [f"  tried {t.bits}: score {t.score:.4f}, complexity {t.complexity:.3g}, {t.pbs} PBS"
+                  for t in self.trials]
+        return "\n".join(lines)
+
+
+def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_val: Any = None, *,
+                    max_drop: float = 0.01, method: str = "approximate", repeats: int = 3, min_bits: int = 2,
+                    configuration: Any = None) -> RoundingChoice:
+    """Pick the rounding before each lookup that keeps the simulated score within ``max_drop`` of float.
+
+    The score is classification accuracy on ``(x_val, y_val)`` (argmax of the first output), or,
+    without ``y_val``, agreement with the float model's argmax. Each setting is compiled and
+    simulated (``repeats`` times, averaged: approximate rounding is randomized). First every
+    lookup gets the same bits, from ``min_bits`` up, until one setting reaches the target; then
+    each lookup in turn keeps one bit less while the target still holds and the circuit gets
+    cheaper. ``qmodule`` ends compiled with the choice. When no rounding reaches the target,
+    the lookups are left unrounded (the choice says so and its score shows the gap).
+    """
+    x_val_t = x_val if isinstance(x_val, tuple) else (x_val,)
+    float_out = qmodule.numpy_module(*x_val_t)
+    float_scores = np.asarray(float_out[0] if isinstance(float_out, tuple) else float_out)
+    labels = float_scores.argmax(-1) if y_val is None else np.asarray(y_val)
+    reference = float(np.mean(float_scores.argmax(-1) == labels))
+    target = reference - max_drop
+    q_val = qmodule.quantize_input(*x_val_t)
+    q_val = q_val if isinstance(q_val, tuple) else (q_val,)
+    trials: list[RoundingTrial] = []
+
+    def trial(bits: dict[str, int | None]) -> RoundingTrial:
+        qmodule.set_rounding(bits, method)
+        compile_quantized_module(qmodule, calibration_x, configuration=configuration)
+        scores = []
+        for _ in range(repeats if method == "approximate" else 1):
+            out = qmodule.dequantize_output(*run_circuit(qmodule, q_val, "simulate"))
+            first = out[0] if isinstance(out, tuple) else out
+            scores.append(float(np.mean(np.asarray(first).argmax(-1) == labels)))
+        summary = circuit_summary(qmodule.fhe_circuit)
+        result = RoundingTrial(dict(bits), float(np.mean(scores)), summary["complexity"], summary["pbs"])
+        trials.append(result)
+        return result
+
+    keys = list(qmodule.rounding_bits())
+    widest = max((qmodule.sites[k].input_bits for k in keys), default=0)
+    best: RoundingTrial | None = None
+    for bits in range(min_bits, widest):
+        candidate = trial(dict.fromkeys(keys, bits))
+        if candidate.score >= target:
+            best = candidate
+            break
+    if best is None:  # nothing rounded reached the target: no rounding
+        best = trial(dict.fromkeys(keys))
+    else:
+        for key in keys:
+            current = best.bits[key]
+            while current is not None and current > min_bits:
+                lowered = trial({**best.bits, key: current - 1})
+                if lowered.score < target or lowered.complexity >= best.complexity:
+                    break
+                best, current = lowered, current - 1
+    if trials[-1] is not best:  # leave the module compiled with the choice
+        qmodule.set_rounding(best.bits, method)
+        compile_quantized_module(qmodule, calibration_x, configuration=configuration)
+    return RoundingChoice(best.bits, best.score, target, reference, best.complexity, trials)
