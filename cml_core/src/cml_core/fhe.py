@@ -160,4 +160,3 @@ def compile_torch_model(torch_module: Any, calibration_x: Any, n_bits: Any = 8, 
     return compile_onnx_model(export_torch(torch_module, calibration_x, opset_version), calibration_x, n_bits=n_bits,
                               rounding_threshold_bits=rounding_threshold_bits, p_error=p_error,
                               global_p_error=global_p_error, configuration=configuration, verbose=verbose)
-
