@@ -32,12 +32,8 @@ def resolve_pads(auto_pad, in_shape, kernel_shape, strides, dilations, pads):
 def windows(x, kernel_shape, strides, dilations, pads, pad_value=0):
     """A strided view ``(N, C, *out, *kernel)`` of the padded ``x`` (no copy beyond padding)."""
     n = len(kernel_shape)
+    out_shape = output_shape(x.shape[2:], kernel_shape, strides, dilations, pads)
     padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + n]) for i in range(n)], constant_values=pad_value)
-    out_shape = [
-        (padded.shape[2 + i] - (kernel_shape[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(n)
-    ]
-    if any(o <= 0 for o in out_shape):
-        raise ValueError(f"kernel {list(kernel_shape)} does not fit the padded input {padded.shape[2:]}")
     st = padded.strides
     view = as_strided(
         padded,
@@ -49,6 +45,8 @@ def windows(x, kernel_shape, strides, dilations, pads, pad_value=0):
 
 
 COLUMN_BUDGET = 1 << 20  # im2col elements built at once: a few samples at a time stay in cache
+BATCH_LAST_MIN_BATCH = 8  # batch-last makes the batch the innermost axis of every copy: not tiny
+BATCH_LAST_MAX_COLUMNS = 8192  # im2col elements per sample, so a whole batch's columns stay small
 
 
 def output_shape(size, kernel_shape, strides, dilations, pads):
@@ -62,98 +60,72 @@ def output_shape(size, kernel_shape, strides, dilations, pads):
     return out
 
 
-def columns(x, kernel_shape, strides, dilations, pads):
-    """im2col: ``(N, C, *kernel, *out)`` with zeros where a window reaches into the padding.
+@functools.lru_cache(maxsize=256)
+def _window_slices(lead, kernel_shape, out, strides, dilations):
+    """Per kernel position: (index into the columns, index into the padded input).
 
-    Filled with one strided slice copy per kernel position, which beats gathering from a strided
-    view of a padded copy.
+    ``lead`` axes come before the spatial ones; any axes after them are taken whole.
     """
-    size = x.shape[2:]
-    out = output_shape(size, kernel_shape, strides, dilations, pads)
-    cols = np.zeros((*x.shape[:2], *kernel_shape, *out), dtype=x.dtype)
+    whole = (slice(None),) * lead
+    plan = []
     for position in itertools.product(*(range(k) for k in kernel_shape)):
-        source, target = [slice(None)] * 2, [slice(None)] * 2 + list(position)
-        for a, step in enumerate(strides):
-            offset = position[a] * dilations[a] - pads[a]
-            # outputs o whose input index o * step + offset lies inside the input
-            first = max(0, -(offset // step))
-            stop = min(out[a], (size[a] - 1 - offset) // step + 1)
-            if stop <= first:
-                break
-            source.append(slice(first * step + offset, (stop - 1) * step + offset + 1, step))
-            target.append(slice(first, stop))
-        else:
-            cols[tuple(target)] = x[tuple(source)]
-    return cols, out
+        window = tuple(slice(p * d, p * d + (o - 1) * s + 1, s)
+                       for p, d, o, s in zip(position, dilations, out, strides))
+        plan.append((whole + position, whole + window))
+    return tuple(plan)
+
+
+def _im2col(source, lead, kernel_shape, out, strides, dilations, pads):
+    """Columns ``(*lead axes, *kernel, *out, *trailing axes)`` of ``source``'s spatial axes.
+
+    ``source`` has ``lead`` axes, then the spatial axes, then possibly more (the batch, when it is
+    last). One strided slice copy per kernel position.
+    """
+    n = len(kernel_shape)
+    size = source.shape[lead : lead + n]
+    if any(pads):
+        padded = np.zeros((*source.shape[:lead], *(size[a] + pads[a] + pads[a + n] for a in range(n)),
+                           *source.shape[lead + n :]), dtype=source.dtype)
+        padded[(slice(None),) * lead + tuple(slice(pads[a], pads[a] + size[a]) for a in range(n))] = source
+        source = padded
+    cols = np.empty((*source.shape[:lead], *kernel_shape, *out, *source.shape[lead + n :]), dtype=source.dtype)
+    for target, window in _window_slices(lead, tuple(kernel_shape), tuple(out), tuple(strides), tuple(dilations)):
+        cols[target] = source[window]
+    return cols
 
 
 def conv_nd(x, w, b=None, *, strides, pads, dilations, group):
     """ONNX Conv with explicit pads; exact for integer dtypes (used by the quantized twin).
 
-    Many small samples (a batch of digits) go batch-last; large ones take per-sample im2col.
+    Many small samples (a batch of digits) are convolved batch-last: every im2col copy then moves
+    rows of the whole batch and one product covers every sample; the result is an NCHW view of
+    batch-last memory, which a following convolution reads without a copy. Large samples take
+    per-sample im2col, a few samples at a time.
     """
     channels, out_channels = x.shape[1], w.shape[0]
     if channels % group or out_channels % group or w.shape[1] * group != channels:
         raise ValueError(f"group={group} does not divide {channels} input / {out_channels} output channels "
                          f"for weight of shape {w.shape}")
     kernel_shape = w.shape[2:]
-    weight = w.reshape(group, out_channels // group, -1)
+    weight = w.reshape(group, out_channels // group, -1)  # (G, Mg, Cg*K)
     out = output_shape(x.shape[2:], kernel_shape, strides, dilations, pads)
     per_sample = channels * math.prod(kernel_shape) * math.prod(out)
     if x.shape[0] >= BATCH_LAST_MIN_BATCH and per_sample <= BATCH_LAST_MAX_COLUMNS:
-        return _conv_batch_last(x, weight, b, kernel_shape, out, strides, dilations, pads)
-    else:
-        step = max(1, COLUMN_BUDGET // max(per_sample, 1))
-        parts = []
-        for i in range(0, max(x.shape[0], 1), step):
-            cols, _ = columns(x[i : i + step], kernel_shape, strides, dilations, pads)
-            # one batched product over (batch, group): (Mg, Cg*K) @ (Cg*K, P) -> (n, G, Mg, P), NCHW order
-            cols = cols.reshape(cols.shape[0], group, -1, math.prod(out))
-            parts.append(np.matmul(weight, cols).reshape(cols.shape[0], out_channels, *out))
-        y = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        cols = _im2col(np.moveaxis(x, 0, -1), 1, kernel_shape, out, strides, dilations, pads)  # (C, *K, *out, N)
+        y = np.matmul(weight, cols.reshape(group, weight.shape[2], -1)).reshape(out_channels, *out, x.shape[0])
+        if b is not None:
+            y += np.asarray(b, dtype=y.dtype).reshape(-1, *(1,) * (len(out) + 1))
+        return np.moveaxis(y, -1, 0)
+    step = max(1, COLUMN_BUDGET // max(per_sample, 1))
+    parts = []
+    for i in range(0, max(x.shape[0], 1), step):
+        cols = _im2col(x[i : i + step], 2, kernel_shape, out, strides, dilations, pads)  # (n, C, *K, *out)
+        product = np.matmul(weight, cols.reshape(cols.shape[0], group, -1, math.prod(out)))  # (n, G, Mg, P)
+        parts.append(product.reshape(cols.shape[0], out_channels, *out))
+    y = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if b is not None:
-        y += np.asarray(b, dtype=y.dtype).reshape((1, -1) + (1,) * len(out))
+        y += np.asarray(b, dtype=y.dtype).reshape(-1, *(1,) * len(out))
     return y
-
-
-BATCH_LAST_MIN_BATCH = 8  # the batch is the innermost axis of every copy: it must not be tiny
-BATCH_LAST_MAX_COLUMNS = 8192  # im2col elements per sample, so the whole batch's columns stay small
-
-
-@functools.lru_cache(maxsize=256)
-def _window_slices(kernel_shape, out, strides, dilations):
-    """Per kernel position: (index into the columns, index into the batch-last padded input)."""
-    n = len(kernel_shape)
-    plan = []
-    for position in itertools.product(*(range(k) for k in kernel_shape)):
-        start = [position[a] * dilations[a] for a in range(n)]
-        source = (slice(None), *(slice(start[a], start[a] + (out[a] - 1) * strides[a] + 1, strides[a]) for a in range(n)))
-        plan.append(((slice(None), *position), source))
-    return tuple(plan)
-
-
-def _conv_batch_last(x, weight, b, kernel_shape, out, strides, dilations, pads):
-    """Convolution with the batch as the innermost axis.
-
-    Every im2col copy then moves rows of a whole batch, and one product covers every sample. The
-    result is an NCHW view of batch-last memory; a following convolution reads it without a copy.
-    """
-    n = len(kernel_shape)
-    batch, channels, size = x.shape[0], x.shape[1], x.shape[2:]
-    source = np.moveaxis(x, 0, -1)  # (C, *size, N)
-    if any(pads):
-        padded = np.zeros((channels, *(size[a] + pads[a] + pads[a + n] for a in range(n)), batch), dtype=x.dtype)
-        padded[(slice(None), *(slice(pads[a], pads[a] + size[a]) for a in range(n)))] = source
-        source = padded
-    cols = np.empty((channels, *kernel_shape, *out, batch), dtype=x.dtype)
-    for target, window in _window_slices(tuple(kernel_shape), tuple(out), tuple(strides), tuple(dilations)):
-        cols[target] = source[window]
-    group, per_group = weight.shape[:2]
-    # (G, Mg, Cg*K) @ (G, Cg*K, P*N) -> (G, Mg, P*N) = (M, *out, N)
-    y = np.matmul(weight, cols.reshape(group, weight.shape[2], -1)).reshape(group * per_group, *out, batch)
-    if b is not None:
-        y += np.asarray(b, dtype=y.dtype).reshape((-1,) + (1,) * (n + 1))
-    return np.moveaxis(y, -1, 0)
 
 
 def conv_attributes(x_shape, w_shape, auto_pad, dilations, kernel_shape, pads, strides):
