@@ -117,6 +117,7 @@ CNN_SETTINGS: list[tuple[str, Any, Any]] = [
     ("n_bits 6, 6-bit exact rounding", 6, 6),
     ("inputs 5, ops 6, weights 6 bits, 5-bit approximate rounding",
      {"model_inputs": 5, "op_inputs": 6, "op_weights": 6}, {"n_bits": 5, "method": "approximate"}),
+    (AUTO, {"model_inputs": 5, "op_inputs": 6, "op_weights": 6}, "auto"),
 ]
 #: above this circuit complexity, encrypted execution is estimated too slow for a benchmark run
 EXECUTE_LIMIT = 3e11
