@@ -156,3 +156,20 @@ def test_choose_rounding_without_labels_scores_agreement_with_the_float_model():
     agreement = np.mean(qmodule.forward(x, fhe="simulate").argmax(1) == load_model(model)(x).argmax(1))
     assert agreement == pytest.approx(choice.score) and agreement >= 0.9
     assert "chosen" in str(choice) and len(str(choice).splitlines()) == len(choice.trials) + 1
+
+
+def test_choose_rounding_with_a_custom_score_for_regression():
+    from cml_core import choose_rounding
+
+    model, shape = FAMILIES["linear+univariate"]
+    x = np.random.default_rng(4).uniform(-1, 1, size=(60, *shape)).astype(np.float32)
+    y = load_model(model)(x) + np.random.default_rng(5).normal(scale=0.1, size=(60, 2))
+
+    def neg_mse(out):
+        return -float(np.mean((out - y) ** 2))
+
+    qmodule = load_model(model).quantize(x, n_bits=6)
+    choice = choose_rounding(qmodule, x, x, score=neg_mse, max_drop=0.05, method="exact", min_bits=2)
+    assert choice.reference_score == pytest.approx(neg_mse(load_model(model)(x)))
+    assert neg_mse(qmodule.forward(x, fhe="simulate")) == pytest.approx(choice.score)
+    assert choice.score >= choice.target

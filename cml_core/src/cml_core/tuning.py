@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .fhe import circuit_summary, compile_quantized_module, run_circuit
 
@@ -44,11 +46,13 @@ class RoundingChoice:
 
 def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_val: Any = None, *,
                     max_drop: float = 0.01, method: str = "approximate", repeats: int = 3, min_bits: int = 2,
+                    score: Callable[[NDArray[Any]], float] | None = None,
                     configuration: Any = None) -> RoundingChoice:
     """Pick the rounding before each lookup that keeps the simulated score within ``max_drop`` of float.
 
     The score is classification accuracy on ``(x_val, y_val)`` (argmax of the first output), or,
-    without ``y_val``, agreement with the float model's argmax. Each setting is compiled and
+    without ``y_val``, agreement with the float model's argmax; ``score(first_output)`` (higher is
+    better, e.g. a negated error for a regression) replaces both. Each setting is compiled and
     simulated (``repeats`` times, averaged: approximate rounding is randomized). First every
     lookup gets the same bits, from ``min_bits`` up, until one setting reaches the target; then
     each lookup in turn keeps one bit less while the target still holds and the circuit gets
@@ -57,9 +61,14 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
     """
     x_val_t = x_val if isinstance(x_val, tuple) else (x_val,)
     float_out = qmodule.numpy_module(*x_val_t)
-    float_scores = np.asarray(float_out[0] if isinstance(float_out, tuple) else float_out)
-    labels = float_scores.argmax(-1) if y_val is None else np.asarray(y_val)
-    reference = float(np.mean(float_scores.argmax(-1) == labels))
+    float_first = np.asarray(float_out[0] if isinstance(float_out, tuple) else float_out)
+    if score is None:
+        labels = float_first.argmax(-1) if y_val is None else np.asarray(y_val)
+
+        def score(out: NDArray[Any]) -> float:
+            return float(np.mean(out.argmax(-1) == labels))
+
+    reference = float(score(float_first))
     target = reference - max_drop
     q_val = qmodule.quantize_input(*x_val_t)
     q_val = q_val if isinstance(q_val, tuple) else (q_val,)
@@ -72,7 +81,7 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
         for _ in range(repeats if method == "approximate" else 1):
             out = qmodule.dequantize_output(*run_circuit(qmodule, q_val, "simulate"))
             first = out[0] if isinstance(out, tuple) else out
-            scores.append(float(np.mean(np.asarray(first).argmax(-1) == labels)))
+            scores.append(float(score(np.asarray(first))))
         summary = circuit_summary(qmodule.fhe_circuit)
         result = RoundingTrial(dict(bits), float(np.mean(scores)), summary["complexity"], summary["pbs"])
         trials.append(result)
