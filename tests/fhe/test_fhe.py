@@ -173,3 +173,14 @@ def test_choose_rounding_with_a_custom_score_for_regression():
     assert choice.reference_score == pytest.approx(neg_mse(load_model(model)(x)))
     assert neg_mse(qmodule.forward(x, fhe="simulate")) == pytest.approx(choice.score)
     assert choice.score >= choice.target
+
+
+@pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"min_bits": 0}, {"max_drop": -0.1}, {"method": "sloppy"}])
+def test_choose_rounding_rejects_bad_settings(kwargs):
+    from cml_core import QuantizationError, choose_rounding
+
+    model, shape = FAMILIES["linear+univariate"]
+    x = np.random.default_rng(2).uniform(-1, 1, size=(10, *shape)).astype(np.float32)
+    qmodule = load_model(model).quantize(x, n_bits=6)
+    with pytest.raises(QuantizationError, match="choose_rounding"):
+        choose_rounding(qmodule, x, x, **kwargs)

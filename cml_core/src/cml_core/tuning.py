@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .errors import QuantizationError
 from .fhe import circuit_summary, compile_quantized_module, run_circuit
 
 if TYPE_CHECKING:
@@ -58,7 +59,20 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
     each lookup in turn keeps one bit less while the target still holds and the circuit gets
     cheaper. ``qmodule`` ends compiled with the choice. When no rounding reaches the target,
     the lookups are left unrounded (the choice says so and its score shows the gap).
+
+    Returns:
+        A ``RoundingChoice``: the bits per lookup, its score, the target, and every trial.
+
+    Raises:
+        QuantizationError: ``repeats`` or ``min_bits`` below 1, a negative ``max_drop``, or an
+            unknown ``method``.
+        BitWidthError: a setting tried needs a lookup wider than 16 bits.
     """
+    if repeats < 1 or min_bits < 1 or max_drop < 0:
+        raise QuantizationError(f"choose_rounding: repeats and min_bits must be at least 1 and max_drop at least "
+                                f"0; got repeats={repeats}, min_bits={min_bits}, max_drop={max_drop}")
+    if method not in ("exact", "approximate"):
+        raise QuantizationError(f"choose_rounding: method must be 'exact' or 'approximate', got {method!r}")
     x_val_t = x_val if isinstance(x_val, tuple) else (x_val,)
     float_out = qmodule.numpy_module(*x_val_t)
     float_first = np.asarray(float_out[0] if isinstance(float_out, tuple) else float_out)
