@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 from .errors import QuantizationError
 from .fhe import circuit_summary, compile_quantized_module, run_circuit
+from .quantization.module import is_exact_rounding
 
 if TYPE_CHECKING:
     from .quantization.module import QuantizedModule
@@ -71,8 +72,7 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
     if repeats < 1 or min_bits < 1 or max_drop < 0:
         raise QuantizationError(f"choose_rounding: repeats and min_bits must be at least 1 and max_drop at least "
                                 f"0; got repeats={repeats}, min_bits={min_bits}, max_drop={max_drop}")
-    if method not in ("exact", "approximate"):
-        raise QuantizationError(f"choose_rounding: method must be 'exact' or 'approximate', got {method!r}")
+    exact = is_exact_rounding(method, "choose_rounding")
     x_val_t = x_val if isinstance(x_val, tuple) else (x_val,)
     float_out = qmodule.numpy_module(*x_val_t)
     float_first = np.asarray(float_out[0] if isinstance(float_out, tuple) else float_out)
@@ -92,7 +92,7 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
         qmodule.set_rounding(bits, method)
         compile_quantized_module(qmodule, calibration_x, configuration=configuration)
         scores = []
-        for _ in range(repeats if method == "approximate" else 1):
+        for _ in range(1 if exact else repeats):
             out = qmodule.dequantize_output(*run_circuit(qmodule, q_val, "simulate"))
             first = out[0] if isinstance(out, tuple) else out
             scores.append(float(score(np.asarray(first))))

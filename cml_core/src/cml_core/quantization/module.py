@@ -22,6 +22,18 @@ if TYPE_CHECKING:
 N_BITS_KEYS = ("model_inputs", "op_inputs", "op_weights", "model_outputs")
 
 
+def is_exact_rounding(method: str, where: str = "") -> bool:
+    """``True`` for ``"exact"``, ``False`` for ``"approximate"``.
+
+    Raises:
+        QuantizationError: any other method (``where`` prefixes the message).
+    """
+    if method not in ("exact", "approximate"):
+        raise QuantizationError(f"{where + ': ' if where else ''}rounding method must be 'exact' or 'approximate', "
+                                f"got {method!r}")
+    return method == "exact"
+
+
 def parse_config(n_bits: Any, rounding_threshold_bits: Any) -> QuantConfig:
     """A ``QuantConfig`` from the user's ``n_bits`` (int or dict) and rounding setting.
 
@@ -50,10 +62,7 @@ def parse_config(n_bits: Any, rounding_threshold_bits: Any) -> QuantConfig:
                     f"('exact' or 'approximate'); got {sorted(rounding_threshold_bits)}"
                 )
             rounding = check_n_bits(rounding_threshold_bits["n_bits"], "rounding_threshold_bits['n_bits']")
-            method = str(rounding_threshold_bits.get("method", "exact")).lower()
-            if method not in ("exact", "approximate"):
-                raise QuantizationError(f"rounding method must be 'exact' or 'approximate', got {method!r}")
-            exact = method == "exact"
+            exact = is_exact_rounding(str(rounding_threshold_bits.get("method", "exact")).lower())
         else:
             rounding = check_n_bits(rounding_threshold_bits, "rounding_threshold_bits")
     return QuantConfig(bits["model_inputs"], bits["op_inputs"], bits["op_weights"], bits["model_outputs"],
@@ -224,15 +233,14 @@ class QuantizedModule:
         for key, value in (wanted.items() if isinstance(bits, dict) else [("all lookups", bits)]):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise QuantizationError(f"set_rounding: bits for {key!r} must be a positive int or None, got {value!r}")
-        if method is not None and method not in ("exact", "approximate"):
-            raise QuantizationError(f"set_rounding: method must be 'exact' or 'approximate', got {method!r}")
+        exact = None if method is None else is_exact_rounding(method, "set_rounding")
         if isinstance(bits, dict):
             self.config.rounding_per_lookup.update(
                 {(k if k in sites else by_node[k]): (None if v is None else int(v)) for k, v in bits.items()})
         else:
             self.config.rounding_bits, self.config.rounding_per_lookup = bits, {}
-        if method is not None:
-            self.config.rounding_exact = method == "exact"
+        if exact is not None:
+            self.config.rounding_exact = exact
         self.calibrate_integers()
         return self
 
