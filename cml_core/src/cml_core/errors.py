@@ -46,3 +46,32 @@ class BitWidthError(QuantizationError):
 
 class PluginError(CmlError):
     """A plugin failed to load (raised only in strict mode; otherwise a warning is issued)."""
+
+
+class CompileError(CmlError):
+    """concrete-python could not compile the integer program (no crypto parameters, unsupported
+    operation, ...); the message says what failed and which settings to change."""
+
+
+class FHEExecutionError(CmlError):
+    """Encrypted execution or simulation cannot run on the given integers (wrong range, empty batch)."""
+
+
+class OutOfMemoryError(CmlError, MemoryError):
+    """An operation ran out of memory; the message says what to make smaller."""
+
+
+class CmlWarning(UserWarning):
+    """Base class of every warning cml issues on purpose."""
+
+
+class CalibrationWarning(CmlWarning):
+    """Calibration data gives a degenerate or outlier-dominated range, or settings give chance-level precision."""
+
+
+class SaturationWarning(CmlWarning):
+    """Inputs fall outside the range seen in calibration and were clipped to it."""
+
+
+class PluginConfigWarning(CmlWarning):
+    """A plugin setting (``CML_PIN_OPS``, allow/deny lists) is malformed or names nothing installed."""

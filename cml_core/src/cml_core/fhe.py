@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import sys
 import time
@@ -27,7 +28,23 @@ def _concrete() -> Any:
             "FHE needs concrete-python: pip install 'cml-core[fhe]' (install torch==2.13.0 first on "
             "CPU-only machines)"
         ) from exc
+    keep_exit_status()
     return fhe
+
+
+def keep_exit_status() -> None:
+    """Stop concrete-python from overwriting the process's exit status.
+
+    concrete-python registers an ``atexit`` handler that shuts its dataflow runtime down by calling
+    C ``exit(0)``: once a circuit has been simulated or run, every process would end with status 0,
+    whatever ``sys.exit`` asked for (a failing test run would read as green). The handler only
+    stops runtime threads that the process's exit ends anyway, so it is removed. Safe to call
+    any number of times, and a no-op when concrete-python was never imported.
+    """
+    compiler = sys.modules.get("concrete.compiler")
+    terminate = getattr(compiler, "_terminate_df_parallelization", None)
+    if terminate is not None:
+        atexit.unregister(terminate)
 
 
 def _traced_function(qmodule: QuantizedModule) -> Any:
