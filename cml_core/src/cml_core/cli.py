@@ -60,13 +60,24 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    """Print one row per plugin seen (version, entry point, ops it provides, status).
+
+    Returns 0, or 1 when the registry cannot be built (the plugins are still listed, the error follows).
+    """
     manager = get_plugin_manager()
-    registry = get_registry()
-    counts = Counter(i.provider.distribution for i in registry)
-    rows = [{"plugin": p.distribution, "version": p.version, "entry point": f"{p.name} = {p.module}",
-             "ops": counts.get(p.distribution, 0), "status": "ok" if p.error is None else f"failed: {p.error}"}
+    counts: Counter[str] | None = None
+    problem: CmlError | None = None
+    try:
+        counts = Counter(i.provider.distribution for i in get_registry())
+    except CmlError as exc:  # list the plugins anyway: this is where a user looks for the culprit
+        problem = exc
+    rows = [{"plugin": p.distribution, "version": p.version or "-", "entry point": f"{p.name} = {p.module}",
+             "ops": "?" if counts is None else counts.get(p.distribution, 0), "status": p.error or "ok"}
             for p in manager.plugins]
     print(_table(rows, False))
+    if problem is not None:
+        print(f"cml: error: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 

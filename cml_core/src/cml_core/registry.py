@@ -103,18 +103,35 @@ class OpSet:
         return decorate
 
 
+@dataclass(frozen=True)
+class _Offer:
+    """One registration of a key, kept until the registry decides between providers."""
+
+    impl: OpImpl
+    replace: bool
+
+
 class OpRegistry:
     """Every op implementation known to this process.
 
     Plugins fill it through ``register`` (usually via ``add``); the core resolves node ops with
-    ``resolve``. A second registration of the same (domain, op type, since-version) raises
-    ``DuplicateOpError`` naming both providers, unless it passes ``replace=True`` or the user pins
-    a provider for that op (``pins``: (domain, op type) -> distribution name).
+    ``resolve``. Every registration is kept as an offer for its (domain, op type, since-version);
+    when several providers offer the same key, one is chosen, in this order:
+
+    1. the provider the user pinned for that op (``pins``: (domain, op type) -> distribution name);
+    2. the single offer made with ``replace=True`` (an explicit replacement);
+    3. otherwise nothing settles it and ``DuplicateOpError`` names every provider.
+
+    A registry made with ``deferred=True`` (what the plugin loader uses) decides nothing until
+    ``settle()``, after every plugin has registered, so the order plugins register in never matters.
+    Otherwise each ``register`` call decides at once, and ``replace=True`` drops earlier offers.
     """
 
-    def __init__(self, pins: dict[tuple[str, str], str] | None = None) -> None:
+    def __init__(self, pins: dict[tuple[str, str], str] | None = None, *, deferred: bool = False) -> None:
         self._impls: dict[tuple[str, str, int], OpImpl] = {}
+        self._offers: dict[tuple[str, str, int], list[_Offer]] = {}
         self.pins = dict(pins or {})
+        self.deferred = deferred
 
     def register(
         self,
@@ -127,28 +144,96 @@ class OpRegistry:
         replace: bool = False,
         provider: Provider = LOCAL,
     ) -> OpImpl:
-        """Register one implementation; returns the entry kept.
+        """Register one implementation.
+
+        Returns:
+            The entry kept for the key; in a deferred registry, the new entry (``settle`` decides).
 
         Raises:
-            DuplicateOpError: the key is taken by another provider and neither ``replace`` nor a pin
-                settles which one wins.
+            DuplicateOpError: (not deferred) the key is offered by several providers and neither a
+                pin nor ``replace`` settles which one wins; the registry is left unchanged.
             OpSignatureError: ``function``'s signature breaks the input/attribute contract.
         """
         domain = normalize_domain(domain)
         impl = OpImpl(domain, op_type, int(since_version), function, OpSignature.of(function), quantized, provider)
-        old = self._impls.get(impl.key)
-        if old is not None and not replace:
+        offer = _Offer(impl, replace)
+        if self.deferred:
+            self._offers.setdefault(impl.key, []).append(offer)
+            return impl
+        earlier = self._offers.get(impl.key, [])
+        offers = [offer] if replace else [*earlier, offer]
+        chosen = self._choose(offers)
+        if chosen is None:
+            raise DuplicateOpError(self._duplicates_message({(domain, op_type): [offers]}))
+        self._offers[impl.key] = offers
+        self._impls[impl.key] = chosen
+        return chosen
+
+    def take_offers(self, other: OpRegistry) -> None:
+        """Add every registration made to ``other`` (for instance one plugin's staging registry)."""
+        for key, offers in other._offers.items():
+            self._offers.setdefault(key, []).extend(offers)
+        if not self.deferred:
+            self.settle()
+
+    def settle(self) -> None:
+        """Decide every key from all its offers; the registry is no longer deferred afterwards.
+
+        Raises:
+            DuplicateOpError: some ops are offered by several providers and neither a pin nor
+                ``replace`` decides; the message lists each such op with all its providers and the
+                ``CML_PIN_OPS`` line that would settle them.
+        """
+        self.deferred = False
+        unsettled: dict[tuple[str, str], list[list[_Offer]]] = {}
+        for key, offers in sorted(self._offers.items()):
+            chosen = self._choose(offers)
+            if chosen is None:
+                unsettled.setdefault(key[:2], []).append(offers)
+            else:
+                self._impls[key] = chosen
+        if unsettled:
+            raise DuplicateOpError(self._duplicates_message(unsettled))
+
+    def providers(self, domain: str, op_type: str) -> list[str]:
+        """Distributions that offered any since-version of an op (chosen or not), sorted."""
+        domain = normalize_domain(domain)
+        return sorted({o.impl.provider.distribution
+                       for (d, t, _), offers in self._offers.items() if (d, t) == (domain, op_type)
+                       for o in offers})
+
+    def _choose(self, offers: list[_Offer]) -> OpImpl | None:
+        """The offer that wins by pin, then by ``replace``; ``None`` when that leaves several."""
+        first = offers[0].impl
+        pinned = self.pins.get((first.domain, first.op_type))
+        candidates = [o for o in offers if o.impl.provider.distribution == pinned] or offers
+        if len(candidates) > 1:
+            candidates = [o for o in candidates if o.replace] or candidates
+        return candidates[0].impl if len(candidates) == 1 else None
+
+    def _duplicates_message(self, unsettled: dict[tuple[str, str], list[list[_Offer]]]) -> str:
+        lines, pins = [], []
+        for (domain, op_type), groups in sorted(unsettled.items()):
+            name = f"{domain}::{op_type}" if domain else op_type
+            versions = ", ".join(str(offers[0].impl.since_version) for offers in groups)
+            since = f"since-version{'s' if len(groups) > 1 else ''} {versions}"
+            providers = sorted({str(o.impl.provider) for offers in groups for o in offers})
+            distributions = sorted({o.impl.provider.distribution for offers in groups for o in offers})
+            if len(providers) == 1:
+                lines.append(f"{name} ({since}) is registered more than once by {providers[0]}; "
+                             f"pass replace=True to the registration that should win")
+                continue
+            line = f"{name} ({since}) is registered by {', '.join(providers[:-1])} and {providers[-1]}"
             pinned = self.pins.get((domain, op_type))
-            if pinned == old.provider.distribution:
-                return old
-            if pinned != provider.distribution:
-                raise DuplicateOpError(
-                    f"{impl.display_name} (since-version {since_version}) is registered by both "
-                    f"{old.provider} and {provider}. Uninstall one, or pin the one to use with "
-                    f"CML_PIN_OPS='{impl.display_name}={old.provider.distribution}'"
-                )
-        self._impls[impl.key] = impl
-        return impl
+            if pinned is not None and pinned not in distributions:
+                line += f"; CML_PIN_OPS pins it to {pinned}, which does not provide it"
+            lines.append(line)
+            pins.append(f"{name}={distributions[0]}")
+        message = ". ".join(lines) + "."
+        if pins:
+            message += (f" Uninstall all providers but one, or choose one with CML_PIN_OPS='{','.join(pins)}'"
+                        " (any of the distributions named can be pinned).")
+        return message
 
     def add(self, opset: OpSet, provider: Provider = LOCAL) -> None:
         """Register every definition of ``opset`` for each of its since-versions."""
