@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 import onnx.defs
+import onnx.shape_inference
 from numpy.typing import NDArray
-from onnx import numpy_helper
 
 from .errors import (
     CmlError,
@@ -19,12 +21,14 @@ from .errors import (
     ModelLoadError,
     NodeExecutionError,
     OpSignatureError,
+    OutOfMemoryError,
     UnsupportedOpError,
 )
 from .known_plugins import install_hint
-from .onnx_utils import attribute_value, read_model, tensor_dtype, value_info_shape
+from .onnx_utils import attribute_value, read_model, tensor_array, value_info_dtype, value_info_shape
 from .plugins import get_registry
 from .registry import OpImpl, OpRegistry, normalize_domain
+from .signature import REQUIRED, StaticInput
 
 if TYPE_CHECKING:
     from .quantization.module import QuantizedModule
@@ -94,26 +98,39 @@ class NumpyModule:
     """
 
     def __init__(self, model: onnx.ModelProto, registry: OpRegistry | None = None) -> None:
+        """Check, shape-infer, bind and constant-fold ``model`` (as returned by ``read_model``).
+
+        Raises:
+            ModelLoadError: the ONNX checker or shape inference rejects the model, an op's load-time
+                check rejects a node, a tensor or attribute is inconsistent, or a graph input or
+                output is not a dense tensor; the message names the node or tensor.
+            UnsupportedOpError: one error listing every op no installed plugin provides.
+            OutOfMemoryError: a constant or folded value does not fit in memory.
+        """
         self.registry = registry if registry is not None else get_registry()
+        try:
+            self._load(model)
+        except CmlError:
+            raise
+        except MemoryError as exc:
+            raise OutOfMemoryError(f"loading the model ran out of memory: {exc}; a constant is too large") from exc
+
+    def _load(self, model: onnx.ModelProto) -> None:
+        # graph inputs and outputs as declared, read first: a wrong one is named better here than by inference
+        constant_names = {init.name for init in model.graph.initializer}
+        self.inputs = [tensor_spec(vi, "graph input") for vi in model.graph.input if vi.name not in constant_names]
+        self.outputs = [tensor_spec(vi, "graph output") for vi in model.graph.output]
         self.onnx_model = _prepare(model)
         graph = self.onnx_model.graph
         self.opsets = _opsets(self.onnx_model)
         self._check_opsets()
         self.constants: dict[str, NDArray[Any]] = {
-            init.name: numpy_helper.to_array(init) for init in graph.initializer
+            init.name: tensor_array(init, f"initializer {init.name!r}") for init in graph.initializer
         }
-        self.inputs = [
-            TensorSpec(vi.name, tensor_dtype(vi.type.tensor_type.elem_type), value_info_shape(vi))
-            for vi in graph.input
-            if vi.name not in self.constants
-        ]
-        self.outputs = [
-            TensorSpec(vi.name, tensor_dtype(vi.type.tensor_type.elem_type), value_info_shape(vi))
-            for vi in graph.output
-        ]
         self.nodes = self._bind_nodes()
         self._fold_constants()
         self._dead_after = self._compute_dead_after()
+        self._producers = {name: bound.where for bound in self.nodes for name in bound.outputs if name}
 
     # -- public ---------------------------------------------------------------------------------
     @property
@@ -128,16 +145,21 @@ class NumpyModule:
         """Run the model. Returns one array, or a tuple when the graph has several outputs.
 
         Raises:
-            InputError: wrong number of inputs, or an input whose rank, fixed dims or dtype do not
-                match the graph's declaration.
+            InputError: wrong number of inputs, or an input whose rank, dims or values do not fit
+                the graph's declaration (see ``check_inputs``).
             NodeExecutionError: an op failed; the message names the node.
+            OutOfMemoryError: a node ran out of memory; the message names it.
         """
         values = self.run(*inputs)
         outs = tuple(values[name] for name in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 
     def run(self, *inputs: Any, keep_intermediates: bool = False) -> dict[str, NDArray[Any]]:
-        """Evaluate the graph; returns tensor name -> value for the outputs (or every tensor)."""
+        """Evaluate the graph; returns tensor name -> value for the outputs (or every tensor).
+
+        Raises:
+            InputError, NodeExecutionError, OutOfMemoryError: as for calling the module.
+        """
         env: dict[str, Any] = dict(self.constants)
         env.update(zip(self.input_names, self.check_inputs(inputs)))
         env[""] = None  # omitted optional inputs
@@ -147,10 +169,14 @@ class NumpyModule:
                 results = bound.call(values)
             except CmlError:
                 raise
+            except MemoryError as exc:
+                raise OutOfMemoryError(
+                    f"{bound.where} ran out of memory on inputs of shapes {_shapes(values)}; run a smaller batch "
+                    "(fewer samples per call)"
+                ) from exc
             except Exception as exc:  # an op implementation failed on these values
-                shapes = [getattr(v, "shape", None) for v in values]
                 raise NodeExecutionError(
-                    f"{bound.where} failed on inputs of shapes {shapes}: {type(exc).__name__}: {exc}"
+                    f"{bound.where} failed on inputs of shapes {_shapes(values)}: {type(exc).__name__}: {exc}"
                 ) from exc
             env.update(zip(bound.outputs, results))
             if not keep_intermediates:
@@ -160,26 +186,43 @@ class NumpyModule:
             env.pop("", None)
             return env
         # an op may return a view with another memory layout: outputs are handed over C-contiguous
-        return {name: _contiguous(env[name]) for name in self.output_names}
+        outputs = {}
+        for name in self.output_names:
+            try:
+                outputs[name] = _contiguous(env[name])
+            except MemoryError as exc:
+                made_by = self._producers.get(name, "a graph input or constant")
+                raise OutOfMemoryError(
+                    f"output {name!r} (made by {made_by}, shape {_shapes([env[name]])[0]}) does not fit in memory "
+                    "once copied to a contiguous array; run a smaller batch (fewer samples per call)"
+                ) from exc
+        return outputs
 
     def check_inputs(self, inputs: Sequence[Any]) -> list[NDArray[Any]]:
         """Validate call-time inputs against the graph inputs and cast them to the declared dtype.
 
+        Values are converted only when nothing is lost: any number type to a float input; integers
+        and booleans to an integer input when every value fits its range; floats to an integer
+        input only when every value is a whole number in range (``3.0`` for int8, never ``1.5``,
+        ``300``, NaN or infinity). A symbolic dimension named by several axes (``"N"`` in two
+        inputs) must have one size in the call.
+
+        Returns:
+            One array per graph input, of the declared dtype.
+
         Raises:
-            InputError: naming the input and what is wrong.
+            InputError: naming the input and what is wrong: count, rank, a fixed or shared
+                dimension, a dtype that cannot be converted, a value out of range, or nested
+                lists that are not rectangular.
         """
         if len(inputs) != len(self.inputs):
             raise InputError(
                 f"the model takes {len(self.inputs)} input(s) {self.input_names}, got {len(inputs)}"
             )
         checked = []
+        sizes: dict[str, tuple[str, int, int]] = {}  # symbolic dim -> (input, axis, size) where first seen
         for spec, value in zip(self.inputs, inputs):
-            arr = np.asarray(value)
-            if arr.dtype != spec.dtype:
-                if arr.dtype.kind in "fiub" and spec.dtype.kind in "fc" or np.can_cast(arr.dtype, spec.dtype, "same_kind"):
-                    arr = arr.astype(spec.dtype)
-                else:
-                    raise InputError(f"input {spec.name!r} must be {spec.dtype}, got {arr.dtype}")
+            arr = _input_array(spec, value)
             if spec.shape is not None:
                 if arr.ndim != len(spec.shape):
                     raise InputError(
@@ -192,6 +235,14 @@ class NumpyModule:
                             f"input {spec.name!r} must have shape {_fmt(spec.shape)}, got {arr.shape} "
                             f"(axis {axis}: expected {want})"
                         )
+                    if isinstance(want, str) and want:
+                        first, first_axis, size = sizes.setdefault(want, (spec.name, axis, got))
+                        if size != got:
+                            raise InputError(
+                                f"inputs {first!r} and {spec.name!r} share dimension {want!r}, which must have one "
+                                f"size: {first!r} has {want}={size} (axis {first_axis}), {spec.name!r} has "
+                                f"{want}={got} (axis {axis}); give them the same size"
+                            )
             checked.append(arr)
         return checked
 
@@ -220,6 +271,7 @@ class NumpyModule:
     def _bind_nodes(self) -> list[BoundNode]:
         bound: list[BoundNode] = []
         missing: Counter[tuple[str, str, int]] = Counter()
+        shapes = self._static_shapes()
         for index, node in enumerate(self.onnx_model.graph.node):
             domain = normalize_domain(node.domain)
             opset = self.opsets.get(domain)
@@ -236,9 +288,39 @@ class NumpyModule:
                 bound.append(BoundNode(node, impl, attributes, index))
             except OpSignatureError as exc:
                 raise ModelLoadError(str(exc)) from exc
+            self._validate(bound[-1], shapes)
         if missing:
             raise _missing_ops_error(missing, self.registry)
         return bound
+
+    def _static_shapes(self) -> dict[str, tuple[int | None, ...] | None]:
+        """Tensor name -> shape known before any call (symbolic dims as ``None``)."""
+        graph = self.onnx_model.graph
+        shapes: dict[str, tuple[int | None, ...] | None] = {}
+        for vi in [*graph.input, *graph.value_info, *graph.output]:
+            shape = value_info_shape(vi)
+            shapes[vi.name] = None if shape is None else tuple(d if isinstance(d, int) else None for d in shape)
+        shapes.update({name: tuple(value.shape) for name, value in self.constants.items()})
+        return shapes
+
+    def _validate(self, bound: BoundNode, shapes: dict[str, tuple[int | None, ...] | None]) -> None:
+        """Run the op's load-time check (``validate=`` at registration) on the node, if it has one."""
+        check = bound.impl.validate
+        if check is None:
+            return
+        inputs = [StaticInput(shapes.get(name), self.constants.get(name)) if name else None
+                  for name in bound.node.input]
+        defaults = {k: v for k, v in bound.impl.signature.attributes.items() if v is not REQUIRED}
+        try:
+            check(inputs, {**defaults, **bound.attributes})
+        except CmlError:
+            raise
+        except ValueError as exc:
+            raise ModelLoadError(f"{bound.where}: {exc}") from exc
+        except Exception as exc:  # a plugin's check that itself failed
+            raise ModelLoadError(
+                f"{bound.where}: the load-time check from {bound.impl.provider} failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _fold_constants(self) -> None:
         """Evaluate at load every node whose inputs are all constants."""
@@ -251,6 +333,11 @@ class NumpyModule:
                     results = bound.call(values)
                 except CmlError:
                     raise
+                except MemoryError as exc:
+                    raise OutOfMemoryError(
+                        f"{bound.where}: its constant result does not fit in memory (inputs of shapes "
+                        f"{_shapes(values)}); the model asks for a huge constant"
+                    ) from exc
                 except Exception as exc:  # a constant subgraph that cannot be evaluated
                     raise ModelLoadError(f"{bound.where}: cannot fold constant inputs: {exc}") from exc
                 for name, value in zip(bound.node.output, results):
@@ -286,6 +373,70 @@ def _contiguous(value: Any) -> Any:
     return value
 
 
+def _shapes(values: Sequence[Any]) -> list[Any]:
+    return [getattr(v, "shape", None) for v in values]
+
+
+def tensor_spec(vi: onnx.ValueInfoProto, role: str) -> TensorSpec:
+    """The ``TensorSpec`` of a graph input or output (``role`` names which, for messages).
+
+    Raises:
+        ModelLoadError: the value is not a dense tensor of a known element type.
+    """
+    return TensorSpec(vi.name, value_info_dtype(vi, f"{role} {vi.name!r}"), value_info_shape(vi))
+
+
+def _input_array(spec: TensorSpec, value: Any) -> NDArray[Any]:
+    """``value`` as an array of ``spec.dtype``, converted only when nothing is lost (see ``check_inputs``)."""
+    try:
+        arr = np.asarray(value)
+    except MemoryError as exc:
+        raise OutOfMemoryError(f"input {spec.name!r} does not fit in memory as an array") from exc
+    except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot read
+        raise InputError(
+            f"input {spec.name!r} is not a rectangular array of numbers ({exc}); nested lists must all have "
+            f"the same length at each level"
+        ) from exc
+    want, have = spec.dtype, arr.dtype
+    if have == want:
+        return arr
+    if want.kind in "iu" and have.kind in "iuf":
+        _check_integer_values(spec, arr)
+    elif want.kind in "iu":
+        if have.kind != "b":
+            raise InputError(f"input {spec.name!r} must be {want}, got {have}")
+    elif not (want.kind in "fc" and have.kind in "fiub" or np.can_cast(have, want, "same_kind")):
+        raise InputError(f"input {spec.name!r} must be {want}, got {have}")
+    try:
+        return arr.astype(want)
+    except MemoryError as exc:
+        raise OutOfMemoryError(f"input {spec.name!r} of shape {arr.shape} does not fit in memory as {want}") from exc
+
+
+def _check_integer_values(spec: TensorSpec, arr: NDArray[Any]) -> None:
+    """Refuse values an integer input cannot hold exactly: NaN, infinity, fractions, out of range."""
+    info = np.iinfo(spec.dtype)
+    where = f"input {spec.name!r} ({spec.dtype})"
+    if arr.size == 0:
+        return
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise InputError(f"{where} got {arr[bad].flat[0]}; integer inputs take finite whole numbers only")
+        fractional = arr != np.round(arr)
+        if fractional.any():
+            raise InputError(
+                f"{where} got the non-integer value {arr[fractional].flat[0]}; round the values first, or give "
+                f"the input as {spec.dtype}"
+            )
+    low, high = arr.min(), arr.max()
+    for value in (low, high):
+        if not info.min <= (int(value) if arr.dtype.kind in "iu" else float(value)) <= info.max:
+            raise InputError(
+                f"{where} got {value}, outside its range [{info.min}, {info.max}]; scale or clip the values to fit"
+            )
+
+
 def _fmt(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
@@ -310,24 +461,62 @@ def _missing_ops_error(missing: Counter[tuple[str, str, int]], registry: OpRegis
 
 
 def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise ModelLoadError(f"the ONNX checker rejects the model: {exc}") from exc
-    try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # shape inference is a help, not a requirement (custom domains, etc.)
-        return model
-
-
-def load_model(source: Any, registry: OpRegistry | None = None) -> NumpyModule:
-    """Load an ONNX model (path, bytes or ``onnx.ModelProto``) as a ``NumpyModule``.
-
-    The model is checked, shape-inferred and constant-folded; every op is resolved against the
-    installed plugins.
+    """The model checked and shape-inferred (strictly: an inconsistent node is an error here).
 
     Raises:
-        ModelLoadError: unreadable, corrupt or invalid model; opset newer than onnx knows.
-        UnsupportedOpError: one error listing every op no installed plugin provides.
+        ModelLoadError: the checker or shape inference rejects the model; naming each node at fault.
     """
-    return NumpyModule(read_model(source), registry)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError, or ValueError for a model over protobuf's 2 GiB
+        raise ModelLoadError(f"the ONNX checker rejects the model: {exc}") from exc
+    # unnamed nodes get the names error messages use ("#index") so that ONNX's errors name them too
+    unnamed = [i for i, node in enumerate(model.graph.node) if not node.name]
+    named = model
+    if unnamed:
+        named = onnx.ModelProto()
+        named.CopyFrom(model)
+        for i in unnamed:
+            named.graph.node[i].name = f"#{i}"
+    try:
+        inferred = onnx.shape_inference.infer_shapes(named, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        raise ModelLoadError(_inference_message(str(exc))) from exc
+    except Exception:  # onnx failing for another reason: run without inferred shapes
+        return model
+    for i in unnamed:
+        inferred.graph.node[i].ClearField("name")
+    return inferred
+
+
+_INFERENCE_ERROR = re.compile(r"\(op_type:([^,)]*)(?:, node name: (.*?))?\): (?:\[\w+\] )?(.*)")
+
+
+def _inference_message(text: str) -> str:
+    found = [f"node {name!r} ({op})" + f": {problem.strip()}" if name else f"a {op} node: {problem.strip()}"
+             for op, name, problem in _INFERENCE_ERROR.findall(text)]
+    detail = "\n  ".join(found) if found else text.strip()
+    return (f"ONNX shape inference rejects the model:\n  {detail}\nFix the node's attributes or its input shapes "
+            "and types (or re-export the model)")
+
+
+def load_model(
+    source: Any, registry: OpRegistry | None = None, *, base_dir: str | os.PathLike[str] | None = None
+) -> NumpyModule:
+    """Load an ONNX model (path, bytes or ``onnx.ModelProto``) as a ``NumpyModule``.
+
+    The model is checked, strictly shape-inferred and constant-folded; every op is resolved against
+    the installed plugins and each node passes its op's load-time check. Tensors kept in external
+    files are read from the model file's own folder, never from outside it; a model given as bytes
+    or a ModelProto that has such tensors needs ``base_dir`` (the folder holding the data files).
+
+    Returns:
+        The module, ready to call.
+
+    Raises:
+        ModelLoadError: unreadable, corrupt or invalid model; opset newer than onnx knows; unsafe
+            or inconsistent external data; a node whose attributes or input shapes are invalid.
+        UnsupportedOpError: one error listing every op no installed plugin provides.
+        OutOfMemoryError: a constant of the model does not fit in memory.
+    """
+    return NumpyModule(read_model(source, base_dir), registry)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import DuplicateOpError, UnsupportedOpError
-from .signature import OpSignature
+from .signature import OpSignature, Validator
 
 if TYPE_CHECKING:
     from .quantization.base import QuantizedOp
@@ -45,6 +45,8 @@ class OpImpl:
     signature: OpSignature
     quantized: type[QuantizedOp] | None
     provider: Provider
+    #: load-time check of a node's attributes and static input shapes (see ``signature.Validator``)
+    validate: Validator | None = None
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -65,6 +67,7 @@ class OpDefinition:
     domain: str = ONNX_DOMAIN
     quantized: type[QuantizedOp] | None = None
     replace: bool = False
+    validate: Validator | None = None
 
 
 @dataclass
@@ -90,13 +93,17 @@ class OpSet:
         domain: str = ONNX_DOMAIN,
         quantized: type[QuantizedOp] | None = None,
         replace: bool = False,
+        validate: Validator | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator declaring ``function`` as the numpy implementation of ``op_type``."""
+        """Decorator declaring ``function`` as the numpy implementation of ``op_type``.
+
+        ``validate`` is an optional load-time check of each node (see ``signature.Validator``).
+        """
         versions = (since,) if isinstance(since, int) else tuple(since)
 
         def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
             self.definitions.append(
-                OpDefinition(op_type, versions, function, normalize_domain(domain), quantized, replace)
+                OpDefinition(op_type, versions, function, normalize_domain(domain), quantized, replace, validate)
             )
             return function
 
@@ -143,6 +150,7 @@ class OpRegistry:
         quantized: type[QuantizedOp] | None = None,
         replace: bool = False,
         provider: Provider = LOCAL,
+        validate: Validator | None = None,
     ) -> OpImpl:
         """Register one implementation.
 
@@ -155,7 +163,8 @@ class OpRegistry:
             OpSignatureError: ``function``'s signature breaks the input/attribute contract.
         """
         domain = normalize_domain(domain)
-        impl = OpImpl(domain, op_type, int(since_version), function, OpSignature.of(function), quantized, provider)
+        impl = OpImpl(domain, op_type, int(since_version), function, OpSignature.of(function), quantized, provider,
+                      validate)
         offer = _Offer(impl, replace)
         if self.deferred:
             self._offers.setdefault(impl.key, []).append(offer)
@@ -241,7 +250,7 @@ class OpRegistry:
             for version in d.since_versions:
                 self.register(
                     d.op_type, version, d.function, domain=d.domain, quantized=d.quantized,
-                    replace=d.replace, provider=provider,
+                    replace=d.replace, provider=provider, validate=d.validate,
                 )
 
     def __iter__(self) -> Iterator[OpImpl]:

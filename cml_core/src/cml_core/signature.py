@@ -8,9 +8,11 @@ attributes carrying their ONNX names and defaults.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .errors import OpSignatureError
 
@@ -127,3 +129,22 @@ class OpSignature:
         else:
             args = list(inputs)
         return args, dict(attributes)
+
+
+@dataclass(frozen=True)
+class StaticInput:
+    """What is known of a node input when the model is loaded, before any call.
+
+    ``shape`` holds one entry per axis (an int when fixed, ``None`` when it depends on the call) or
+    is ``None`` when even the rank is unknown; ``value`` is the array when the input is a constant.
+    """
+
+    shape: tuple[int | None, ...] | None
+    value: np.ndarray[Any, Any] | None = None
+
+
+#: A load-time check an op may declare next to its implementation (``OpSet.op(..., validate=...)``).
+#: It is called once per node with one ``StaticInput`` per node input (``None`` for an omitted
+#: optional one) and the node's attributes, defaults filled in. It raises ``ValueError`` with a
+#: message saying which value is wrong and what is allowed; the core adds the node's name.
+Validator = Callable[[Sequence[StaticInput | None], dict[str, Any]], None]

@@ -136,3 +136,43 @@ def conv_attributes(x_shape, w_shape, auto_pad, dilations, kernel_shape, pads, s
     dilations = list(dilations) if dilations is not None else [1] * n
     pads = resolve_pads(auto_pad, x_shape[2:], kernel_shape, strides, dilations, pads)
     return kernel_shape, strides, dilations, pads
+
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def check_conv(inputs, attributes):
+    """Load-time check of a Conv node: what ONNX's schema cannot say about attributes and weight."""
+    x, w, b = (list(inputs) + [None, None])[:3]
+    if attributes["auto_pad"] not in AUTO_PADS:
+        raise ValueError(f"auto_pad={attributes['auto_pad']!r} is not one of {list(AUTO_PADS)}")
+    group = attributes["group"]
+    if group < 1:
+        raise ValueError(f"group={group} must be at least 1")
+    for name, low in (("dilations", 1), ("strides", 1), ("pads", 0)):
+        values = attributes[name]
+        if values is not None and any(v < low for v in values):
+            raise ValueError(f"{name}={list(values)} must hold values of at least {low}")
+    w_shape = w.shape if w is not None else None
+    if w_shape is None or None in w_shape:
+        return
+    if len(w_shape) < 3:
+        raise ValueError(f"the weight must have shape (M, C/group, *kernel), got {w_shape}")
+    n = len(w_shape) - 2
+    for name in ("dilations", "strides", "pads", "kernel_shape"):
+        values = attributes[name]
+        want = 2 * n if name == "pads" else n
+        if values is not None and len(values) != want:
+            raise ValueError(f"{name}={list(values)} must hold {want} values for the weight's {n}-D kernel")
+    kernel_shape = attributes["kernel_shape"]
+    if kernel_shape is not None and list(kernel_shape) != list(w_shape[2:]):
+        raise ValueError(f"kernel_shape={list(kernel_shape)} disagrees with the weight's kernel {list(w_shape[2:])} "
+                         f"(weight shape {w_shape}); drop the attribute or fix it")
+    if w_shape[0] % group:
+        raise ValueError(f"group={group} does not divide the weight's {w_shape[0]} output channels")
+    channels = x.shape[1] if x is not None and x.shape is not None and len(x.shape) > 1 else None
+    if channels is not None and channels != w_shape[1] * group:
+        raise ValueError(f"the input has {channels} channels but weight {w_shape} with group={group} "
+                         f"expects {w_shape[1] * group}")
+    if b is not None and b.shape is not None and tuple(b.shape) not in ((w_shape[0],), (None,)):
+        raise ValueError(f"the bias must have shape ({w_shape[0]},), got {b.shape}")

@@ -5,7 +5,7 @@ from cml_core.errors import QuantizationError
 from cml_core.quantization import LinearOp, backend
 
 from ._opset import OPS
-from .conv import conv_attributes, conv_nd
+from .conv import check_conv, conv_attributes, conv_nd
 from .quantized import QuantizedGemm, QuantizedMatMul
 
 
@@ -62,7 +62,7 @@ class QuantizedConv(LinearOp):
         return self.accumulator(ctx, acc, scale, float_bias)
 
 
-@OPS.op("Conv", since=(11, 22), quantized=QuantizedConv)
+@OPS.op("Conv", since=(11, 22), quantized=QuantizedConv, validate=check_conv)
 def conv(x, w, /, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
          strides=None):
     _, strides, dilations, pads = conv_attributes(x.shape, w.shape, auto_pad, dilations, kernel_shape, pads, strides)

@@ -31,6 +31,8 @@ def reshape(data, shape, /, *, allowzero=0):
 
 @OPS.op("Flatten", since=(11, 13, 21, 23, 24, 25), quantized=LayoutOp)
 def flatten(x, /, *, axis=1):
+    if not -x.ndim <= axis <= x.ndim:
+        raise ValueError(f"axis={axis} is outside [{-x.ndim}, {x.ndim}] for an input of rank {x.ndim}")
     axis = axis + x.ndim if axis < 0 else axis
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
     return np.reshape(x, (outer, -1) if outer else (0, int(np.prod(x.shape[axis:]))))
