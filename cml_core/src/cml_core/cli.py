@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections import Counter
 from typing import Any
 
-import numpy as np
-from onnx import numpy_helper
-
-from .errors import CmlError
+from .errors import CmlError, UnsupportedOpError
 from .known_plugins import install_hint
+from .numpy_module import tensor_spec
 from .plugins import get_plugin_manager, get_registry
 from .registry import OpImpl, normalize_domain
 
@@ -82,10 +82,27 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .onnx_utils import read_model, value_info_shape
+    """Print the model's op histogram with providers, its inputs, outputs and parameter count.
+
+    The model goes through every check ``load_model`` makes (external data from the model's folder
+    only, checker, strict shape inference, each op's load-time check).
+
+    Returns:
+        0, or 2 when some ops have no installed implementation.
+
+    Raises:
+        CmlError: whatever ``load_model`` refuses, except missing ops (``main`` prints it, exit 1).
+    """
+    from .numpy_module import NumpyModule
+    from .onnx_utils import read_model
 
     model = read_model(args.model)
     registry = get_registry()
+    unsupported: UnsupportedOpError | None = None
+    try:
+        NumpyModule(model, registry)
+    except UnsupportedOpError as exc:  # reported below, op by op
+        unsupported = exc
     opsets = {normalize_domain(o.domain): o.version for o in model.opset_import}
     histogram = Counter((normalize_domain(n.domain), n.op_type) for n in model.graph.node)
     rows, missing = [], []
@@ -99,22 +116,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                      "plugin": str(impl.provider) if impl else "MISSING",
                      "since": impl.since_version if impl else "-",
                      "quantized": (impl.quantized.__name__ if impl and impl.quantized else "no")})
-    initializers = {i.name for i in model.graph.initializer}
-    params = sum(int(np.prod(numpy_helper.to_array(i).shape)) for i in model.graph.initializer)
+    params = sum(math.prod(i.dims) for i in model.graph.initializer)
     print(f"model: {args.model}  (ir_version {model.ir_version}, opsets {opsets}, "
           f"{len(model.graph.node)} nodes, {params:,} parameters)")
-    for title, values in (("inputs", [v for v in model.graph.input if v.name not in initializers]),
-                          ("outputs", list(model.graph.output))):
+    initializers = {i.name for i in model.graph.initializer}
+    for title, role, values in (
+        ("inputs", "graph input", [v for v in model.graph.input if v.name not in initializers]),
+        ("outputs", "graph output", list(model.graph.output)),
+    ):
         print(f"{title}:")
         for v in values:
-            from .onnx_utils import tensor_dtype
-
-            shape = value_info_shape(v)
-            dims = "?" if shape is None else "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-            print(f"  {v.name}: {tensor_dtype(v.type.tensor_type.elem_type)} {dims}")
+            spec = tensor_spec(v, role)
+            dims = "?" if spec.shape is None else "(" + ", ".join("?" if d is None else str(d) for d in spec.shape) + ")"
+            print(f"  {spec.name}: {spec.dtype} {dims}")
     print(_table(rows, False))
-    if missing:
-        print("missing ops:\n  " + "\n  ".join(missing))
+    if unsupported is not None:
+        print("missing ops:\n  " + "\n  ".join(missing or [str(unsupported)]))
         return 2
     print("all ops are supported")
     return 0
@@ -146,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except CmlError as exc:
         print(f"cml: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # the reader went away (`cml inspect model.onnx | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # a bug, not the user's fault: still one line, no traceback
+        print(f"cml: error: internal error {type(exc).__name__}: {exc}; please report it with the command "
+              "and the model", file=sys.stderr)
         return 1
 
 
