@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -154,8 +154,12 @@ class NumpyModule:
         outs = tuple(values[name] for name in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 
-    def run(self, *inputs: Any, keep_intermediates: bool = False) -> dict[str, NDArray[Any]]:
+    def run(self, *inputs: Any, keep_intermediates: bool = False,
+            observe: Callable[[str, Any], None] | None = None) -> dict[str, NDArray[Any]]:
         """Evaluate the graph; returns tensor name -> value for the outputs (or every tensor).
+
+        ``observe(name, value)``, when given, is called with each tensor a node produces as soon as
+        it is produced (before tensors no later node needs are freed).
 
         Raises:
             InputError, NodeExecutionError, OutOfMemoryError: as for calling the module.
@@ -179,6 +183,10 @@ class NumpyModule:
                     f"{bound.where} failed on inputs of shapes {_shapes(values)}: {type(exc).__name__}: {exc}"
                 ) from exc
             env.update(zip(bound.outputs, results))
+            if observe is not None:
+                for name, value in zip(bound.outputs, results):
+                    if name:
+                        observe(name, value)
             if not keep_intermediates:
                 for name in dead:
                     del env[name]
