@@ -1,6 +1,7 @@
 """Ops that select, move or copy elements: transposes, slices, gathers, concatenation, padding."""
 
 import numpy as np
+from cml_core.errors import QuantizationError
 from cml_core.quantization import ConstantOnlyOp, LayoutOp, QuantizedOp, QValue, ShapeOp, backend
 
 from ._opset import OPS
@@ -26,12 +27,40 @@ def _squeeze(data, axes):
     return np.reshape(data, [d for i, d in enumerate(data.shape) if i not in axes])
 
 
-@OPS.op("Squeeze", since=11, quantized=LayoutOp)
+class QuantizedSqueeze(LayoutOp):
+    """Squeeze without ``axes``: the axes of size 1 in calibration, on every later run.
+
+    ONNX squeezes every axis of size 1 when no axes are given, so the result would depend on the
+    batch size: a circuit is traced on one sample, whose batch axis would go too. Calibration sees
+    the whole calibration batch; the axes it squeezed are the model's, and they are kept.
+    """
+
+    def encrypted_forward(self, ctx, inputs):
+        given = self.attributes.get("axes")  # an attribute before opset 13, an input since
+        if given is not None or (len(inputs) > 1 and inputs[1] is not None):
+            return super().encrypted_forward(ctx, inputs)
+        source = inputs[0]
+        if ctx.calibrating or "axes" not in self.state:
+            self.state["axes"] = [i for i, d in enumerate(source.shape) if d == 1]
+        axes = self.state["axes"]
+        if any(a >= len(source.shape) or source.shape[a] != 1 for a in axes):
+            raise QuantizationError(
+                f"{self.where}: Squeeze without axes removed axes {axes} in calibration, but now gets shape "
+                f"{source.shape}; give the node explicit axes, or calibrate on more than one sample (with one, "
+                "the batch axis has size 1 and is squeezed too)"
+            )
+        if not source.uniform:  # a per-position float mapping cannot follow a reshape
+            source = ctx.requantize(source)
+        shape = tuple(d for i, d in enumerate(source.shape) if i not in axes)
+        return source.with_data(source.data.reshape(shape), name="")
+
+
+@OPS.op("Squeeze", since=11, quantized=QuantizedSqueeze)
 def squeeze_11(data, /, *, axes=None):
     return _squeeze(data, axes)
 
 
-@OPS.op("Squeeze", since=VERSIONS_13_25, quantized=LayoutOp)
+@OPS.op("Squeeze", since=VERSIONS_13_25, quantized=QuantizedSqueeze)
 def squeeze(data, /, axes=None):
     return _squeeze(data, axes)
 

@@ -1,0 +1,288 @@
+"""Compilation and circuit runs fail with typed errors, write nothing where not asked, leave no
+temporary folders, and the circuit computes what the clear integer program computes."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from cml_core.errors import CompileError, FHEExecutionError
+from onnx import helper, numpy_helper
+
+from cml_core import InputError, QuantizationError, choose_rounding, load_model
+
+from .test_fhe import FAMILIES
+
+pytestmark = pytest.mark.fhe
+
+
+def _x(family, n, seed=1):
+    _, shape = FAMILIES[family]
+    return np.random.default_rng(seed).uniform(-1, 1, size=(n, *shape)).astype(np.float32)
+
+
+def _cause_is_concretes(error):
+    return error.__cause__ is not None and type(error.__cause__).__module__.split(".")[0] in ("concrete", "builtins")
+
+
+# -- 1. nothing written into the current directory; failures typed -----------------------------
+
+@pytest.mark.parametrize("own_configuration", [False, True])
+def test_failed_compile_writes_nothing_into_the_current_directory(tmp_path, monkeypatch, own_configuration):
+    from concrete import fhe
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    # 16-bit lookups after 8-bit Gemms: cml's check passes, concrete-python gives the lookup input
+    # the accumulator's 17 bits and refuses it
+    qmodule = load_model(FAMILIES["linear+univariate"][0]).quantize(_x("linear+univariate", 40), n_bits=8)
+    configuration = fhe.Configuration() if own_configuration else None
+    with pytest.raises(CompileError, match=r"wider than the 16 bits.*Widest lookups: .*16 bits.*Ways out: "
+                                           r"round lookups to fewer bits") as info:
+        qmodule.compile(_x("linear+univariate", 40), configuration=configuration)
+    assert _cause_is_concretes(info.value)
+    assert os.listdir(workdir) == []
+    assert qmodule.fhe_circuit is None
+    if own_configuration:  # the user's configuration is left as it was
+        assert configuration.dump_artifacts_on_unexpected_failures is True
+        assert configuration.fhe_execution is True
+
+
+def test_no_parameters_found_names_the_widest_lookups_and_the_ways_out():
+    model, _ = FAMILIES["encrypted-encrypted"]
+    x = _x("encrypted-encrypted", 40)
+    qmodule = load_model(model).quantize(x, n_bits=6)  # a 12-bit two-input lookup: within 16 bits
+    with pytest.raises(CompileError) as info:
+        qmodule.compile(x)
+    message = str(info.value)
+    assert "NoParametersFound" in message and "12 bits (multi-input" in message
+    assert "n_bits 6/6/6" in message and "fewer n_bits" in message and "p_error=0.01" in message
+    assert "RuntimeError" in repr(info.value.__cause__)
+    # a way it names compiles
+    load_model(model).quantize(x, n_bits=5).compile(x)
+
+
+# -- 2. no folders left in the temporary directory ----------------------------------------------
+
+SCRIPT = """
+    import gc, json, os, sys
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from cml_core import load_model
+    from cml_core.errors import CompileError
+
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 2])],
+        [numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "w"),
+         numpy_helper.from_array(np.linspace(1, -1, 8, dtype=np.float32).reshape(4, 2), "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=10)
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    tmp = os.environ["TMPDIR"]
+    modules = []
+    for n_bits in (2, 3, 3):
+        qmodule = load_model(model).quantize(x, n_bits=n_bits)
+        qmodule.compile(x)
+        assert np.array_equal(qmodule.forward(x, fhe="simulate"), qmodule.forward(x))
+        modules.append(qmodule)
+    assert np.array_equal(modules[0].forward(x[:1], fhe="execute"), modules[0].forward(x[:1]))
+    # a compile that fails after concrete-python made its library folder
+    big = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Mul", ["r", "h"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(np.linspace(-1, 1, 9, dtype=np.float32).reshape(3, 3), "w")])
+    try:
+        load_model(helper.make_model(big, opset_imports=[helper.make_opsetid("", 14)], ir_version=10)).quantize(
+            x, n_bits=6).compile(x)
+        failed = False
+    except CompileError:
+        failed = True
+    def listing():  # concrete-optimizer's parameter cache ('optimizer') is one shared folder, kept
+        return sorted(name for name in os.listdir(tmp) if name != "optimizer")
+
+    alive = listing()
+    kept = modules.pop()  # lives until the process exits
+    del modules, qmodule
+    gc.collect()
+    print(json.dumps({"failed": failed, "alive": alive, "after_gc": listing()}))
+"""
+
+
+def test_compiled_circuits_leave_no_folders_in_the_temporary_directory(tmp_path):
+    private = tmp_path / "tmp"
+    private.mkdir()
+    env = {**os.environ, "TMPDIR": str(private)}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["failed"]
+    # while alive: one folder per server (execution and simulation) of each of the 3 circuits,
+    # none for the compile that failed
+    assert len(report["alive"]) == 6
+    assert len(report["after_gc"]) == 2 and set(report["after_gc"]) < set(report["alive"])  # the kept circuit's
+    assert sorted(set(os.listdir(private)) - {"optimizer"}) == []  # and those went at exit
+    assert sorted(os.listdir(tmp_path)) == ["tmp"]
+
+
+# -- 4. bad data reaching the circuit ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compiled():
+    model, _ = FAMILIES["linear+univariate"]
+    x = _x("linear+univariate", 30)
+    qmodule = load_model(model).quantize(x, n_bits=3)
+    qmodule.compile(x)
+    return qmodule, x
+
+
+@pytest.mark.parametrize("mode", ["simulate", "execute"])
+def test_an_empty_batch_gives_empty_outputs_like_the_clear_program(compiled, mode):
+    qmodule, x = compiled
+    q = qmodule.quantize_input(x[:0])
+    clear = qmodule.quantized_forward(q)
+    got = qmodule.quantized_forward(q, fhe=mode)
+    assert got.shape == clear.shape == (0, 2)
+    assert qmodule.forward(x[:0], fhe=mode).shape == (0, 2)
+
+
+def test_integers_the_circuit_cannot_take_are_typed_errors(compiled):
+    qmodule, x = compiled
+    q = qmodule.quantize_input(x[:3])
+    with_nan = q.astype(np.float64)
+    with_nan[1, 0] = np.nan
+    with pytest.raises(InputError, match="input 'x' contains NaN.*quantize_input"):
+        qmodule.quantized_forward(with_nan, fhe="simulate")
+    with pytest.raises(InputError, match="fractions"):
+        qmodule.quantized_forward(q + 0.5, fhe="simulate")
+    negative = q.copy()
+    negative[0, 0] = -1
+    with pytest.raises(FHEExecutionError, match=r"input 'x' holds integers in \[-1, .*outside .*quantize_input"):
+        qmodule.quantized_forward(negative, fhe="simulate")
+    with pytest.raises(FHEExecutionError, match="outside"):
+        qmodule.quantized_forward(q + 1000, fhe="execute")
+    with pytest.raises(InputError, match=r"samples of shape \(3,\)"):
+        qmodule.quantized_forward(q[:, :2], fhe="simulate")
+    # what the circuit takes still runs
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
+
+
+def test_compile_refuses_nan_or_empty_calibration_data():
+    model, _ = FAMILIES["linear+univariate"]
+    x = _x("linear+univariate", 20)
+    qmodule = load_model(model).quantize(x, n_bits=3)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(QuantizationError, match="NaN"):
+        qmodule.compile(bad)
+    with pytest.raises(QuantizationError, match="empty"):
+        qmodule.compile(x[:0])
+
+
+def test_choose_rounding_refuses_labels_of_the_wrong_length():
+    model, _ = FAMILIES["linear+univariate"]
+    x = _x("linear+univariate", 20)
+    qmodule = load_model(model).quantize(x, n_bits=4)
+    with pytest.raises(InputError, match="y_val has 19 labels for 20 samples"):
+        choose_rounding(qmodule, x, x, np.zeros(19, dtype=np.int64))
+    with pytest.raises(InputError, match="x_val is empty"):
+        choose_rounding(qmodule, x, x[:0])
+
+
+# -- 3. choose_rounding passes over settings that do not compile ---------------------------------
+
+def test_choose_rounding_records_settings_that_do_not_compile_and_keeps_one_that_does():
+    model, _ = FAMILIES["linear+univariate"]
+    x = _x("linear+univariate", 40)
+    reference = load_model(model)(x)
+
+    def exact_match(out):  # 1 for the float model only: no rounding can reach the target
+        return float(np.array_equal(out, reference))
+
+    qmodule = load_model(model).quantize(x, n_bits=8)  # unrounded, the 16-bit lookups do not compile
+    # approximate rounding: 10 bits compile, 11 to 15 find no parameters
+    choice = choose_rounding(qmodule, x, x, score=exact_match, max_drop=0.5, method="approximate", min_bits=10,
+                             repeats=1)
+    failed = [t for t in choice.trials if t.error is not None]
+    assert failed and failed[-1].bits == dict.fromkeys(choice.bits) and np.isnan(failed[-1].score)
+    assert choice.bits in [t.bits for t in choice.trials if t.error is None]
+    assert [t.bits for t in choice.trials] == [dict.fromkeys(choice.bits, b) for b in (*range(10, 16), None)]
+    assert choice.score < choice.target and "does not compile" in str(choice)
+    assert qmodule.rounding_bits() == choice.bits and qmodule.fhe_circuit is not None
+
+
+# -- 5. simulate equals the clear program however few compile samples ---------------------------
+
+def test_compiling_on_one_sample_keeps_the_quantization_ranges():
+    from cml_core.demo import load_example
+
+    model, data = load_example()
+    x_train, x_test = data["x_train"], data["x_test"]
+    assert len(x_train) == 1400
+    qmodule = load_model(model).quantize(x_train, n_bits=6, rounding_threshold_bits=6)
+    qmodule.compile(x_train[:1])
+    for rows in (x_train[:150], x_test[:150]):
+        q = qmodule.quantize_input(rows)
+        np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
+
+
+# -- 6. tracing one sample at a time does not change the graph's meaning ---------------------------
+
+def _squeeze_model(opset):
+    rng = np.random.default_rng(3)
+    unsqueeze = (helper.make_node("Unsqueeze", ["h"], ["u"], axes=[1]) if opset < 13
+                 else helper.make_node("Unsqueeze", ["h", "one"], ["u"]))
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"]), unsqueeze,
+             helper.make_node("Squeeze", ["u"], ["s"]),  # no axes: every axis of size 1
+             helper.make_node("Relu", ["s"], ["r"]), helper.make_node("Gemm", ["r", "w2"], ["y"])]
+    inits = [numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4, 2)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "one")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_squeeze_without_axes_keeps_the_batch_axis_when_traced(opset):
+    x = np.random.default_rng(4).uniform(-1, 1, size=(30, 3)).astype(np.float32)
+    module = load_model(_squeeze_model(opset))
+    qmodule = module.quantize(x, n_bits=3)
+    qmodule.compile(x[:1])
+    q = qmodule.quantize_input(x)
+    clear = qmodule.quantized_forward(q)
+    assert clear.shape == (30, 2)
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), clear)
+
+
+def test_an_op_that_mixes_samples_is_named_at_compile_time():
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"]),
+             helper.make_node("ReduceSum", ["h", "zero"], ["t"], keepdims=1),  # a sum over the batch axis
+             helper.make_node("Add", ["h", "t"], ["y"])]
+    inits = [numpy_helper.from_array(np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2), "w"),
+             numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    x = np.random.default_rng(5).uniform(-1, 1, size=(20, 3)).astype(np.float32)
+    qmodule = load_model(model).quantize(x, n_bits=3)
+    with pytest.raises(CompileError, match=r"ReduceSum.*one sample.*batch axis"):
+        qmodule.compile(x)
+
+
+def test_choose_rounding_says_when_no_setting_compiles():
+    model, _ = FAMILIES["linear+univariate"]
+    x = _x("linear+univariate", 40)
+    qmodule = load_model(model).quantize(x, n_bits=8)
+    with pytest.raises(CompileError, match=r"choose_rounding: no setting tried compiles \(\{'m': 14\}: .*NoParam"):
+        choose_rounding(qmodule, x, x, max_drop=0.0, method="approximate", min_bits=14, repeats=1)
