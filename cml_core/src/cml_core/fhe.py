@@ -240,37 +240,51 @@ def _check_batch_independence(qmodule: QuantizedModule, arrays: Sequence[NDArray
                                f"which must be the batch axis; {way_out}")
 
 
-def _extreme_samples(fhe: Any, function: Any, names: list[str], pool: Sequence[NDArray[Any]]) -> NDArray[Any]:
+def _extreme_samples(fhe: Any, function: Any, names: list[str], pool: Sequence[NDArray[Any]],
+                     chunk: int = 0) -> NDArray[Any]:
     """Indices of the samples of ``pool`` (quantized inputs) that reach the smallest and largest
     value of every encrypted tensor of the circuit.
 
     concrete-python sizes each integer of the circuit by the range the compile samples reach; for
     ``simulate`` to equal the clear program on data like the calibration data, every one of those
-    ranges must be the calibration data's. The circuit is traced once on the whole pool as one
-    batch, evaluated once (vectorized), and per tensor the two samples at its extremes are kept:
-    compiling on them gives concrete-python the pool's ranges in far less time than the pool.
+    ranges must be the calibration data's. The circuit is traced once on a batch of ``chunk``
+    samples (0: the whole pool) and evaluated on the pool batch by batch (vectorized); per tensor
+    the two samples at its extremes are kept. Compiling on them gives concrete-python the pool's
+    ranges in far less time than the pool itself. Every index when that cannot be worked out.
     """
     n = len(pool[0])
     everything = np.arange(n)
     if n <= 2:
         return everything
-    batch = tuple(pool) if len(pool) > 1 else pool[0]
+    size = n if chunk <= 0 else min(n, chunk)
+    low: dict[Any, tuple[int, int]] = {}  # node -> (smallest value, sample reaching it)
+    high: dict[Any, tuple[int, int]] = {}
+    graph = None
     try:
-        graph = fhe.Compiler(function, dict.fromkeys(names, "encrypted")).trace(
-            [batch], dump_artifacts_on_unexpected_failures=False)
-        values = graph.evaluate(*pool)
-    except Exception:  # noqa: BLE001  (tracing a big batch failed: compile on every sample instead)
+        for start in range(0, n, size):
+            index = np.arange(start, start + size) % n  # the last batch is topped up with the first samples
+            part = [a[index] for a in pool]
+            if graph is None:
+                graph = fhe.Compiler(function, dict.fromkeys(names, "encrypted")).trace(
+                    [tuple(part) if len(part) > 1 else part[0]], dump_artifacts_on_unexpected_failures=False)
+            for node, value in graph.evaluate(*part).items():
+                if not node.output.is_encrypted:
+                    continue
+                arr = np.asarray(value)
+                if arr.ndim == 0 or arr.shape[0] != size:  # the batch axis moved: no per-sample extremes
+                    return everything
+                flat = arr.reshape(size, -1)
+                if not flat.shape[1]:
+                    continue
+                mins, maxs = flat.min(axis=1), flat.max(axis=1)
+                i, j = int(mins.argmin()), int(maxs.argmax())
+                if node not in low or mins[i] < low[node][0]:
+                    low[node] = (int(mins[i]), int(index[i]))
+                if node not in high or maxs[j] > high[node][0]:
+                    high[node] = (int(maxs[j]), int(index[j]))
+    except Exception:  # noqa: BLE001  (tracing or evaluating a batch failed: compile on every sample instead)
         return everything
-    chosen: set[int] = set()
-    for node, value in values.items():
-        if not node.output.is_encrypted:
-            continue
-        arr = np.asarray(value)
-        if arr.ndim == 0 or arr.shape[0] != n:  # the batch axis moved: no per-sample extremes
-            return everything
-        flat = arr.reshape(n, -1)
-        if flat.shape[1]:
-            chosen.update((int(flat.min(axis=1).argmin()), int(flat.max(axis=1).argmax())))
+    chosen = {sample for _, sample in low.values()} | {sample for _, sample in high.values()}
     return np.array(sorted(chosen), dtype=np.int64)
 
 
@@ -357,7 +371,7 @@ def compile_quantized_module(qmodule: QuantizedModule, calibration_x: Any, *, p_
         if calibration else arrays
     _check_batch_independence(qmodule, pool)
     function, names = _traced_function(qmodule)
-    chosen = _extreme_samples(fhe, function, names, pool)
+    chosen = _extreme_samples(fhe, function, names, pool, getattr(qmodule, "calibration_chunk_size", 0))
     inputset = _samples([a[chosen] for a in pool])
     config, build_execution, build_simulation = _configuration(fhe, configuration, p_error, global_p_error, verbose)
     start = time.perf_counter()
