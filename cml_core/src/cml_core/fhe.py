@@ -211,8 +211,8 @@ def _check_batch_independence(qmodule: QuantizedModule, arrays: Sequence[NDArray
     if n < 2:
         return
     batch, outputs, error = _watch_ops(qmodule, [a[:n] for a in arrays])
-    if error is not None:
-        raise error
+    if error is not None:  # the program does not take batches (a fixed batch size): one sample per call is all
+        return
     singles = [_watch_ops(qmodule, [a[i : i + 1] for a in arrays]) for i in range(n)]
     way_out = ("compile traces the program on one sample at a time, so an op's result must not depend on the "
                "batch size; give the op explicit axes or shapes that leave the batch axis (axis 0) alone")
@@ -324,8 +324,8 @@ def _compile_failure(qmodule: QuantizedModule, exc: BaseException, p_error: floa
     if "NoParametersFound" in text:
         what = ("concrete-python found no cryptographic parameters for this circuit (NoParametersFound): its table "
                 "lookups are too wide for the error probability asked")
-        ways.append("a larger error probability per lookup (compile(..., p_error=0.01)); encrypted results then "
-                    "differ from the simulation more often")
+        ways.append("a larger error probability per lookup (compile(..., p_error=0.01)), at the cost of encrypted "
+                    "results differing from the simulation more often")
     elif "table lookups are supported" in text:
         what = ("concrete-python needs a table lookup wider than the 16 bits it supports: a lookup's input keeps "
                 "the bit width of the accumulator it is computed from, which can be one bit wider than the lookup")
