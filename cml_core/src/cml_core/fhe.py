@@ -74,10 +74,10 @@ def _samples(arrays: Sequence[NDArray[Any]]) -> list[Any]:
 # -- where concrete-python writes its compiled libraries ----------------------------------------
 #
 # Each concrete-python server (one for execution, one for simulation) compiles its shared library
-# into a fresh ``tempfile.mkdtemp()`` folder and never removes it (its ``cleanup`` is a no-op): a
-# test run used to leave dozens of folders behind, one even for a compilation that failed. While
-# cml builds a server, that call is routed into a folder cml made, and the folder is removed when
-# the server is garbage-collected (or at exit), or at once when building fails.
+# into a fresh ``tempfile.mkdtemp()`` folder and never removes it (its ``cleanup`` is a no-op), not
+# even when building fails: left alone, a test run leaves dozens of folders behind. While cml
+# builds a server, that call is routed into a folder cml made, and the folder is removed when the
+# server is garbage-collected (or at exit), or at once when building fails.
 
 _T = TypeVar("_T")
 _library_root = threading.local()
