@@ -6,14 +6,21 @@ from typing import Any
 
 from .errors import (
     BitWidthError,
+    CalibrationWarning,
     CmlError,
+    CmlWarning,
+    CompileError,
     DuplicateOpError,
+    FHEExecutionError,
     InputError,
     ModelLoadError,
     NodeExecutionError,
     OpSignatureError,
+    OutOfMemoryError,
+    PluginConfigWarning,
     PluginError,
     QuantizationError,
+    SaturationWarning,
     UnsupportedOpError,
 )
 from .numpy_module import NumpyModule, load_model
@@ -24,8 +31,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BitWidthError",
+    "CalibrationWarning",
     "CmlError",
+    "CmlWarning",
+    "CompileError",
     "DuplicateOpError",
+    "FHEExecutionError",
     "InputError",
     "ModelLoadError",
     "NodeExecutionError",
@@ -33,10 +44,13 @@ __all__ = [
     "OpRegistry",
     "OpSet",
     "OpSignatureError",
+    "OutOfMemoryError",
+    "PluginConfigWarning",
     "PluginError",
     "QuantizationError",
     "QuantizedArray",
     "QuantizedModule",
+    "SaturationWarning",
     "UnsupportedOpError",
     "choose_rounding",
     "compile_onnx_model",
