@@ -57,9 +57,9 @@ INTEGER_ONLY = {"BitShift"}
 # and sums): their error is not bounded by the output step alone; tested for convergence below
 INTERNAL_REQUANTIZATION = {"ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "Softmax", "LogSoftmax",
                            "LpPool", "LRN", "InstanceNormalization", "LayerNormalization"}
-# known limits, documented in docs/ops.md: one quantizer per intermediate tensor, so a group whose
-# variance (or |x|**p) is far smaller than the others' is resolved coarsely; only convergence is checked
-COARSE_INTERMEDIATES = {"LpPool", "LRN", "InstanceNormalization", "LayerNormalization"}
+# known limits, documented in docs/quantization.md: one quantizer per intermediate tensor, so a group whose
+# |x|**p (or window of squares) is far smaller than the others' is resolved coarsely; only convergence is checked
+COARSE_INTERMEDIATES = {"LpPool", "LRN"}
 QUANTIZABLE = [i for i in IMPLS if i.op_type not in INTEGER_ONLY | INTERNAL_REQUANTIZATION and i.quantized is not None and not issubclass(i.quantized, (ConstantOnlyOp, ShapeOp))]
 
 

@@ -141,10 +141,32 @@ def _normalize(x, axes, epsilon):
 class QuantizedNormalization(QuantizedOp):
     """(x - mean) / sqrt(var + eps) * scale + bias over ``axes``, on encrypted values.
 
-    The centred integers K*x - sum(x) are exact; their squares cost one lookup, their sum is an
-    integer sum, and one two-input lookup divides each centred value by its group's deviation.
-    Scale and bias join the next lookup.
+    A *row* is one group normalized together (``K`` elements). Rows of one tensor can differ in
+    scale by orders of magnitude (a class token's row beside the patches' rows, a flat channel
+    beside a busy one), and the division makes each row's output independent of its scale, so
+    every step below keeps a row's variance resolved *relative to that row*:
+
+    1. ``K * x - sum(x)`` over the row is exact on the input's integers; one lookup requantizes it
+       to ``n``-bit centred integers ``dev`` (zero stays exact).
+    2. One lookup on ``dev`` gives ``(dev - zero_point) ** 2`` as an exact integer, and an integer
+       sum over the row gives the row's variance exactly, in units of ``dev``'s step squared. A
+       row whose deviations span a few levels keeps a variance of a few units, where an ``n``-bit
+       quantizer of the squares (one step for the whole tensor) would round it to zero and divide
+       the row by ``sqrt(eps)``.
+    3. One lookup maps that per-row sum to ``n`` bits of ``log(var + eps)``: a resolution relative
+       to each row's own variance, the same for a row of standard deviation 0.02 as for one of 1.
+    4. One two-input lookup of (``dev``, that code) gives ``dev / sqrt(var + eps)``, requantized
+       to ``n`` bits (normalized values are of the same size in every row).
+
+    Scale and bias join the next lookup. The price of exact squares is width: the per-row sum
+    needs up to ``2 * (n - 1) + log2(K)`` bits where ``n``-bit squares needed ``n + log2(K)``;
+    rounding that lookup (``rounding_threshold_bits``) trades the bits back at the cost of the
+    rows with the smallest variance.
     """
+
+    #: the log-variance code spans at least this (a factor 2 in standard deviation), so a run-time
+    #: row scaled a little differently from all calibration rows still gets its own normalizer
+    MIN_LOG_VARIANCE_SPAN = float(np.log(4.0))
 
     def axes(self, shape):
         raise NotImplementedError
@@ -153,37 +175,52 @@ class QuantizedNormalization(QuantizedOp):
         raise NotImplementedError
 
     def normalize(self, ctx, source, axes, epsilon):
+        name = self.bound.name
         q = ctx.requantize(source)
         count = int(np.prod([q.shape[a] for a in axes]))
-        centred_int = self.centered_sum(q, axes, count)
         unit = q.scale / count
-        centred = QValue.lazy(centred_int, lambda d: unit * np.asarray(d, np.float64), True,
-                              name=f"{self.bound.name}:centred")
-        squares_q = self.fitted_quantizer(ctx, "square", np.square(centred.float_value()) if ctx.calibrating else None)
-        squares = ctx.lookup(centred, lambda d: squares_q.quant(np.square(unit * np.asarray(d, np.float64))),
-                             key=f"{self.bound.name}:square")
-        total = np.sum(squares, axis=axes, keepdims=True)
-        variance = QValue.lazy(total, lambda t: squares_q.scale * (np.asarray(t, np.float64) - count * squares_q.zero_point)
-                               / count, True, name=f"{self.bound.name}:variance")
-        var_q = self.fitted_quantizer(ctx, "variance", variance.float_value() if ctx.calibrating else None)
-        var_float = variance.to_float
-        var_int = ctx.lookup(variance, lambda t: var_q.quant(var_float(t)), key=f"{self.bound.name}:variance")
+        centred = QValue.lazy(self.centered_sum(q, axes, count), lambda c: unit * np.asarray(c, np.float64), True,
+                              name=f"{name}:centred")
         dev_q = self.fitted_quantizer(ctx, "centred", centred.float_value() if ctx.calibrating else None)
-        dev_int = ctx.lookup(centred, lambda d: dev_q.quant(unit * np.asarray(d, np.float64)),
-                             key=f"{self.bound.name}:centred")
-        if ctx.calibrating:
-            normalized = dev_q.dequant(dev_int) / np.sqrt(np.maximum(var_q.dequant(var_int), 0) + epsilon)
-        else:
-            normalized = None
+        dev = ctx.requantize_to(centred, dev_q, key=f"{name}:centred")
+        zero_point = dev_q.zero_point
+        squares = ctx.lookup(QValue.affine(dev, dev_q.scale, zero_point, name=f"{name}:dev"),
+                             lambda d: np.square(np.asarray(d, np.int64) - zero_point), key=f"{name}:square")
+        total = np.sum(squares, axis=axes, keepdims=True)
+        variance_unit = dev_q.scale**2 / count
+
+        def log_variance(t):
+            # sums are never negative (a table is also built for integers calibration never saw);
+            # a constant row without eps gives -inf, which the code clips
+            with np.errstate(divide="ignore"):
+                return np.log(variance_unit * np.maximum(np.asarray(t, np.float64), 0.0) + epsilon)
+
+        log_q = self.fitted_quantizer(ctx, "log_variance", self._log_variance_range(total, log_variance)
+                                      if ctx.calibrating else None)
+        code = ctx.requantize_to(QValue.lazy(total, log_variance, True, name=f"{name}:variance"), log_q,
+                                 key=f"{name}:variance")
+
+        def table(d, c):
+            return out_q.quant(dev_q.dequant(d) * np.exp(-0.5 * log_q.dequant(c)))
+
+        normalized = dev_q.dequant(dev) * np.exp(-0.5 * log_q.dequant(code)) if ctx.calibrating else None
         out_q = self.fitted_quantizer(ctx, "normalized", normalized)
-
-        def table(d, v):
-            return out_q.quant(dev_q.dequant(d) / np.sqrt(np.maximum(var_q.dequant(v), 0) + epsilon))
-
-        operands = [dev_int, backend.broadcast(var_int, tuple(dev_int.shape))]
+        operands = [dev, backend.broadcast(code, tuple(dev.shape))]
         data = backend.multi_lookup(table, *operands)
         ctx.record_multi_lookup(self.bound.node.output[0], operands)
         return data, out_q
+
+    def _log_variance_range(self, total, log_variance):
+        """Calibration values for the log-variance code: those of the rows that vary (a constant
+        row's output is 0 whatever its normalizer), widened to ``MIN_LOG_VARIANCE_SPAN``."""
+        total = np.asarray(total)
+        values = log_variance(total[total > 0])
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return np.zeros(1)
+        low, high = float(values.min()), float(values.max())
+        widen = max(0.0, self.MIN_LOG_VARIANCE_SPAN - (high - low)) / 2
+        return np.array([low - widen, high + widen])
 
     @staticmethod
     def centered_sum(q, axes, count):
