@@ -17,6 +17,7 @@ Every family computes a node whose inputs are all constants with the numpy imple
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -73,14 +74,23 @@ class QuantizedOp:
     def fitted_quantizer(self, ctx: QuantContext, key: str, values: Any, n_bits: int | None = None) -> UniformQuantizer:
         """A quantizer for an intermediate (non-ONNX) tensor, fitted on its calibration ``values``.
 
-        Fitted while calibrating and kept in ``state``; ``values`` is ignored afterwards.
+        Fitted on the range of the finite ``values`` over the whole calibration set and kept in
+        ``state``; ``values`` is ignored afterwards. When the calibration runs in several chunks,
+        the first passes only collect the range: the call raises ``PendingRange``, which must
+        propagate (the calibration stops the node here and runs it again once the range is known).
+
+        Raises:
+            QuantizationError: called outside calibration for a key that was never fitted.
         """
         if key not in self.state:
             if not ctx.calibrating:
                 raise QuantizationError(f"{self.where}: {key} was not calibrated")
             arr = np.asarray(values, dtype=np.float64)
             finite = arr[np.isfinite(arr)]
-            low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+            low, high = (float(finite.min()), float(finite.max())) if finite.size else (math.inf, -math.inf)
+            low, high = ctx.calibrated_range(f"{self.where}:{key}@{id(self):x}", low, high)
+            if low > high:  # no finite value in the whole calibration set
+                low = high = 0.0
             self.state[key] = UniformQuantizer.fit(low, high, n_bits or ctx.config.op_inputs)
         return self.state[key]  # type: ignore[no-any-return]
 

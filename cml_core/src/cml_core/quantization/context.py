@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,160 @@ class AccumulatorRecord:
         return bits_for_range(self.low, self.high)
 
 
+class PendingRange(BaseException):
+    """A calibration parameter's range is not known over every chunk yet: the node stops here.
+
+    A ``BaseException``, so that an op's own ``except Exception`` cannot swallow it; the integer
+    calibration pass catches it and skips the rest of the node and everything that depends on it.
+    """
+
+
+@dataclass
+class _LookupRecord:
+    node: str
+    op_type: str
+    tensor: str
+    ranges: list[list[int]]  # [low, high] per input (several for a multi-input lookup)
+    rounding_bits: int | None = None
+    rounded: list[int] | None = None  # [low, high] after rounding (rounded lookups only)
+    multi: bool = False
+
+
+class IntegerCalibration:
+    """What one calibration of the integer program sees, chunk after chunk, pass after pass.
+
+    Two kinds of calibration results:
+
+    - *parameters* (``settled_range``): ranges that fix how later values are computed, such as a
+      quantizer an op fits on an intermediate, or the input range that decides a rounded lookup's
+      rounding. They must be taken over the whole calibration set before anything after them can
+      be computed. With one chunk, a parameter is settled the moment it is reached. With several,
+      the pass records the parameter's range on each chunk and raises ``PendingRange`` (the node
+      stops, its dependents are skipped); ``end_pass`` settles what every chunk reached, and the
+      next pass goes further.
+    - *records*: lookup and accumulator ranges, which change nothing downstream; kept as running
+      minimum and maximum over the chunks of a pass, complete once a pass reaches no unsettled
+      parameter.
+
+    The outcome equals a one-chunk calibration exactly: each parameter is fitted on every sample
+    with every parameter before it already settled.
+    """
+
+    def __init__(self, n_chunks: int = 1) -> None:
+        self.n_chunks = n_chunks
+        self.settled: dict[str, tuple[float, float]] = {}
+        self.passes = 0
+        self._pending: dict[str, list[float]] = {}  # key -> [low, high, chunks that reached it]
+        self._lookups: dict[str, _LookupRecord] = {}
+        self._accumulators: dict[str, AccumulatorRecord] = {}
+
+    def start_pass(self) -> None:
+        """Forget the records of the previous pass (parameters settled so far are kept)."""
+        self.passes += 1
+        self._pending.clear()
+        self._lookups.clear()
+        self._accumulators.clear()
+
+    def end_pass(self) -> bool:
+        """Settle the parameters every chunk of this pass reached.
+
+        Returns:
+            ``True`` when the pass reached no unsettled parameter: its records are complete.
+
+        Raises:
+            QuantizationError: parameters were reached on some chunks only, so no pass can
+                settle them (an op whose calibration path depends on the data).
+        """
+        if not self._pending:
+            return True
+        complete = {k: (v[0], v[1]) for k, v in self._pending.items() if v[2] == self.n_chunks}
+        if not complete:
+            raise QuantizationError(
+                f"calibration cannot settle {sorted(self._pending)}: they were reached on some chunks of "
+                "the calibration data only; quantize with calibration_chunk_size at least the number of samples"
+            )
+        self.settled.update(complete)
+        return False
+
+    def settled_range(self, key: str, low: float, high: float) -> tuple[float, float]:
+        """The range of parameter ``key`` over the whole calibration set, given its range on this chunk.
+
+        Returns:
+            (low, high); ``low > high`` when no chunk had a value (an empty range).
+
+        Raises:
+            PendingRange: several chunks and the whole range is not known yet.
+        """
+        known = self.settled.get(key)
+        if known is not None:
+            return known
+        if self.n_chunks == 1:
+            self.settled[key] = (low, high)
+            return low, high
+        seen = self._pending.setdefault(key, [math.inf, -math.inf, 0])
+        seen[0], seen[1], seen[2] = min(seen[0], low), max(seen[1], high), seen[2] + 1
+        raise PendingRange(key)
+
+    def record_lookup(self, key: str, node: str, op_type: str, tensor: str, low: int, high: int,
+                      rounding_bits: int | None, rounded: tuple[int, int] | None = None) -> None:
+        """Add one chunk's integer range at a lookup input (and after rounding, if rounded)."""
+        record = self._lookups.get(key)
+        if record is None:
+            record = self._lookups[key] = _LookupRecord(node, op_type, tensor, [[low, high]], rounding_bits)
+        else:
+            _widen(record.ranges[0], low, high)
+        if rounded is not None:
+            if record.rounded is None:
+                record.rounded = list(rounded)
+            else:
+                _widen(record.rounded, *rounded)
+
+    def record_multi_lookup(self, key: str, node: str, op_type: str, ranges: list[tuple[int, int]]) -> None:
+        """Add one chunk's integer ranges of the packed inputs of a multi-input lookup."""
+        record = self._lookups.get(key)
+        if record is None:
+            self._lookups[key] = _LookupRecord(node, op_type, key, [[lo, hi] for lo, hi in ranges], multi=True)
+            return
+        for span, (lo, hi) in zip(record.ranges, ranges):
+            _widen(span, lo, hi)
+
+    def record_accumulator(self, node: str, op_type: str, low: int, high: int) -> None:
+        """Add one chunk's accumulator range of ``node``."""
+        record = self._accumulators.get(node)
+        if record is None:
+            self._accumulators[node] = AccumulatorRecord(node, op_type, low, high)
+        else:
+            record.low, record.high = min(record.low, low), max(record.high, high)
+
+    def sites(self) -> dict[str, LookupSite]:
+        """The lookups recorded by the last pass, with their centring and rounding."""
+        sites = {}
+        for key, r in self._lookups.items():
+            low, high = min(s[0] for s in r.ranges), max(s[1] for s in r.ranges)
+            if r.multi:
+                packed = sum(bits_for_range(lo, hi) for lo, hi in r.ranges)
+                sites[key] = LookupSite(r.node, r.op_type, r.tensor, low, high, packed_bits=packed)
+                continue
+            site = LookupSite(r.node, r.op_type, r.tensor, low, high)
+            site.offset = centring_offset(low, high, r.rounding_bits)
+            if r.rounding_bits is None:
+                site.rounded_low, site.rounded_high = low + site.offset, high + site.offset
+            else:
+                assert r.rounded is not None
+                site.lsbs_removed = max(0, site.input_bits - r.rounding_bits)
+                site.rounded_low, site.rounded_high = r.rounded
+            sites[key] = site
+        return sites
+
+    def accumulators(self) -> dict[str, AccumulatorRecord]:
+        """The accumulator ranges recorded by the last pass, by node."""
+        return dict(self._accumulators)
+
+
+def _widen(span: list[int], low: int, high: int) -> None:
+    span[0], span[1] = min(span[0], low), max(span[1], high)
+
+
 @dataclass
 class QuantContext:
     """One pass of the integer forward: calibrating (records ranges) or running (uses them)."""
@@ -106,11 +261,30 @@ class QuantContext:
     calibrating: bool
     node_name: str = ""
     op_type: str = ""
+    calibration: IntegerCalibration | None = None  # what calibration records (one chunk when not given)
     _materialized: dict[str, QValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.calibrating and self.calibration is None:
+            self.calibration = IntegerCalibration()
 
     @property
     def where(self) -> str:
         return f"node {self.node_name!r} ({self.op_type})"
+
+    def calibrated_range(self, key: str, low: float, high: float) -> tuple[float, float]:
+        """The range of calibration parameter ``key`` over the whole calibration set, given its range
+        (``low``, ``high``) on the current chunk; see ``IntegerCalibration.settled_range``.
+
+        Raises:
+            PendingRange: not known over every chunk yet (let it propagate: the node stops here).
+        """
+        assert self.calibration is not None, "calibrated_range is for calibration passes"
+        return self.calibration.settled_range(key, low, high)
+
+    def release(self, tensor: str) -> None:
+        """Drop what this pass keeps for ``tensor`` (its shared requantization) once nothing needs it."""
+        self._materialized.pop(tensor, None)
 
     def quantizer_for(self, tensor: str, n_bits: int | None = None) -> UniformQuantizer:
         """Unsigned quantizer of ``tensor`` fitted to its calibrated float range."""
@@ -164,38 +338,47 @@ class QuantContext:
         running reuses what was recorded.
         """
         key = key or value.name
-        producer = self.producers.get(key, (self.node_name, self.op_type))
         if self.calibrating:
-            data = np.asarray(value.data)
-            site = LookupSite(producer[0], producer[1], value.name, int(data.min()), int(data.max()))
-            bits = self.config.rounding_per_lookup.get(key, self.config.rounding_bits)
-            site.offset = centring_offset(site.low, site.high, bits)
-            if bits is not None:
-                site.lsbs_removed = max(0, site.input_bits - bits)
-            rounded = backend.round_bits(data + site.offset, site.lsbs_removed, self.config.rounding_exact)
-            site.rounded_low, site.rounded_high = int(np.min(rounded)), int(np.max(rounded))
-            self.sites[key] = site
-        else:
-            site = self.sites[key]
-            shifted = value.data + site.offset if site.offset else value.data
-            rounded = backend.round_bits(shifted, site.lsbs_removed, self.config.rounding_exact)
+            return self._calibrate_lookup(value, table, key)
+        site = self.sites[key]
+        shifted = value.data + site.offset if site.offset else value.data
+        rounded = backend.round_bits(shifted, site.lsbs_removed, self.config.rounding_exact)
         offset = site.offset
         if not offset:
             return backend.lookup(rounded, table)
         return backend.lookup(rounded, lambda q: table(q - offset))
 
+    def _calibrate_lookup(self, value: QValue, table: Callable[[NDArray[Any]], NDArray[Any]], key: str) -> Any:
+        assert self.calibration is not None
+        node, op_type = self.producers.get(key, (self.node_name, self.op_type))
+        data = np.asarray(value.data)
+        low, high = int(data.min()), int(data.max())
+        bits = self.config.rounding_per_lookup.get(key, self.config.rounding_bits)
+        if bits is None:
+            # the centring offset is taken back by the table: the result does not depend on it,
+            # so it is derived from the whole range once recorded (see IntegerCalibration.sites)
+            self.calibration.record_lookup(key, node, op_type, value.name, low, high, None)
+            return backend.lookup(data, table)
+        # rounding depends on the whole range: a parameter, settled before anything uses the result
+        whole_low, whole_high = (int(v) for v in self.calibration.settled_range(f"lookup:{key}", low, high))
+        offset = centring_offset(whole_low, whole_high, bits)
+        lsbs = max(0, bits_for_range(whole_low + offset, whole_high + offset) - bits)
+        rounded = backend.round_bits(data + offset, lsbs, self.config.rounding_exact)
+        self.calibration.record_lookup(key, node, op_type, value.name, low, high, bits,
+                                       (int(np.min(rounded)), int(np.max(rounded))))
+        return backend.lookup(rounded, lambda q: table(q - offset))
+
     def record_multi_lookup(self, tensor: str, data: list[Any]) -> None:
         """Record a lookup on several packed integer inputs (calibration only)."""
         if self.calibrating:
+            assert self.calibration is not None
             arrays = [np.asarray(d) for d in data]
-            bits = sum(bits_for_range(a.min(), a.max()) for a in arrays)
-            self.sites[tensor] = LookupSite(self.node_name, self.op_type, tensor,
-                                            min(int(a.min()) for a in arrays), max(int(a.max()) for a in arrays),
-                                            packed_bits=bits)
+            self.calibration.record_multi_lookup(tensor, self.node_name, self.op_type,
+                                                 [(int(a.min()), int(a.max())) for a in arrays])
 
     def record_accumulator(self, data: Any) -> None:
         """Remember the integer range of the current node's accumulator (calibration only)."""
         if self.calibrating:
+            assert self.calibration is not None
             arr = np.asarray(data)
-            self.accumulators[self.node_name] = AccumulatorRecord(
-                self.node_name, self.op_type, int(arr.min()), int(arr.max()))
+            self.calibration.record_accumulator(self.node_name, self.op_type, int(arr.min()), int(arr.max()))

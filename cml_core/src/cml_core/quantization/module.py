@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -10,9 +13,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import BitWidthError, QuantizationError
-from .base import QuantizedOp
-from .context import MAX_LOOKUP_BITS, AccumulatorRecord, LookupSite, QuantConfig, QuantContext
+from ..errors import (
+    BitWidthError,
+    CalibrationWarning,
+    InputError,
+    OutOfMemoryError,
+    QuantizationError,
+    SaturationWarning,
+)
+from . import calibration
+from .base import LinearOp, QuantizedOp
+from .context import (
+    MAX_LOOKUP_BITS,
+    AccumulatorRecord,
+    IntegerCalibration,
+    LookupSite,
+    PendingRange,
+    QuantConfig,
+    QuantContext,
+)
 from .quantizers import UniformQuantizer, check_n_bits
 from .values import QValue
 
@@ -69,6 +88,32 @@ def parse_config(n_bits: Any, rounding_threshold_bits: Any) -> QuantConfig:
                        rounding, exact)
 
 
+def _user_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel, for the caller of this function, of the first frame outside cml_core."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_dtypes(module: NumpyModule, items: Sequence[Any], what: str) -> None:
+    """Refuse inputs declared, or given, in a type quantization cannot represent (bfloat16, complex, strings)."""
+    for spec in module.inputs:
+        if spec.dtype.kind not in calibration.SUPPORTED_KINDS:
+            raise QuantizationError(
+                f"input {spec.name!r} is declared {spec.dtype}, which cannot be quantized; quantization supports "
+                f"inputs of {calibration.SUPPORTED_DTYPES}: export the model with a float32 input (a Cast inside "
+                "the model can convert it)"
+            )
+    for spec, item in zip(module.inputs, items):
+        dtype = getattr(item, "dtype", None)
+        if isinstance(dtype, np.dtype) and dtype.kind not in calibration.SUPPORTED_KINDS + "V":
+            raise InputError(
+                f"{what}: input {spec.name!r} is given as {dtype}; pass real numbers ({calibration.SUPPORTED_DTYPES})"
+            )
+
+
 def _as_inputs(module: NumpyModule, data: Any, what: str) -> list[NDArray[Any]]:
     items = list(data) if isinstance(data, tuple) else [data]
     if len(items) != len(module.inputs):
@@ -76,6 +121,7 @@ def _as_inputs(module: NumpyModule, data: Any, what: str) -> list[NDArray[Any]]:
             f"{what}: the model takes {len(module.inputs)} input(s) {module.input_names}; pass a tuple "
             f"with one array per input (got {len(items)})"
         )
+    _check_dtypes(module, items, what)
     arrays = module.check_inputs(items)
     for spec, arr in zip(module.inputs, arrays):
         if arr.size == 0 or (arr.ndim > 0 and arr.shape[0] == 0):
@@ -136,15 +182,53 @@ class QuantizedModule:
         self.sites: dict[str, LookupSite] = {}
         self.accumulators: dict[str, AccumulatorRecord] = {}
         self._outputs: list[QValue] = []
-        self._calibration_inputs: list[NDArray[Any]] = []
+        self._calibration_data: list[NDArray[Any]] = []  # the float calibration inputs
+        self._calibration_samples: int | None = None  # None: the inputs cannot be split into samples
+        #: samples per chunk of the integer calibration pass (0: the calibration data in one piece)
+        self.calibration_chunk_size = 0
+        #: passes over the calibration data the last integer calibration took (1 unless chunked)
+        self.calibration_passes = 0
+        self._release = calibration.release_schedule([op.bound for op in ops], set(module.output_names))
         self.fhe_circuit: Any = None
+
+    @property
+    def _calibration_inputs(self) -> list[NDArray[Any]]:
+        """The calibration inputs as integers, made on demand (the float inputs are what is kept)."""
+        return [qz.quant(a) for qz, a in zip(self.input_quantizers, self._calibration_data)]
 
     # -- the three steps -----------------------------------------------------------------------
     def quantize_input(self, *x: Any) -> Any:
-        """Integers for the float inputs (one array per model input; a tuple when several)."""
+        """Integers for the float inputs (one array per model input; a tuple when several).
+
+        Values outside an input's calibrated range are clipped to it, with one
+        ``SaturationWarning`` per call giving, per input, how many values and the range.
+
+        Raises:
+            InputError: inputs that do not match the model (count, shape, dtype), or that hold
+                NaN or infinity (naming the input and how many values).
+        """
+        _check_dtypes(self.numpy_module, x, "quantize_input")
         arrays = self.numpy_module.check_inputs(x)
-        q = tuple(qz.quant(a) for qz, a in zip(self.input_quantizers, arrays))
-        return q[0] if len(q) == 1 else q
+        q, clipped = [], []
+        for spec, qz, arr in zip(self.numpy_module.inputs, self.input_quantizers, arrays):
+            if arr.dtype.kind == "f":
+                bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+                if bad:
+                    raise InputError(
+                        f"input {spec.name!r} holds {bad} NaN or infinite value(s) (of {arr.size}); the quantized "
+                        "model has no integer for them: replace them (or drop those samples) before the call"
+                    )
+            integers, outside = qz.quant_counting(arr)
+            q.append(integers)
+            if outside:
+                low, high = self.float_ranges.get(spec.name, (qz.dequant(qz.q_min), qz.dequant(qz.q_max)))
+                clipped.append(f"{outside} of {arr.size} values of input {spec.name!r} fall outside its calibrated "
+                               f"range [{low:.6g}, {high:.6g}]")
+        if clipped:
+            warnings.warn(SaturationWarning(
+                "; ".join(clipped) + ". They were clipped to the range, so outputs for those samples may be far "
+                "from the float model's; calibrate on data that covers such inputs"), stacklevel=_user_stacklevel())
+        return q[0] if len(q) == 1 else tuple(q)
 
     def quantized_forward(self, *q: Any, fhe: str = "disable") -> Any:
         """Integer outputs for integer inputs.
@@ -163,11 +247,22 @@ class QuantizedModule:
         return data[0] if len(data) == 1 else data
 
     def dequantize_output(self, *q: Any) -> Any:
-        """Floats (in the model's output dtypes) for the integer outputs."""
+        """The outputs, in the model's output dtypes, for the integer outputs.
+
+        Float outputs are the floats the integers stand for. Integer outputs are those floats
+        rounded to the nearest integer (ties to even), never truncated; values beyond the
+        output type's range are clipped to it (not wrapped around), and NaN becomes 0, with a
+        ``SaturationWarning`` saying how many. Boolean outputs are ``True`` where the rounded
+        value is not zero.
+        """
         outs = []
         for value, spec, data in zip(self._outputs, self.numpy_module.outputs, q):
             assert value.to_float is not None
-            outs.append(value.to_float(np.asarray(data)).astype(spec.dtype))
+            floats = np.asarray(value.to_float(np.asarray(data)))
+            if spec.dtype.kind in "iub":
+                outs.append(_as_integers(floats, spec.name, spec.dtype))
+            else:
+                outs.append(floats.astype(spec.dtype))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def forward(self, *x: Any, fhe: str = "disable") -> Any:
@@ -245,10 +340,32 @@ class QuantizedModule:
         return self
 
     def calibrate_integers(self) -> None:
-        """Run the integer program on the calibration data, recording lookup and accumulator ranges."""
+        """Run the integer program on the calibration data, recording lookup and accumulator ranges.
+
+        Runs on chunks of ``calibration_chunk_size`` samples; quantizers of intermediates not fitted
+        yet are fitted on the whole calibration set (see ``context.IntegerCalibration``). The
+        result does not depend on the chunk size. Drops any compiled circuit.
+
+        Raises:
+            QuantizationError: a node cannot be quantized, or a model output does not depend on
+                the inputs.
+            OutOfMemoryError: a chunk does not fit in memory (naming the node).
+        """
+        slices = calibration.chunks(self._calibration_samples, self.calibration_chunk_size)
+        recorder = IntegerCalibration(len(slices))
+        outputs: list[QValue] = []
+        while True:
+            recorder.start_pass()
+            for part in slices:
+                q = [qz.quant(a[part]) for qz, a in zip(self.input_quantizers, self._calibration_data)]
+                outputs = self._run(q, calibrating=True, calibration=recorder)
+            if recorder.end_pass():
+                break
+        self.calibration_passes = recorder.passes
         self.sites.clear()
+        self.sites.update(recorder.sites())
         self.accumulators.clear()
-        outputs = self._run(self._calibration_inputs, calibrating=True)
+        self.accumulators.update(recorder.accumulators())
         for spec, out in zip(self.numpy_module.outputs, outputs):
             if out.is_constant:
                 raise QuantizationError(f"model output {spec.name!r} does not depend on the inputs; nothing to encrypt")
@@ -269,28 +386,64 @@ class QuantizedModule:
                                         configuration=configuration, verbose=verbose)
 
     # -- the integer program -------------------------------------------------------------------
-    def _run(self, q_inputs: Sequence[Any], calibrating: bool) -> list[QValue]:
+    def _run(self, q_inputs: Sequence[Any], calibrating: bool,
+             calibration: IntegerCalibration | None = None) -> list[QValue]:
+        """The integer program's outputs for ``q_inputs``.
+
+        While calibrating, a node that reaches a parameter not settled yet stops (``PendingRange``)
+        and the nodes depending on it are skipped; the outputs are then an empty list.
+        """
         ctx = QuantContext(self.config, self.float_ranges, self.producers, self.sites, self.accumulators,
-                           calibrating)
+                           calibrating, calibration=calibration)
         env: dict[str, QValue] = {name: QValue.constant(v, name) for name, v in self.numpy_module.constants.items()}
         for spec, qz, data in zip(self.numpy_module.inputs, self.input_quantizers, q_inputs):
             env[spec.name] = QValue.affine(data, qz.scale, qz.zero_point, spec.name)
-        for op in self.ops:
+        skipped: set[str] = set()  # tensors this calibration pass cannot compute yet
+        for op, dead in zip(self.ops, self._release):
             node = op.bound.node
-            ctx.node_name, ctx.op_type = op.bound.name, op.impl.display_name
-            inputs = [env[n] if n else None for n in node.input]
-            try:
-                outs = op.forward(ctx, inputs)
-            except QuantizationError:
-                raise
-            except Exception as exc:
-                if not calibrating:
+            if skipped and any(n in skipped for n in node.input):
+                skipped.update(n for n in node.output if n)
+            else:
+                ctx.node_name, ctx.op_type = op.bound.name, op.impl.display_name
+                try:
+                    outs = op.forward(ctx, [env[n] if n else None for n in node.input])
+                except PendingRange:
+                    skipped.update(n for n in node.output if n)
+                    outs = ()
+                except QuantizationError:
                     raise
-                raise QuantizationError(f"{op.where}: quantized forward failed: {type(exc).__name__}: {exc}") from exc
-            for name, value in zip(node.output, outs):
-                if name:
-                    env[name] = dataclasses.replace(value, name=name)
+                except MemoryError as exc:
+                    raise self._out_of_memory(op, q_inputs, calibrating) from exc
+                except Exception as exc:
+                    if not calibrating:
+                        raise
+                    raise QuantizationError(
+                        f"{op.where}: quantized forward failed: {type(exc).__name__}: {exc}") from exc
+                for name, value in zip(node.output, outs):
+                    if name:
+                        env[name] = dataclasses.replace(value, name=name)
+            for name in dead:  # free what no later node reads
+                env.pop(name, None)
+                ctx.release(name)
+        if skipped:
+            return []
         return [env[name] for name in self.numpy_module.output_names]
+
+    def _out_of_memory(self, op: QuantizedOp, q_inputs: Sequence[Any], calibrating: bool) -> OutOfMemoryError:
+        shapes = [tuple(np.shape(q)) for q in q_inputs]
+        if not calibrating:
+            return OutOfMemoryError(f"{op.where} ran out of memory in the integer program on inputs of shapes "
+                                    f"{shapes}; pass fewer samples per call")
+        size = self.calibration_chunk_size
+        if size > 1:
+            advice = (f"pass a smaller calibration_chunk_size to quantize (now {size} samples; try "
+                      f"{max(1, size // 4)})")
+        elif size == 1:
+            advice = "even one sample at a time: the model needs more memory than is free"
+        else:
+            advice = "the calibration inputs cannot be split into samples: calibrate on fewer"
+        return OutOfMemoryError(f"{op.where} ran out of memory calibrating the integer program on inputs of shapes "
+                                f"{shapes}; {advice}")
 
     def __repr__(self) -> str:
         c = self.config
@@ -302,44 +455,91 @@ class QuantizedModule:
 
 
 def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
-                    rounding_threshold_bits: Any = None) -> QuantizedModule:
+                    rounding_threshold_bits: Any = None, calibration_chunk_size: int | None = None) -> QuantizedModule:
     """Calibrate ``module`` on ``calibration_data`` and build its ``QuantizedModule``.
 
     ``n_bits`` is an int, or a dict with ``model_inputs``, ``op_inputs``, ``op_weights`` and
     ``model_outputs``. ``rounding_threshold_bits`` (int, or ``{"n_bits": int, "method":
     "exact" | "approximate"}``) rounds each lookup input to that many bits.
 
+    Calibration holds a few samples at a time, never the whole set (see
+    ``cml_core.quantization.calibration``): the float model runs one sample at a time, the integer
+    program ``calibration_chunk_size`` samples at a time (default ``None``: as many as fit in
+    ``calibration.CHUNK_MEMORY_BUDGET``, estimated from one sample). Samples are slices along the
+    first axis of the inputs. The result does not depend on the chunk size; smaller chunks take
+    less memory, and for models whose calibration fits quantizers inside ops (LayerNormalization,
+    Softmax, ...) or rounds lookups, more passes over the data when the set spans several chunks.
+
+    Returns:
+        The calibrated ``QuantizedModule``.
+
+    Warns:
+        CalibrationWarning: an input constant over the samples, an input range dominated by outliers, or bit widths
+            that leave the model no better than chance (see ``calibration.calibration_warnings``).
+
     Raises:
-        QuantizationError: bad calibration data (wrong shape, empty, NaN/inf), bad settings, a node
+        QuantizationError: bad calibration data (wrong shape, empty, NaN/inf), bad settings, an
+            input type quantization cannot represent (bfloat16, complex, strings), a node
             producing NaN/inf on the calibration data, or an op without a quantized implementation.
+        InputError: calibration data of a type that is not a real number (complex, strings).
+        OutOfMemoryError: calibration does not fit in memory (naming the node; lower
+            ``calibration_chunk_size``).
     """
     config = parse_config(n_bits, rounding_threshold_bits)
+    requested_chunk = calibration.check_chunk_size(calibration_chunk_size)
     inputs = _as_inputs(module, calibration_data, "calibration data")
     missing = [b for b in module.nodes if b.impl.quantized is None]
     if missing:
         names = ", ".join(f"{b.where} from {b.impl.provider}" for b in missing[:5])
         raise QuantizationError(f"{len(missing)} node(s) have no quantized implementation: {names}")
-    values = module.run(*inputs, keep_intermediates=True)
     producers: dict[str, tuple[str, str]] = {}
-    ranges: dict[str, tuple[float, float]] = {}
     for bound in module.nodes:
         for name in bound.node.output:
             if name:
                 producers[name] = (bound.name, bound.impl.display_name)
-    for name, value in values.items():
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "fiub" or arr.size == 0 or name in module.constants:
-            continue
-        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-            node, op = producers.get(name, ("?", "?"))
-            raise QuantizationError(
-                f"node {node!r} ({op}) produces NaN or infinity in tensor {name!r} on the calibration data; "
-                "check the inputs' domain for this op (e.g. Log of non-positive values)"
-            )
-        ranges[name] = (float(arr.min()), float(arr.max()))
+    n_samples = calibration.sample_count(module, inputs)
+    statistics = calibration.float_statistics(module, inputs, n_samples, producers)
+    ranges = statistics.ranges
     input_quantizers = [UniformQuantizer.fit(*ranges[s.name], config.model_inputs) for s in module.inputs]
     ops = [b.impl.quantized(b) for b in module.nodes]  # type: ignore[misc]
+    has_weights = any(isinstance(op, LinearOp) for op in ops)
+    for message in calibration.calibration_warnings(module, inputs, n_samples, ranges, config, has_weights):
+        warnings.warn(CalibrationWarning(message), stacklevel=_user_stacklevel())
     qmodule = QuantizedModule(module, config, ranges, input_quantizers, ops, producers)
-    qmodule._calibration_inputs = [qz.quant(a) for qz, a in zip(input_quantizers, inputs)]
+    qmodule._calibration_data = inputs
+    qmodule._calibration_samples = n_samples
+    qmodule.calibration_chunk_size = calibration.chunk_size(requested_chunk, n_samples, statistics.peak_elements)
     qmodule.calibrate_integers()
     return qmodule
+
+
+def _as_integers(floats: NDArray[Any], name: str, dtype: np.dtype[Any]) -> NDArray[Any]:
+    """``floats`` as ``dtype`` integers: rounded to nearest, clipped to the type's range (see ``dequantize_output``)."""
+    values = np.asarray(floats)
+    nan = 0
+    if values.dtype.kind in "fc":
+        values = np.rint(values.real.astype(np.float64))
+        missing = np.isnan(values)
+        nan = int(np.count_nonzero(missing))
+        if nan:
+            values[missing] = 0.0
+    if dtype.kind == "b" or values.dtype.kind == "b":
+        return np.asarray(values != 0).astype(dtype)
+    info = np.iinfo(dtype)
+    low, high = info.min, info.max
+    if values.dtype.kind == "f":  # the largest float not above high (int64's maximum rounds up as a float)
+        top = float(high)
+        bounds: tuple[Any, Any] = (float(low), top if int(top) <= high else float(np.nextafter(top, 0.0)))
+    else:  # integers: the type's range, within what the values' own type can hold
+        have = np.iinfo(values.dtype)
+        bounds = (values.dtype.type(max(low, have.min)), values.dtype.type(min(high, have.max)))
+    outside = int(np.count_nonzero((values < bounds[0]) | (values > bounds[1])))
+    clipped = np.clip(values, *bounds) if outside else values
+    if outside or nan:
+        parts = [f"{outside} value(s) outside [{low}, {high}] were clipped to it"] if outside else []
+        parts += [f"{nan} NaN value(s) became 0"] if nan else []
+        warnings.warn(SaturationWarning(
+            f"output {name!r} is declared {dtype}: " + ", ".join(parts) + " instead of wrapping around; the "
+            "integer outputs lie outside what calibration saw (check the inputs' range, or the circuit's results)"),
+            stacklevel=_user_stacklevel())
+    return clipped.astype(dtype)

@@ -86,6 +86,20 @@ class UniformQuantizer:
         integers: NDArray[Any] = np.clip(q, self.q_min, self.q_max).astype(np.int64)
         return integers
 
+    def quant_counting(self, values: Any) -> tuple[NDArray[Any], int]:
+        """``quant(values)`` and how many values were saturated: more than half a step beyond the
+        representable range, so that clipping, not rounding, decided their integer.
+
+        A value at most half a step beyond it errs no more than rounding does and does not count
+        (the ends of the calibration range can lie there: the zero point is rounded).
+        """
+        steps = np.asarray(values, dtype=np.float64) / self.scale  # as in quant: zero point added after rounding
+        slack = 0.5 + 1e-9  # half a step, and float rounding of the division
+        low, high = self.q_min - self.zero_point - slack, self.q_max - self.zero_point + slack
+        outside = int(np.count_nonzero((steps < low) | (steps > high)))
+        integers: NDArray[Any] = np.clip(np.rint(steps) + self.zero_point, self.q_min, self.q_max).astype(np.int64)
+        return integers, outside
+
     def dequant(self, qvalues: Any) -> NDArray[Any]:
         """Floats (float64) that ``qvalues`` represent."""
         return self.scale * (np.asarray(qvalues, dtype=np.float64) - self.zero_point)
