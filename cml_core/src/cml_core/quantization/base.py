@@ -71,13 +71,20 @@ class QuantizedOp:
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue | tuple[QValue, ...]:
         raise NotImplementedError(f"{type(self).__name__} does not implement encrypted_forward")
 
-    def fitted_quantizer(self, ctx: QuantContext, key: str, values: Any, n_bits: int | None = None) -> UniformQuantizer:
+    def fitted_quantizer(self, ctx: QuantContext, key: str, values: Any, n_bits: int | None = None,
+                         min_span: float = 0.0) -> UniformQuantizer:
         """A quantizer for an intermediate (non-ONNX) tensor, fitted on its calibration ``values``.
 
-        Fitted on the range of the finite ``values`` over the whole calibration set and kept in
-        ``state``; ``values`` is ignored afterwards. When the calibration runs in several chunks,
-        the first passes only collect the range: the call raises ``PendingRange``, which must
-        propagate (the calibration stops the node here and runs it again once the range is known).
+        Fitted on the range of the finite ``values`` over the whole calibration set, widened
+        about its middle to at least ``min_span`` (unless no value is finite: then [0, 0]), and
+        kept in ``state``; ``values`` is ignored afterwards.
+
+        Pass the values themselves, one per element or row of the current data, not a summary
+        of them: calibration may run in chunks of samples, and the range over the whole set is
+        taken as the union of the chunks' ranges. Anything computed from the range (a widening)
+        belongs in the arguments, where it applies to the whole range. With several chunks the
+        first passes only collect the range and the call raises ``PendingRange``, which must
+        propagate (the node stops here and runs again once the range is known).
 
         Raises:
             QuantizationError: called outside calibration for a key that was never fitted.
@@ -91,6 +98,9 @@ class QuantizedOp:
             low, high = ctx.calibrated_range(f"{self.where}:{key}@{id(self):x}", low, high)
             if low > high:  # no finite value in the whole calibration set
                 low = high = 0.0
+            elif high - low < min_span:
+                widen = (min_span - (high - low)) / 2
+                low, high = low - widen, high + widen
             self.state[key] = UniformQuantizer.fit(low, high, n_bits or ctx.config.op_inputs)
         return self.state[key]  # type: ignore[no-any-return]
 
