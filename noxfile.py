@@ -14,7 +14,9 @@ def install(session: nox.Session, *extra: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    install(session, "-e", "examples/cml-ops-example", "pytest", "hypothesis", "onnxruntime", "scikit-learn")
+    # onnxscript: torch's default (dynamo) ONNX exporter needs it
+    install(session, "-e", "examples/cml-ops-example", "pytest", "hypothesis", "onnxruntime", "onnxscript==0.7.*",
+            "scikit-learn")
     session.run("python", "-m", "pytest", *session.posargs, env={"CI": "1"})
 
 

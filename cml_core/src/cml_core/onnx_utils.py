@@ -348,7 +348,7 @@ def inline_external_data(model: onnx.ModelProto, base_dir: str) -> None:
                 f"{what} declares dims {list(tensor.dims)} ({want} bytes) but its external data entry says "
                 f"{length} bytes; the model and its data file {location!r} do not match"
             )
-        data = read_regular_file(path, f"external data file {location!r} of {what}", offset or 0, want)
+        data = read_regular_file(path, f"external data file {location!r} of {what} (in {base_dir})", offset or 0, want)
         tensor.raw_data = data
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
