@@ -327,7 +327,7 @@ class NumpyModule:
             raise ModelLoadError(f"{bound.where}: {exc}") from exc
         except Exception as exc:  # a plugin's check that itself failed
             raise ModelLoadError(
-                f"{bound.where}: the load-time check from {bound.impl.provider} failed: {type(exc).__name__}: {exc}"
+                f"{bound.where}: the load-time check from {bound.impl.provider.distribution} failed: {type(exc).__name__}: {exc}"
             ) from exc
 
     def _fold_constants(self) -> None:
