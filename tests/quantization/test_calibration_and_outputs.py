@@ -124,7 +124,7 @@ def test_chunked_calibration_of_layer_normalization_equals_one_chunk(rounding):
 @pytest.mark.parametrize("min_span", [0.0, 3.0, 50.0])
 def test_fitted_quantizer_over_chunks_equals_one_chunk(min_span):
     module = _gemm_relu_model()
-    op = module.quantize(np.ones((2, 4), np.float32)).ops[1]
+    op = module.quantize(np.random.default_rng(20).normal(size=(2, 4)).astype(np.float32)).ops[1]
     values = np.random.default_rng(19).normal(scale=4, size=(3, 10))
     values[1, 4] = np.nan  # not finite: left out
     values[2] = np.inf  # a chunk without a finite value
