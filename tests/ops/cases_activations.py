@@ -40,18 +40,28 @@ def _alpha(low=-3.0, high=3.0):
     return float32s(low, high)
 
 
-def _case(op_type, **kwargs):
-    return OpCase(op_type, lambda opset: _unary(**kwargs))
+def _case(op_type, quantizable=None, **kwargs):
+    """A unary op's case; ``quantizable`` overrides ``_unary``'s arguments for the quantized twin's
+    examples (float dtypes, a domain the quantized inputs stay inside)."""
+    examples = None if quantizable is None else (lambda opset: _unary(**{**kwargs, **quantizable}))
+    return OpCase(op_type, lambda opset: _unary(**kwargs), quantizable=examples)
 
+
+# quantized inputs move by up to half a step past the drawn values (at 4 bits, 1/30 of their
+# range): the quantized twins' examples keep clear of the domain's edges by more than that
+_INSIDE_UNIT = {"low": -0.9, "high": 0.9}
+
+
+_IS_INF_ATTRIBUTES = {"detect_negative": st.integers(0, 1), "detect_positive": st.integers(0, 1)}
 
 CASES = [
-    _case("Abs", dtypes=FLOATS + (np.int32, np.int64)),
-    _case("Acos", low=-1.2, high=1.2),
-    _case("Acosh", low=0.9, high=10.0),
-    _case("Asin", low=-1.2, high=1.2),
+    _case("Abs", dtypes=FLOATS + (np.int32, np.int64), quantizable={"dtypes": FLOATS}),
+    _case("Acos", low=-1.2, high=1.2, quantizable=_INSIDE_UNIT),
+    _case("Acosh", low=0.9, high=10.0, quantizable={"low": 1.5}),
+    _case("Asin", low=-1.2, high=1.2, quantizable=_INSIDE_UNIT),
     _case("Asinh"),
     _case("Atan"),
-    _case("Atanh", low=-1.1, high=1.1),
+    _case("Atanh", low=-1.1, high=1.1, quantizable=_INSIDE_UNIT),
     _case("Celu", attributes={"alpha": _alpha(0.1, 3.0)}, dtypes=(np.float32,)),  # the schema allows float only
     _case("Cos"),
     _case("Cosh", low=-8.0, high=8.0),
@@ -60,7 +70,8 @@ CASES = [
     _case("Exp", low=-20.0, high=20.0),
     _case("HardSigmoid", attributes={"alpha": _alpha(), "beta": _alpha()}),
     _case("LeakyRelu", attributes={"alpha": _alpha()}),
-    _case("Log", low=-1.0, high=100.0),
+    # from 0.5 to 10, the lowest input is above half a step (its quantized value is never 0)
+    _case("Log", low=-1.0, high=100.0, quantizable={"low": 0.5, "high": 10.0}),
     _case("Relu"),
     _case("Selu", attributes={"alpha": _alpha(0.1, 3.0), "gamma": _alpha(0.1, 3.0)}),
     _case("Sigmoid", low=-50.0, high=50.0),
@@ -70,16 +81,17 @@ CASES = [
     _case("Tan", low=-1.5, high=1.5),
     _case("Tanh"),
     _case("ThresholdedRelu", attributes={"alpha": _alpha()}),
-    _case("Neg", dtypes=FLOATS + (np.int32, np.int64)),
-    _case("Sqrt", low=-1.0, high=100.0),
+    _case("Neg", dtypes=FLOATS + (np.int32, np.int64), quantizable={"dtypes": FLOATS}),
+    _case("Sqrt", low=-1.0, high=100.0, quantizable={"low": 0.0}),  # zero is on every quantization grid
     _case("Reciprocal", low=0.1, high=10.0),
     _case("Round"),
     _case("Floor"),
     _case("Ceil"),
-    _case("Sign", dtypes=FLOATS + (np.int64,)),
-    OpCase("IsNaN", lambda opset: _special_values()),
-    OpCase("IsInf", lambda opset: _special_values({"detect_negative": st.integers(0, 1),
-                                                   "detect_positive": st.integers(0, 1)})),
+    _case("Sign", dtypes=FLOATS + (np.int64,), quantizable={"dtypes": FLOATS}),
+    # integers stand for finite values only: the quantized twins see finite inputs
+    OpCase("IsNaN", lambda opset: _special_values(), quantizable=lambda opset: _unary(dtypes=(np.float32,))),
+    OpCase("IsInf", lambda opset: _special_values(_IS_INF_ATTRIBUTES),
+           quantizable=lambda opset: _unary(attributes=_IS_INF_ATTRIBUTES, dtypes=(np.float32,))),
     _case("Softsign", dtypes=(np.float32,)),  # no float64 kernel in onnxruntime, and the fallback evaluator fails on it
     _case("HardSwish", dtypes=(np.float32,)),
     _case("Mish", dtypes=(np.float32,)),

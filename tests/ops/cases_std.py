@@ -12,6 +12,9 @@ from cml_core.testing import (
     shapes,
 )
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+FLOATS = (np.float32, np.float64)
 
 
 def _values(draw, shape, dtype, low=-10.0, high=10.0):
@@ -31,6 +34,22 @@ def _binary(draw, dtypes=(np.float32, np.float64, np.int64), nonzero_b=False):
             b = np.where(np.abs(b) < 0.1, np.full_like(b, 0.5), b)
     constant = draw(st.sampled_from([(), (1,)]))
     return Example([a, b], constant_inputs=constant)
+
+
+def _away_from_zero(draw, shape, dtype):
+    """Floats with 1 <= |v| <= 10, signs mixed. Quantized over their range (at most 20 wide), a step
+    is at most 20/15 even at 4 bits: none of them rounds to zero."""
+    magnitude = _values(draw, shape, dtype, 1.0, 10.0)
+    return np.where(draw(hnp.arrays(np.bool_, shape)), -magnitude, magnitude).astype(dtype)
+
+
+@st.composite
+def _float_binary(draw, dtypes=FLOATS, divisor=False):
+    """``_binary`` for the quantized twins: float inputs, and a divisor that stays nonzero once quantized."""
+    example = draw(_binary(dtypes))
+    if divisor:
+        example.inputs[1] = _away_from_zero(draw, example.inputs[1].shape, example.inputs[1].dtype)
+    return example
 
 
 @st.composite
@@ -53,7 +72,7 @@ def _identity(draw):
 
 
 @st.composite
-def _reshape(draw, opset):
+def _reshape(draw, opset, constant_shape=False):
     x = draw(float_arrays(shapes(min_dims=1, max_dims=4)))
     size = x.size
     # a target shape of a random factorization, with one -1 and some 0 (copy) entries
@@ -73,7 +92,8 @@ def _reshape(draw, opset):
     attrs = {}
     if opset >= 14 and draw(st.booleans()):
         attrs["allowzero"] = 0
-    return Example([x, np.array(dims, np.int64)], attrs, constant_inputs=draw(st.sampled_from([(1,), ()])))
+    constant = (1,) if constant_shape else draw(st.sampled_from([(1,), ()]))
+    return Example([x, np.array(dims, np.int64)], attrs, constant_inputs=constant)
 
 
 @st.composite
@@ -159,18 +179,24 @@ def _constant(draw, opset):
     return Example([], {kind: value})
 
 
+def _floats_binary(op_type, **kwargs):
+    """A binary op on floats and integers; its quantized twin gets float inputs."""
+    return OpCase(op_type, lambda opset: _binary(**kwargs), quantizable=lambda opset: _float_binary())
+
+
 CASES = [
-    OpCase("Add", lambda opset: _binary()),
-    OpCase("Sub", lambda opset: _binary()),
-    OpCase("Mul", lambda opset: _binary()),
-    OpCase("Div", lambda opset: _binary(nonzero_b=True)),
-    OpCase("Equal", lambda opset: _binary((np.int64, np.float32) if opset >= 11 else (np.int64,))),
-    OpCase("Greater", lambda opset: _binary()),
-    OpCase("Less", lambda opset: _binary()),
+    _floats_binary("Add"),
+    _floats_binary("Sub"),
+    _floats_binary("Mul"),
+    OpCase("Div", lambda opset: _binary(nonzero_b=True), quantizable=lambda opset: _float_binary(divisor=True)),
+    OpCase("Equal", lambda opset: _binary((np.int64, np.float32) if opset >= 11 else (np.int64,)),
+           quantizable=lambda opset: _float_binary((np.float32,))),
+    _floats_binary("Greater"),
+    _floats_binary("Less"),
     OpCase("Not", lambda opset: _not()),
     OpCase("Clip", lambda opset: _clip()),
     OpCase("Identity", lambda opset: _identity()),
-    OpCase("Reshape", _reshape),
+    OpCase("Reshape", _reshape, quantizable=lambda opset: _reshape(opset, constant_shape=True)),
     OpCase("Flatten", lambda opset: _flatten()),
     OpCase("MatMul", lambda opset: _matmul()),
     OpCase("Gemm", lambda opset: _gemm()),
@@ -180,11 +206,13 @@ CASES = [
 
 
 @st.composite
-def _variadic(draw, dtypes=(np.float32, np.float64)):
+def _variadic(draw, dtypes=FLOATS, encrypted=False):
+    """``encrypted``: at least one input is not a constant (for the quantized twins)."""
     dtype = draw(st.sampled_from(dtypes))
     n = draw(st.integers(1, 4))
     shapes_ = draw(broadcastable_shapes(n))
-    return Example([_values(draw, s, dtype) for s in shapes_], constant_inputs=draw(st.sampled_from([(), (0,)])))
+    constant = draw(st.sampled_from([(), (0,)])) if n > 1 or not encrypted else ()
+    return Example([_values(draw, s, dtype) for s in shapes_], constant_inputs=constant)
 
 
 @st.composite
@@ -199,11 +227,15 @@ def _pow(draw):
 
 
 @st.composite
-def _mod(draw):
-    fmod = draw(st.integers(0, 1))
+def _mod(draw, quantizable=False):
+    """``quantizable``: float inputs (fmod=1) and a divisor that stays nonzero once quantized."""
+    fmod = 1 if quantizable else draw(st.integers(0, 1))
     dtype = np.float32 if fmod else np.int64  # fmod=0 is defined for integers only
     sa, sb = draw(broadcastable_shapes(2))
-    a, b = _values(draw, sa, dtype), _values(draw, sb, dtype)
+    a = _values(draw, sa, dtype)
+    if quantizable:
+        return Example([a, _away_from_zero(draw, sb, dtype)], {"fmod": fmod})
+    b = _values(draw, sb, dtype)
     b = np.where(b == 0, np.ones_like(b), b)
     return Example([a, b], {"fmod": fmod})
 
@@ -231,9 +263,10 @@ def _where(draw):
 
 
 @st.composite
-def _cast(draw, opset, like=False):
-    source = draw(st.sampled_from([np.float32, np.float64, np.int32, np.int64]))
-    target = draw(st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.bool_]))
+def _cast(draw, opset, like=False, quantizable=False):
+    """``quantizable``: a float source cast to a float or boolean (what a quantized twin outputs)."""
+    source = draw(st.sampled_from([np.float32, np.float64] + ([] if quantizable else [np.int32, np.int64])))
+    target = draw(st.sampled_from([np.float32, np.float64, np.bool_] + ([] if quantizable else [np.int32, np.int64])))
     x = _values(draw, draw(shapes()), source)
     if like:
         return Example([x, np.zeros(1, dtype=target)], constant_inputs=(1,))
@@ -243,13 +276,13 @@ def _cast(draw, opset, like=False):
 
 
 @st.composite
-def _dropout(draw, opset):
+def _dropout(draw, opset, n_outputs=(1, 2)):
     x = draw(float_arrays())
     if opset < 12:
-        return Example([x], {"ratio": draw(float32s(0, 0.9))}, n_outputs=draw(st.integers(1, 2)))
+        return Example([x], {"ratio": draw(float32s(0, 0.9))}, n_outputs=draw(st.sampled_from(n_outputs)))
     ratio = np.array(draw(float32s(0, 0.9)), np.float32)
     inputs = [x] + ([ratio] if draw(st.booleans()) else [])
-    return Example(inputs, constant_inputs=(1,), n_outputs=draw(st.integers(1, 2)))
+    return Example(inputs, constant_inputs=(1,), n_outputs=draw(st.sampled_from(n_outputs)))
 
 
 @st.composite
@@ -298,19 +331,52 @@ def _tile(draw):
     return Example([x, repeats], constant_inputs=(1,))
 
 
+def _slice_start(draw, first, size, step):
+    """An ONNX ``starts`` value selecting ``first`` as the first element: itself, counted from the end,
+    or (at the edge it is clamped to) any value past that edge."""
+    forms = [first, first - size]
+    if step > 0 and first == 0:
+        forms += [-size - draw(st.integers(1, 2)), -(2**31)]
+    if step < 0 and first == size - 1:
+        forms += [size + draw(st.integers(0, 2)), 2**31]
+    return draw(st.sampled_from(forms))
+
+
+def _slice_end(draw, stop, size, step):
+    """An ONNX ``ends`` value stopping before ``stop`` (``size`` past the last element, -1 before the
+    first): itself, counted from the end, or any value the spec clamps to it."""
+    if stop == size:
+        return draw(st.sampled_from([size, size + draw(st.integers(1, 2)), 2**31]))
+    if stop == -1:
+        return draw(st.sampled_from([-size - draw(st.integers(1, 2)), -(2**31)]))
+    return draw(st.sampled_from([stop, stop - size]))
+
+
 @st.composite
-def _slice(draw):
+def _slice(draw, allow_empty=True):
+    """Slices selecting at least one element per axis; with ``allow_empty``, one example in eight
+    draws its bounds at random (out-of-range values, empty and reversed selections)."""
     x = draw(float_arrays(shapes(min_dims=1)))
     axes = draw(st.lists(st.integers(0, x.ndim - 1), min_size=1, max_size=x.ndim, unique=True))
+    at_random = allow_empty and draw(st.sampled_from([False] * 7 + [True]))
     starts, ends, steps = [], [], []
     for a in axes:
         size = x.shape[a]
-        starts.append(draw(st.integers(-size - 2, size + 2)))
-        ends.append(draw(st.integers(-size - 2, size + 2) | st.sampled_from([2**31, -(2**31)])))
-        steps.append(draw(st.sampled_from([1, 1, 2, -1, -2])))
+        step = draw(st.sampled_from([1, 1, 2, -1, -2]))
+        if at_random:
+            starts.append(draw(st.integers(-size - 2, size + 2)))
+            ends.append(draw(st.integers(-size - 2, size + 2) | st.sampled_from([2**31, -(2**31)])))
+        else:
+            first = draw(st.integers(0, size - 1))
+            # stop one past the last selected element: any of them, in the step's direction
+            stop = draw(st.integers(first + 1, size)) if step > 0 else draw(st.integers(-1, first - 1))
+            starts.append(_slice_start(draw, first, size, step))
+            ends.append(_slice_end(draw, stop, size, step))
+        steps.append(step)
     negative_axes = [a - x.ndim if draw(st.booleans()) else a for a in axes]
     inputs = [x, np.array(starts, np.int64), np.array(ends, np.int64)]
-    if draw(st.booleans()) or any(s != 1 for s in steps):
+    # without axes, ONNX slices the first len(starts) axes: leave them out only when those were drawn
+    if axes != list(range(len(axes))) or any(s != 1 for s in steps) or draw(st.booleans()):
         inputs += [np.array(negative_axes, np.int64), np.array(steps, np.int64)]
     return Example(inputs, constant_inputs=tuple(range(1, len(inputs))))
 
@@ -330,11 +396,12 @@ def _gather(draw, elements=False):
 
 
 @st.composite
-def _split(draw, opset):
+def _split(draw, opset, single=False):
+    """``single``: one output (the quantized twins' test compares one output)."""
     x = draw(float_arrays(shapes(min_dims=1)))
     axis = draw(st.integers(-x.ndim, x.ndim - 1))
     size = x.shape[axis]
-    parts = draw(st.integers(1, size))
+    parts = 1 if single else draw(st.integers(1, size))
     if draw(st.booleans()):
         cuts = sorted(draw(st.lists(st.integers(1, size - 1), min_size=parts - 1, max_size=parts - 1, unique=True))) if size > 1 else []
         split = np.diff([0] + cuts + [size]).astype(np.int64)
@@ -342,11 +409,11 @@ def _split(draw, opset):
             return Example([x], {"axis": axis, "split": split.tolist()}, n_outputs=len(split))
         return Example([x, split], {"axis": axis}, constant_inputs=(1,), n_outputs=len(split))
     if opset >= 18:
-        n = draw(st.integers(1, size))
+        n = 1 if single else draw(st.integers(1, size))
         chunk = -(-size // n)
         outputs = -(-size // chunk)
         return Example([x], {"axis": axis, "num_outputs": outputs}, n_outputs=outputs)
-    n = draw(st.sampled_from([d for d in range(1, size + 1) if size % d == 0]))
+    n = 1 if single else draw(st.sampled_from([d for d in range(1, size + 1) if size % d == 0]))
     return Example([x], {"axis": axis}, n_outputs=n)
 
 
@@ -388,47 +455,52 @@ def _shape(draw, opset):
 
 
 @st.composite
-def _constant_of_shape(draw):
+def _constant_of_shape(draw, constant_shape=False):
     from onnx import numpy_helper
 
     shape = np.array(draw(shapes(max_dims=3)), np.int64)
     attrs = {}
     if draw(st.booleans()):
         attrs["value"] = numpy_helper.from_array(np.array([draw(float32s(-5, 5))], np.float32), "v")
-    return Example([shape], attrs, constant_inputs=draw(st.sampled_from([(0,), ()])))
+    # an encrypted shape is an integer tensor: the quantized tests can only take the constant one
+    return Example([shape], attrs, constant_inputs=(0,) if constant_shape else draw(st.sampled_from([(0,), ()])))
 
 
 CASES += [
     OpCase("Pow", lambda opset: _pow()),
-    OpCase("Mod", lambda opset: _mod()),
-    OpCase("Sum", lambda opset: _variadic()),
-    OpCase("Mean", lambda opset: _variadic((np.float32,))),  # float64: no onnxruntime kernel, the fallback evaluator fails
-    OpCase("Max", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,))),
-    OpCase("Min", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,))),
-    OpCase("GreaterOrEqual", lambda opset: _binary()),
-    OpCase("LessOrEqual", lambda opset: _binary()),
+    OpCase("Mod", lambda opset: _mod(), quantizable=lambda opset: _mod(quantizable=True)),
+    OpCase("Sum", lambda opset: _variadic(), quantizable=lambda opset: _variadic(encrypted=True)),
+    # float64: no onnxruntime kernel, the fallback evaluator fails
+    OpCase("Mean", lambda opset: _variadic((np.float32,)), quantizable=lambda opset: _variadic((np.float32,), True)),
+    OpCase("Max", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,)),
+           quantizable=lambda opset: _variadic(FLOATS if opset >= 12 else (np.float32,), True)),
+    OpCase("Min", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,)),
+           quantizable=lambda opset: _variadic(FLOATS if opset >= 12 else (np.float32,), True)),
+    _floats_binary("GreaterOrEqual"),
+    _floats_binary("LessOrEqual"),
     OpCase("And", lambda opset: _logical()),
     OpCase("Or", lambda opset: _logical()),
     OpCase("Xor", lambda opset: _logical()),
     OpCase("BitShift", lambda opset: _bit_shift()),
     OpCase("Where", lambda opset: _where()),
-    OpCase("Cast", _cast),
-    OpCase("CastLike", lambda opset: _cast(opset, like=True)),
-    OpCase("Dropout", _dropout),
+    OpCase("Cast", _cast, quantizable=lambda opset: _cast(opset, quantizable=True)),
+    OpCase("CastLike", lambda opset: _cast(opset, like=True), quantizable=lambda opset: _cast(opset, True, True)),
+    OpCase("Dropout", _dropout, quantizable=lambda opset: _dropout(opset, n_outputs=(1,))),
     OpCase("Transpose", lambda opset: _transpose()),
     OpCase("Squeeze", _squeeze),
     OpCase("Unsqueeze", _unsqueeze),
     OpCase("Expand", lambda opset: _expand()),
     OpCase("Tile", lambda opset: _tile()),
-    OpCase("Slice", lambda opset: _slice()),
+    OpCase("Slice", lambda opset: _slice(), quantizable=lambda opset: _slice(allow_empty=False)),
     OpCase("Gather", lambda opset: _gather()),
     OpCase("GatherElements", lambda opset: _gather(elements=True)),
-    OpCase("Split", _split),
+    OpCase("Split", _split, quantizable=lambda opset: _split(opset, single=True)),
     OpCase("Concat", lambda opset: _concat()),
     OpCase("Pad", _pad),
     OpCase("Shape", _shape),
     OpCase("Size", lambda opset: _shape(1)),  # opset 1 draws no Shape attributes
-    OpCase("ConstantOfShape", lambda opset: _constant_of_shape()),
+    OpCase("ConstantOfShape", lambda opset: _constant_of_shape(),
+           quantizable=lambda opset: _constant_of_shape(constant_shape=True)),
 ]
 
 
@@ -601,7 +673,7 @@ def _instance_norm(draw):
 
 
 @st.composite
-def _layer_norm(draw):
+def _layer_norm(draw, n_outputs=(1, 3)):
     x = draw(float_arrays(shapes(min_dims=1, max_dims=4, min_side=2), min_value=-3, max_value=3))
     axis = draw(st.integers(-x.ndim, x.ndim - 1))
     normalized = x.shape[axis % x.ndim:]
@@ -609,7 +681,7 @@ def _layer_norm(draw):
     if draw(st.booleans()):
         inputs.append(draw(float_arrays(normalized, min_value=-2, max_value=2)))
     return Example(inputs, {"axis": axis}, constant_inputs=tuple(range(1, len(inputs))),
-                   n_outputs=draw(st.sampled_from([1, 3])))
+                   n_outputs=draw(st.sampled_from(n_outputs)))
 
 
 CASES += [
@@ -617,5 +689,6 @@ CASES += [
     OpCase("LpPool", _lp_pool),
     OpCase("LRN", lambda opset: _lrn()),
     OpCase("InstanceNormalization", lambda opset: _instance_norm()),
-    OpCase("LayerNormalization", lambda opset: _layer_norm()),
+    # Mean and InvStdDev cannot be encrypted outputs
+    OpCase("LayerNormalization", lambda opset: _layer_norm(), quantizable=lambda opset: _layer_norm(n_outputs=(1,))),
 ]

@@ -26,12 +26,22 @@ class Example:
 class OpCase:
     """How to test one op: ``examples(opset)`` returns a strategy of ``Example``.
 
-    ``domain`` is the op's ONNX domain.
+    ``domain`` is the op's ONNX domain. ``quantizable(opset)``, when given, returns the examples
+    the op's quantized twin can be compared on: encrypted (non-constant) inputs float and finite,
+    inside the op's domain even after quantization moves them by half a step, one output, and a
+    non-empty finite result. Give it when many of ``examples`` fall outside that (integer dtypes,
+    NaN inputs, empty slices, values outside the domain), so the quantized tests draw valid cases
+    instead of filtering most of them out.
     """
 
     op_type: str
     examples: Callable[[int], st.SearchStrategy[Example]]
     domain: str = ""
+    quantizable: Callable[[int], st.SearchStrategy[Example]] | None = None
+
+    def quantizable_examples(self, opset: int) -> st.SearchStrategy[Example]:
+        """``quantizable(opset)`` when the case has one, else ``examples(opset)``."""
+        return (self.quantizable or self.examples)(opset)
 
 
 def shapes(min_dims: int = 0, max_dims: int = 4, min_side: int = 1, max_side: int = 5) -> st.SearchStrategy[tuple[int, ...]]:
