@@ -287,6 +287,15 @@ def test_squeeze_without_axes_keeps_the_batch_axis_when_traced(opset):
     np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), clear)
 
 
+def test_squeeze_without_axes_calibrated_on_one_sample_is_named_at_compile_time():
+    x = np.random.default_rng(4).uniform(-1, 1, size=(5, 3)).astype(np.float32)
+    qmodule = load_model(_squeeze_model(13)).quantize(x[:1], n_bits=3)
+    assert qmodule.quantized_forward(qmodule.quantize_input(x)).shape == (5, 2)  # as ONNX: the batch axis stays
+    with pytest.raises(CompileError, match=r"node .*\(Squeeze\) gives output 0 of shape \(4,\) for one sample but "
+                                           r"\(2, 4\) for 2 samples"):
+        qmodule.compile(x[1:2])
+
+
 def test_an_op_that_mixes_samples_is_named_at_compile_time():
     nodes = [helper.make_node("Gemm", ["x", "w"], ["h"]),
              helper.make_node("ReduceSum", ["h", "zero"], ["t"], keepdims=1),  # a sum over the batch axis

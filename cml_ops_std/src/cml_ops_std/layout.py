@@ -1,7 +1,6 @@
 """Ops that select, move or copy elements: transposes, slices, gathers, concatenation, padding."""
 
 import numpy as np
-from cml_core.errors import QuantizationError
 from cml_core.quantization import ConstantOnlyOp, LayoutOp, QuantizedOp, QValue, ShapeOp, backend
 
 from ._opset import OPS
@@ -32,7 +31,9 @@ class QuantizedSqueeze(LayoutOp):
 
     ONNX squeezes every axis of size 1 when no axes are given, so the result would depend on the
     batch size: a circuit is traced on one sample, whose batch axis would go too. Calibration sees
-    the whole calibration batch; the axes it squeezed are the model's, and they are kept.
+    the whole calibration batch; the axes it squeezed are the model's, and they are kept. (After a
+    calibration on one sample, the batch axis is among them; it is squeezed only where it has size
+    1 again, as ONNX does, and compile names the node.)
     """
 
     def encrypted_forward(self, ctx, inputs):
@@ -42,13 +43,7 @@ class QuantizedSqueeze(LayoutOp):
         source = inputs[0]
         if ctx.calibrating or "axes" not in self.state:
             self.state["axes"] = [i for i, d in enumerate(source.shape) if d == 1]
-        axes = self.state["axes"]
-        if any(a >= len(source.shape) or source.shape[a] != 1 for a in axes):
-            raise QuantizationError(
-                f"{self.where}: Squeeze without axes removed axes {axes} in calibration, but now gets shape "
-                f"{source.shape}; give the node explicit axes, or calibrate on more than one sample (with one, "
-                "the batch axis has size 1 and is squeezed too)"
-            )
+        axes = [a for a in self.state["axes"] if a < len(source.shape) and source.shape[a] == 1]
         if not source.uniform:  # a per-position float mapping cannot follow a reshape
             source = ctx.requantize(source)
         shape = tuple(d for i, d in enumerate(source.shape) if i not in axes)
