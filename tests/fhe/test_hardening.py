@@ -317,3 +317,21 @@ def test_choose_rounding_says_when_no_setting_compiles():
     qmodule = load_model(model).quantize(x, n_bits=8)
     with pytest.raises(CompileError, match=r"choose_rounding: no setting tried compiles \(\{'m': 14\}: .*NoParam"):
         choose_rounding(qmodule, x, x, max_drop=0.0, method="approximate", min_bits=14, repeats=1)
+
+
+def test_a_value_computed_from_the_batch_size_is_named_at_compile_time():
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"]), helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["n"]),
+             helper.make_node("Cast", ["n"], ["count"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Div", ["h", "count"], ["mean"]),  # divided by the batch size
+             helper.make_node("Relu", ["mean"], ["r"]), helper.make_node("Gemm", ["r", "w2"], ["y"])]
+    inits = [numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "w"),
+             numpy_helper.from_array(np.linspace(1, -1, 8, dtype=np.float32).reshape(4, 2), "w2"),
+             numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    x = np.random.default_rng(6).uniform(-1, 1, size=(20, 3)).astype(np.float32)
+    qmodule = load_model(model).quantize(x, n_bits=3)
+    with pytest.raises(CompileError, match=r"\(Div\) gives sample 0 other values alone"):
+        qmodule.compile(x)

@@ -233,6 +233,12 @@ def _check_batch_independence(qmodule: QuantizedModule, arrays: Sequence[NDArray
                 if not np.array_equal(np.take(many_data, [i], axis=axis), one_data):
                     raise CompileError(f"{op.where} computes other integers for sample {i} alone than within a batch "
                                        f"of {n} (it mixes samples); {way_out}")
+                # the same integers may stand for other floats (a division by the batch size, composed
+                # into the value's mapping): compare what they stand for too
+                if not np.allclose(np.take(many.float_value(), [i], axis=axis), one.float_value(),
+                                   rtol=1e-6, atol=1e-12, equal_nan=True):
+                    raise CompileError(f"{op.where} gives sample {i} other values alone than within a batch of {n} "
+                                       f"(it depends on the batch size or mixes samples); {way_out}")
     for name, many, one in zip(qmodule.numpy_module.output_names, outputs, singles[0][1]):
         if _batch_axis(np.shape(one.data), np.shape(many.data), n) != 0:
             raise CompileError(f"output {name!r} has shape {np.shape(one.data)} for one sample but "
