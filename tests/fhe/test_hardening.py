@@ -287,6 +287,7 @@ def test_squeeze_without_axes_keeps_the_batch_axis_when_traced(opset):
     np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), clear)
 
 
+@pytest.mark.filterwarnings("ignore::cml_core.errors.SaturationWarning")  # one calibration sample
 def test_squeeze_without_axes_calibrated_on_one_sample_is_named_at_compile_time():
     x = np.random.default_rng(4).uniform(-1, 1, size=(5, 3)).astype(np.float32)
     qmodule = load_model(_squeeze_model(13)).quantize(x[:1], n_bits=3)
