@@ -1,9 +1,26 @@
-"""Where onnxruntime disagrees with the ONNX specification, the ONNX reference evaluator is the oracle.
+"""Where the default oracle cannot judge an op, and what judges it instead, with the reason.
 
-(op type, since-version) -> reason.
+``KNOWN_DISAGREEMENTS``: (op type, since-version) -> reason. onnxruntime disagrees with the ONNX
+specification; the ONNX reference evaluator is the oracle.
+
+``FLOAT64_ORACLE``: op type -> reason. The oracle's float32 kernel is less accurate than the float32
+tolerance (relative to each output value) assumes, so float32 examples are compared with the oracle
+run on the same model in float64, its results rounded to float32. cml computes these ops in float64
+and rounds once, so the comparison is tighter than against the float32 kernel, not looser.
 """
 
 KNOWN_DISAGREEMENTS = {
     ("Dropout", 10): "onnxruntime returns an all-false mask in inference; the spec (and the ONNX reference "
                      "evaluator) keep every element, so the mask is all true",
+}
+
+_FLOAT32_STATISTICS = (
+    "onnxruntime's float32 kernel computes a group's mean and variance in float32, which loses digits when the "
+    "mean is large next to the spread (errors of 4e-5 relative on outputs near 1 were seen), and adds the bias "
+    "to the scaled value in float32, so an output near 0 between terms near 1 carries the terms' rounding "
+    "(a relative error of 2e-2 on 2.3e-3, seen under a random seed)"
+)
+FLOAT64_ORACLE = {
+    "InstanceNormalization": _FLOAT32_STATISTICS,
+    "LayerNormalization": _FLOAT32_STATISTICS,
 }

@@ -1,5 +1,6 @@
 """Every registered op, at each registered since-version, against onnxruntime."""
 
+import numpy as np
 import pytest
 from cml_core.testing import check_op
 from hypothesis import given
@@ -9,7 +10,7 @@ from cml_core import get_registry
 
 from .cases_activations import CASES as ACTIVATION_CASES
 from .cases_std import CASES as STD_CASES
-from .known_disagreements import KNOWN_DISAGREEMENTS
+from .known_disagreements import FLOAT64_ORACLE, KNOWN_DISAGREEMENTS
 
 CASES = {(c.domain, c.op_type): c for c in STD_CASES + ACTIVATION_CASES}
 FIRST_PARTY = {"cml-ops-std", "cml-ops-activations"}
@@ -31,9 +32,24 @@ def test_op_matches_onnxruntime(impl, data):
     reference = None
     if (impl.op_type, impl.since_version) in KNOWN_DISAGREEMENTS:
         reference = _reference_evaluator(impl, example)
+    elif impl.op_type in FLOAT64_ORACLE and any(x is not None and x.dtype == np.float32 for x in example.inputs):
+        reference = _float64_reference(impl, example)
     check_op(impl.op_type, example.inputs, example.attributes, opset=impl.since_version,
              domain=impl.domain, constant_inputs=example.constant_inputs, n_outputs=example.n_outputs,
              reference=reference)
+
+
+def _float64_reference(impl, example):
+    """The oracle's outputs for the example run in float64 (float32 inputs widened), rounded back to float32."""
+    from cml_core.testing import make_node_model
+    from cml_core.testing.checks import run_reference
+    from cml_core.testing.models import feeds_of
+
+    inputs = [x.astype(np.float64) if x is not None and x.dtype == np.float32 else x for x in example.inputs]
+    model = make_node_model(impl.op_type, inputs, example.attributes, opset=impl.since_version, domain=impl.domain,
+                            constant_inputs=example.constant_inputs, n_outputs=example.n_outputs)
+    expected = [v.astype(np.float32) if v.dtype == np.float64 else v for v in run_reference(model, feeds_of(model, inputs))]
+    return lambda *args, **kwargs: expected
 
 
 def _reference_evaluator(impl, example):
