@@ -13,6 +13,7 @@ from cml_core import (
     InputError,
     ModelLoadError,
     NodeExecutionError,
+    NumpyModule,
     OpRegistry,
     OpSet,
     load_model,
@@ -126,6 +127,7 @@ def test_sparse_initializer_is_made_dense(indices):
     dense[0, 1], dense[1, 2] = 1.5, -2.0
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(load_model(_with_sparse(sparse))(x), x + dense)
+    np.testing.assert_array_equal(NumpyModule(_with_sparse(sparse))(x), x + dense)  # built without read_model
 
 
 @pytest.mark.parametrize("indices,dims,match", [

@@ -116,6 +116,8 @@ class NumpyModule:
             raise OutOfMemoryError(f"loading the model ran out of memory: {exc}; a constant is too large") from exc
 
     def _load(self, model: onnx.ModelProto) -> None:
+        if model.graph.sparse_initializer:  # built by hand rather than by read_model: make it dense first
+            model = read_model(model)
         # graph inputs and outputs as declared, read first: a wrong one is named better here than by inference
         constant_names = {init.name for init in model.graph.initializer}
         self.inputs = [tensor_spec(vi, "graph input") for vi in model.graph.input if vi.name not in constant_names]
