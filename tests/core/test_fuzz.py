@@ -6,7 +6,7 @@ called on an input of the declared shape, quantized and inspected with ``cml ins
 ``CmlError`` subclasses may escape, and ``cml inspect`` must answer with an exit code.
 
 The run is bounded and deterministic (fixed seeds). ``CML_FUZZ_ITERATIONS`` sets the number of
-mutants per (model, mutation kind), 150 by default; a larger value is for hunting locally.
+mutants per (model, mutation kind), 400 by default; a larger value is for hunting locally.
 Memory is capped while mutants run, so a mutant asking for a huge tensor meets a ``MemoryError``
 instead of the machine's limit.
 """
@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 
 from cml_core import CmlError, load_model
 
-ITERATIONS = int(os.environ.get("CML_FUZZ_ITERATIONS", "150"))
+ITERATIONS = int(os.environ.get("CML_FUZZ_ITERATIONS", "400"))
 #: memory a mutant may take beyond what the process already maps
 MEMORY_HEADROOM = 3 << 30
 #: inputs larger than this (elements) are not built: the test would be the one asking for the memory

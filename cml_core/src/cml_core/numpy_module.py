@@ -328,8 +328,9 @@ class NumpyModule:
         except ValueError as exc:
             raise ModelLoadError(f"{bound.where}: {exc}") from exc
         except Exception as exc:  # a plugin's check that itself failed
+            provider = bound.impl.provider.distribution
             raise ModelLoadError(
-                f"{bound.where}: the load-time check from {bound.impl.provider.distribution} failed: {type(exc).__name__}: {exc}"
+                f"{bound.where}: the load-time check from {provider} failed: {type(exc).__name__}: {exc}"
             ) from exc
 
     def _fold_constants(self) -> None:
