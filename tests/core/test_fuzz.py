@@ -284,6 +284,19 @@ def _mutate_values(r, model):
     return f"values of {t.name!r} -> {array.reshape(-1)[:6].tolist()}"
 
 
+def _mutate_value_info(r, model):
+    """Declare a type or shape for an intermediate tensor, right or wrong (shape inference merges these)."""
+    names = [n for node in model.graph.node for n in node.output if n]
+    name = r.choice(names)
+    elem = r.choice([F, F, onnx.TensorProto.INT64, onnx.TensorProto.DOUBLE, 0])
+    shape = r.choice([None, [], ["n"], ["n", 3], [2, 3], [-1, 5], ["a", "b", "c", "d"], [2**40]])
+    if r.random() < 0.15:
+        model.graph.value_info.append(helper.make_tensor_sequence_value_info(name, F, shape))
+    else:
+        model.graph.value_info.append(helper.make_tensor_value_info(name, elem, shape))
+    return f"value_info {name!r}: {elem} {shape}"
+
+
 def _mutate_structure(r, model):
     nodes = model.graph.node
     if r.random() < 0.5 and len(nodes) > 1:
@@ -296,7 +309,8 @@ def _mutate_structure(r, model):
 
 
 PROTO_MUTATIONS = [_mutate_dims, _mutate_data_type, _mutate_raw_data, _mutate_attribute, _mutate_names, _mutate_op,
-                   _mutate_opset, _mutate_graph_io, _mutate_external, _mutate_sparse, _mutate_values, _mutate_structure]
+                   _mutate_opset, _mutate_graph_io, _mutate_external, _mutate_sparse, _mutate_values, _mutate_value_info,
+                   _mutate_structure]
 
 
 def _bad_utf8(r, data, model):
