@@ -336,3 +336,19 @@ def test_a_value_computed_from_the_batch_size_is_named_at_compile_time():
     qmodule = load_model(model).quantize(x, n_bits=3)
     with pytest.raises(CompileError, match=r"\(Div\) gives sample 0 other values alone"):
         qmodule.compile(x)
+
+
+def test_compile_onnx_model_reads_external_data_from_base_dir(tmp_path, monkeypatch):
+    from cml_core import ModelLoadError, compile_onnx_model
+
+    from ..core.test_external_data import X, _save_external
+
+    path = _save_external(tmp_path / "models")
+    monkeypatch.chdir(tmp_path)
+    data = path.read_bytes()
+    with pytest.raises(ModelLoadError, match="base_dir"):
+        compile_onnx_model(data, X, n_bits=4)
+    qmodule = compile_onnx_model(data, X, n_bits=4, base_dir=path.parent)
+    reference = compile_onnx_model(path, X, n_bits=4)
+    np.testing.assert_array_equal(qmodule.forward(X, fhe="simulate"), reference.forward(X, fhe="simulate"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]  # nothing written into the cwd

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import io
+import os
 import shutil
 import sys
 import tempfile
@@ -512,11 +513,21 @@ def run_circuit(qmodule: QuantizedModule, q: Sequence[Any], mode: str) -> tuple[
 
 def compile_onnx_model(model: Any, calibration_x: Any, n_bits: Any = 8, rounding_threshold_bits: Any = None,
                        p_error: float | None = None, global_p_error: float | None = None,
-                       configuration: Any = None, verbose: bool = False) -> QuantizedModule:
-    """Load, quantize and compile an ONNX model (path, bytes or ModelProto); returns the QuantizedModule."""
+                       configuration: Any = None, verbose: bool = False,
+                       base_dir: str | os.PathLike[str] | None = None) -> QuantizedModule:
+    """Load, quantize and compile an ONNX model (path, bytes or ModelProto); returns the QuantizedModule.
+
+    ``base_dir`` is the folder of the external data of a model given as bytes or ModelProto (see
+    ``load_model``).
+
+    Raises:
+        ModelLoadError, UnsupportedOpError: from ``load_model``.
+        QuantizationError: from ``quantize`` (``BitWidthError`` for a lookup over 16 bits).
+        CompileError: concrete-python cannot compile the integer program.
+    """
     from .numpy_module import load_model
 
-    qmodule = load_model(model).quantize(calibration_x, n_bits=n_bits, rounding_threshold_bits=rounding_threshold_bits)
+    qmodule = load_model(model, base_dir=base_dir).quantize(calibration_x, n_bits=n_bits, rounding_threshold_bits=rounding_threshold_bits)
     qmodule.compile(calibration_x, p_error=p_error, global_p_error=global_p_error, configuration=configuration,
                     verbose=verbose)
     return qmodule
