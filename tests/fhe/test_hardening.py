@@ -238,24 +238,23 @@ def test_compiling_on_one_sample_keeps_the_quantization_ranges():
 
 def test_the_samples_at_the_extremes_give_the_circuit_of_the_whole_calibration_set():
     from cml_core.demo import load_example
+    from cml_core.fhe import compile as glue
     from concrete import fhe
-
-    from cml_core import fhe as glue
 
     model, data = load_example()
     qmodule = load_model(model).quantize(data["x_train"], n_bits=6, rounding_threshold_bits=6)
-    function, names = glue._traced_function(qmodule)
+    function, names = glue.traced_function(qmodule)
     pool = qmodule._calibration_inputs
     configuration = fhe.Configuration(dump_artifacts_on_unexpected_failures=False, fhe_execution=False)
 
     def mlir(samples):  # no server is built: the program only, with every integer's bit width
         return fhe.Compiler(function, dict.fromkeys(names, "encrypted")).compile(samples, configuration).mlir
 
-    whole = mlir(glue._samples(pool))
+    whole = mlir(glue.samples_of(pool))
     for chunk in (0, 333):  # one batch, or batches of 333 samples (the last one topped up)
-        chosen = glue._extreme_samples(fhe, function, names, pool, chunk)
+        chosen = glue.extreme_samples(fhe, function, names, pool, chunk)
         assert 2 <= len(chosen) <= 40
-        assert mlir(glue._samples([a[chosen] for a in pool])) == whole
+        assert mlir(glue.samples_of([a[chosen] for a in pool])) == whole
 
 
 # -- 6. tracing one sample at a time does not change the graph's meaning ---------------------------

@@ -1,0 +1,131 @@
+"""concrete-python itself: importing it, keeping the exit status, owning its folders, forking configurations."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..errors import CmlError
+
+
+def load_concrete() -> Any:
+    """concrete-python's ``fhe`` module, with its exit handler removed (see ``keep_exit_status``).
+
+    Raises:
+        CmlError: concrete-python is not installed; the message gives the pip line.
+    """
+    try:
+        from concrete import fhe
+    except ImportError as exc:  # the optional FHE backend is missing
+        raise CmlError(
+            "FHE needs concrete-python: pip install 'cml-core[fhe]' (install torch==2.13.0 first on "
+            "CPU-only machines)"
+        ) from exc
+    keep_exit_status()
+    return fhe
+
+
+def keep_exit_status() -> None:
+    """Stop concrete-python from overwriting the process's exit status.
+
+    concrete-python registers an ``atexit`` handler that shuts its dataflow runtime down by calling
+    C ``exit(0)``: once a circuit has been simulated or run, every process would end with status 0,
+    whatever ``sys.exit`` asked for (a failing test run would read as green). The handler only
+    stops runtime threads that the process's exit ends anyway, so it is removed. Safe to call
+    any number of times, and a no-op when concrete-python was never imported.
+    """
+    compiler = sys.modules.get("concrete.compiler")
+    terminate = getattr(compiler, "_terminate_df_parallelization", None)
+    if terminate is not None:
+        atexit.unregister(terminate)
+
+
+# -- where concrete-python writes its compiled libraries ----------------------------------------
+#
+# Each concrete-python server (one for execution, one for simulation) compiles its shared library
+# into a fresh ``tempfile.mkdtemp()`` folder and never removes it (its ``cleanup`` is a no-op), not
+# even when building fails: left alone, a test run leaves dozens of folders behind. While cml
+# builds a server, that call is routed into a folder cml made, and the folder is removed when the
+# server is garbage-collected (or at exit), or at once when building fails.
+
+_T = TypeVar("_T")
+_library_root = threading.local()
+
+
+class _RoutedTempfile:
+    """Stands in for ``tempfile`` inside concrete-python's server module: ``mkdtemp`` goes into
+    the folder cml owns while this thread builds a server, and everything else is ``tempfile``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(tempfile, name)
+
+    def mkdtemp(self, suffix: str | None = None, prefix: str | None = None, dir: str | None = None) -> str:  # noqa: A002
+        root = getattr(_library_root, "path", None)
+        return tempfile.mkdtemp(suffix, prefix, dir if dir is not None or root is None else root)
+
+
+def _route_library_folders() -> bool:
+    server = sys.modules.get("concrete.fhe.compilation.server")
+    if server is None or not hasattr(server, "tempfile"):  # another concrete-python layout: leave it be
+        return False
+    if not isinstance(server.tempfile, _RoutedTempfile):
+        setattr(server, "tempfile", _RoutedTempfile())  # noqa: B010  (the module's global, seen by its functions)
+    return True
+
+
+def _in_owned_folder(build: Callable[[], _T]) -> tuple[_T, str | None]:
+    """Run ``build`` with concrete-python's library folders routed into a new folder; returns
+    the result and that folder (``None`` when routing is unavailable). Removes it if ``build`` fails."""
+    if not _route_library_folders():
+        return build(), None
+    root = tempfile.mkdtemp(prefix="cml-fhe-")
+    previous = getattr(_library_root, "path", None)
+    _library_root.path = root
+    try:
+        result = build()
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    finally:
+        _library_root.path = previous
+    return result, root
+
+
+def own_library_folders(circuit: Any) -> None:
+    """Make each server of ``circuit`` (built now or on first use) keep its library in a folder
+    removed with the server."""
+    module = getattr(circuit, "_module", None)
+    for attribute in ("execution_runtime", "simulation_runtime"):
+        lazy = getattr(module, attribute, None)
+        build = getattr(lazy, "_init", None)
+        if build is None or getattr(lazy, "initialized", True):
+            continue
+
+        def owned(build: Callable[[], Any] = build) -> Any:
+            runtime, root = _in_owned_folder(build)
+            if root is not None:
+                weakref.finalize(runtime.server, shutil.rmtree, root, ignore_errors=True)
+            return runtime
+
+        setattr(lazy, "_init", owned)  # noqa: B010
+
+
+def forked_configuration(fhe: Any, configuration: Any, p_error: float | None, global_p_error: float | None,
+                   verbose: bool) -> tuple[Any, bool, bool]:
+    """The user's configuration forked (theirs is left as it is): no debug dumps into the current
+    directory on failure, and no server built inside ``compile`` (cml builds them, see above).
+    Returns it with whether the user wants the execution and the simulation servers built at once."""
+    base = configuration if configuration is not None else fhe.Configuration()
+    options: dict[str, Any] = {"dump_artifacts_on_unexpected_failures": False, "fhe_execution": False,
+                               "fhe_simulation": False, "show_progress": verbose}
+    if p_error is not None:
+        options["p_error"] = p_error
+    if global_p_error is not None:
+        options["global_p_error"] = global_p_error
+    return base.fork(**options), bool(base.fhe_execution), bool(base.fhe_simulation)
