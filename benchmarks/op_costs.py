@@ -19,7 +19,8 @@ cases = [
   ("LayerNormalization over 8", model(helper.make_node("LayerNormalization", ["x", "s"], ["y"]), ["n", 8], ["n", 8],
        [numpy_helper.from_array(np.ones(8, np.float32), "s")]), (8,)),
   ("MaxPool 2x2 on 1x4x4", model(helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2]), ["n", 1, 4, 4], ["n", 1, 2, 2]), (1, 4, 4)),
-  ("ReduceMax over 8", model(helper.make_node("ReduceMax", ["x"], ["y"], keepdims=1), ["n", 8], ["n", 1]), (8,)),
+  ("ReduceMax over 8", model(helper.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=1), ["n", 8], ["n", 1],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")]), (8,)),
 ]
 for name, m, shape in cases:
     x = rng.normal(size=(100, *shape)).astype(np.float32)

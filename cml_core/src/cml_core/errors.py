@@ -70,7 +70,8 @@ class CalibrationWarning(CmlWarning):
 
 
 class SaturationWarning(CmlWarning):
-    """Inputs fall outside the range seen in calibration and were clipped to it."""
+    """Values were clipped: inputs outside the range seen in calibration, or integer-typed outputs
+    beyond their dtype's range (or NaN, given as 0)."""
 
 
 class PluginConfigWarning(CmlWarning):

@@ -211,8 +211,8 @@ class NumpyModule:
     def check_inputs(self, inputs: Sequence[Any]) -> list[NDArray[Any]]:
         """Validate call-time inputs against the graph inputs and cast them to the declared dtype.
 
-        Values are converted only when nothing is lost: any number type to a float input; integers
-        and booleans to an integer input when every value fits its range; floats to an integer
+        Any real number type converts to a float input (rounded to its precision, as a cast
+        does); integers and booleans convert to an integer input only when every value fits its range; floats to an integer
         input only when every value is a whole number in range (``3.0`` for int8, never ``1.5``,
         ``300``, NaN or infinity). A symbolic dimension named by several axes (``"N"`` in two
         inputs) must have one size in the call.
@@ -516,7 +516,9 @@ def load_model(
 ) -> NumpyModule:
     """Load an ONNX model (path, bytes or ``onnx.ModelProto``) as a ``NumpyModule``.
 
-    The model is checked, strictly shape-inferred and constant-folded; every op is resolved against
+    The model is checked, strictly shape-inferred (an inconsistent node is an error; only when onnx itself
+    cannot run inference, e.g. for a model over 2 GiB, is the model used without inferred shapes) and
+    constant-folded; every op is resolved against
     the installed plugins and each node passes its op's load-time check. Tensors kept in external
     files are read from the model file's own folder, never from outside it; a model given as bytes
     or a ModelProto that has such tensors needs ``base_dir`` (the folder holding the data files).

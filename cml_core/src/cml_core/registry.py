@@ -78,7 +78,7 @@ class OpSet:
 
         ops = OpSet()
 
-        @ops.op("Relu", since=(6, 13, 14), quantized=UnivariateOp)
+        @ops.op("Relu", since=(6, 13, 14), quantized=ElementwiseOp)
         def relu(x, /):
             return np.maximum(x, 0).astype(x.dtype)
     """

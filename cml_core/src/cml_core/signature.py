@@ -136,7 +136,8 @@ class StaticInput:
     """What is known of a node input when the model is loaded, before any call.
 
     ``shape`` holds one entry per axis (an int when fixed, ``None`` when it depends on the call) or
-    is ``None`` when even the rank is unknown; ``value`` is the array when the input is a constant.
+    is ``None`` when even the rank is unknown; ``value`` is the array when the input is an
+    initializer (checks run before constant folding: the output of a ``Constant`` node has ``None``).
     """
 
     shape: tuple[int | None, ...] | None

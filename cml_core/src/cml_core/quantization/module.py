@@ -377,8 +377,14 @@ class QuantizedModule:
                 configuration: Any = None, verbose: bool = False) -> Any:
         """Compile the integer program to an FHE circuit with concrete-python; returns the circuit.
 
+        See ``cml_core.fhe.compile_quantized_module``.
+
         Raises:
             BitWidthError: a lookup needs more than 16 bits (checked before compiling).
+            InputError: ``calibration_x`` does not match the model's inputs.
+            QuantizationError: ``calibration_x`` is empty or holds NaN/infinity.
+            CompileError: an op's result depends on the batch size, or concrete-python cannot
+                compile the circuit (the message names the widest lookups and what to change).
         """
         from ..fhe import compile_quantized_module
 
@@ -478,10 +484,11 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
             that leave the model no better than chance (see ``calibration.calibration_warnings``).
 
     Raises:
-        QuantizationError: bad calibration data (wrong shape, empty, NaN/inf), bad settings, an
+        QuantizationError: empty calibration data or data holding NaN/inf, bad settings, an
             input type quantization cannot represent (bfloat16, complex, strings), a node
             producing NaN/inf on the calibration data, or an op without a quantized implementation.
-        InputError: calibration data of a type that is not a real number (complex, strings).
+        InputError: calibration data that does not match the model's inputs (count, shape), or of
+            a type that is not a real number (complex, strings).
         OutOfMemoryError: calibration does not fit in memory (naming the node; lower
             ``calibration_chunk_size``).
     """
