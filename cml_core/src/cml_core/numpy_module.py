@@ -516,10 +516,9 @@ def load_model(
 ) -> NumpyModule:
     """Load an ONNX model (path, bytes or ``onnx.ModelProto``) as a ``NumpyModule``.
 
-    The model is checked, strictly shape-inferred (an inconsistent node is an error; only when onnx itself
-    cannot run inference, e.g. for a model over 2 GiB, is the model used without inferred shapes) and
-    constant-folded; every op is resolved against
-    the installed plugins and each node passes its op's load-time check. Tensors kept in external
+    The model is checked, strictly shape-inferred (an inconsistent node is an error; when onnx's
+    inference fails for any other reason, the model is used without inferred shapes) and
+    constant-folded; every op is resolved against the installed plugins and each node passes its op's load-time check. Tensors kept in external
     files are read from the model file's own folder, never from outside it; a model given as bytes
     or a ModelProto that has such tensors needs ``base_dir`` (the folder holding the data files).
 
