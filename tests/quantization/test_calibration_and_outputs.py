@@ -109,9 +109,6 @@ def test_chunked_calibration_equals_one_chunk(rounding):
             assert chunked.calibration_passes > 1  # the chain of fitted quantizers took several passes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cml_ops_std's QuantizedNormalization passes fitted_quantizer a range it widened itself "
-    "(_log_variance_range), per chunk; it should pass the values and min_span=MIN_LOG_VARIANCE_SPAN"))
 @pytest.mark.parametrize("rounding", [None, 4])
 def test_chunked_calibration_of_layer_normalization_equals_one_chunk(rounding):
     module = _normalized_model()

@@ -195,8 +195,9 @@ class QuantizedNormalization(QuantizedOp):
             with np.errstate(divide="ignore"):
                 return np.log(variance_unit * np.maximum(np.asarray(t, np.float64), 0.0) + epsilon)
 
-        log_q = self.fitted_quantizer(ctx, "log_variance", self._log_variance_range(total, log_variance)
-                                      if ctx.calibrating else None)
+        # rows that vary only: a constant row's output is 0 whatever its normalizer
+        log_q = self.fitted_quantizer(ctx, "log_variance", log_variance(total[total > 0]) if ctx.calibrating else None,
+                                      min_span=self.MIN_LOG_VARIANCE_SPAN)
         code = ctx.requantize_to(QValue.lazy(total, log_variance, True, name=f"{name}:variance"), log_q,
                                  key=f"{name}:variance")
 
@@ -209,18 +210,6 @@ class QuantizedNormalization(QuantizedOp):
         data = backend.multi_lookup(table, *operands)
         ctx.record_multi_lookup(self.bound.node.output[0], operands)
         return data, out_q
-
-    def _log_variance_range(self, total, log_variance):
-        """Calibration values for the log-variance code: those of the rows that vary (a constant
-        row's output is 0 whatever its normalizer), widened to ``MIN_LOG_VARIANCE_SPAN``."""
-        total = np.asarray(total)
-        values = log_variance(total[total > 0])
-        values = values[np.isfinite(values)]
-        if not values.size:
-            return np.zeros(1)
-        low, high = float(values.min()), float(values.max())
-        widen = max(0.0, self.MIN_LOG_VARIANCE_SPAN - (high - low)) / 2
-        return np.array([low - widen, high + widen])
 
     @staticmethod
     def centered_sum(q, axes, count):
