@@ -1,5 +1,7 @@
 """``cml inspect``: the checks of load_model, exit codes 0 / 1 / 2, one error line and never a traceback."""
 
+import os
+
 import cml_core.cli
 import numpy as np
 import onnx
@@ -65,3 +67,15 @@ def test_garbage_files(tmp_path, capsys, content):
     path.write_bytes(content)
     assert cli(["inspect", str(path)]) == 1
     assert capsys.readouterr().err.startswith("cml: error:")
+
+
+def test_the_cml_command_prints_cml_warnings_as_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CML_PIN_OPS": "Relu"}
+    result = subprocess.run([sys.executable, "-m", "cml_core", "plugins"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "cml: warning: CML_PIN_OPS item 'Relu' is ignored: it has no '='" in result.stderr
+    assert "PluginConfigWarning" not in result.stderr and "plugins.py" not in result.stderr

@@ -6,10 +6,11 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from collections import Counter
 from typing import Any
 
-from .errors import CmlError, UnsupportedOpError
+from .errors import CmlError, CmlWarning, UnsupportedOpError
 from .known_plugins import install_hint
 from .numpy_module import tensor_spec
 from .plugins import get_plugin_manager, get_registry
@@ -144,6 +145,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """cml's own warnings as one ``cml: warning:`` line (no source line); others as Python prints them."""
+    if issubclass(category, CmlWarning):
+        print(f"cml: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cml`` command; returns the exit code."""
     parser = argparse.ArgumentParser(prog="cml", description="ONNX models as NumPy, quantized, encrypted.")
@@ -173,5 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The ``cml`` console script: ``main`` with cml's warnings printed as ``cml: warning:`` lines."""
+    warnings.showwarning = _show_warning
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()
