@@ -241,3 +241,13 @@ def test_layer_normalization_resolves_each_row_at_its_own_scale():
     assert relative_errors(8)[0] < 1
     cls_error, other_error = relative_errors(12)
     assert cls_error < 0.1 and other_error < 0.01
+
+
+def test_gemm_with_an_encrypted_c_far_coarser_than_the_product():
+    """Gemm(a, b, c) all encrypted, b nearly 0 (a constant tensor's quantizer has a scale of its value):
+    c in the product's units (1 / 4.7e-29) overflowed int64 and the output lost c entirely."""
+    a, b, c = np.zeros((1, 1), np.float32), np.full((1, 1), 4.6737863e-29, np.float32), np.ones((1, 1), np.float32)
+    module = load_model(make_node_model("Gemm", [a, b, c], {}, opset=13))
+    for n_bits in (4, 8):
+        qmodule = module.quantize((a, b, c), n_bits=n_bits)
+        np.testing.assert_allclose(qmodule(a, b, c), module(a, b, c), atol=1e-6)

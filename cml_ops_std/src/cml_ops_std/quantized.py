@@ -63,15 +63,37 @@ class QuantizedGemm(_MatrixProduct):
                 else:
                     acc = acc + bias
             else:
-                # one lookup brings the encrypted C into the accumulator's units
-                c_float = c.to_float
-                assert c_float is not None
-
-                def in_accumulator_units(q: np.ndarray) -> np.ndarray:
-                    return np.rint(beta * c_float(q) / scale).astype(np.int64)
-
-                acc = acc + ctx.lookup(c, in_accumulator_units, key=f"{self.bound.name}:C")
+                acc, scale = self._add_encrypted_c(ctx, acc, scale, c, beta)
         return self.accumulator(ctx, acc, scale, float_bias)
+
+    def _add_encrypted_c(self, ctx: QuantContext, acc: Any, scale: float, c: QValue, beta: float) -> tuple[Any, float]:
+        """``acc`` plus ``beta * C`` in one integer unit, and that unit.
+
+        One lookup brings the encrypted C into the accumulator's unit. When the product's
+        resolution is so fine that C would need more than ``MAX_BIAS_UNITS`` of it (a nearly
+        constant factor has a tiny scale), the integers would overflow: the accumulator is first
+        brought to the coarser unit ``max|beta * C| / MAX_BIAS_UNITS`` (in magnitude) by one more
+        lookup: the product is then rounded to 2**-41 of the largest ``|beta * C|``.
+        """
+        c_float = c.to_float
+        assert c_float is not None
+        if "C unit" not in self.state:
+            # ctx.calibrating here: the largest |beta * C| over the whole calibration set
+            largest = float(np.max(np.abs(beta * c.float_value()), initial=0.0))
+            _, largest = ctx.calibrated_range(f"{self.where}:|C|@{id(self):x}", 0.0, largest)
+            coarsest = largest / self.MAX_BIAS_UNITS  # the unit keeps the sign of scale (alpha < 0)
+            self.state["C unit"] = scale if abs(scale) >= coarsest else float(np.copysign(coarsest, scale))
+        unit = float(self.state["C unit"])
+        if unit != scale:
+            ratio = scale / unit
+            product = QValue.lazy(acc, lambda a: scale * np.asarray(a, np.float64), True, name=f"{self.bound.name}:product")
+            acc = ctx.lookup(product, lambda a: np.rint(np.asarray(a, np.float64) * ratio).astype(np.int64),
+                             key=f"{self.bound.name}:product")
+
+        def in_accumulator_units(q: np.ndarray) -> np.ndarray:
+            return np.rint(beta * c_float(q) / unit).astype(np.int64)
+
+        return acc + ctx.lookup(c, in_accumulator_units, key=f"{self.bound.name}:C"), unit
 
 
     def _without_product(self, a: QValue, b: QValue, c: QValue | None, beta: float) -> QValue:
