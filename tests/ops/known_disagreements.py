@@ -23,4 +23,10 @@ _FLOAT32_STATISTICS = (
 FLOAT64_ORACLE = {
     "InstanceNormalization": _FLOAT32_STATISTICS,
     "LayerNormalization": _FLOAT32_STATISTICS,
+    "ReduceLogSumExp": (
+        "onnxruntime's float32 kernel sums the exponentials in float32: when one term is near 1 and the others "
+        "are tiny, each addition rounds at float32's 6e-8 and the log of a sum near 1 turns that absolute error "
+        "into a large relative one (a random seed drew one 0 and 47 values of -7: exact log-sum-exp 0.0419654, "
+        "onnxruntime 0.041963, a relative error of 5e-5)"
+    ),
 }
