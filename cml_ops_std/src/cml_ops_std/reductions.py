@@ -44,12 +44,19 @@ class QuantizedReduceMin(QuantizedReduceMax):
 
 
 class QuantizedMapSum(QuantizedOp):
-    """sum(g(x)) over axes then h: one lookup for g, an integer sum, h joins the next lookup."""
+    """sum(|x| ** power) over axes, then h: exact on the quantized integers of x.
 
-    def g(self, x, shift):
-        raise NotImplementedError
+    One lookup maps each element to ``|q - zero_point| ** power``, an exact integer, where ``q`` are
+    x's ``n``-bit integers (when x is not ``n``-bit integers yet, its requantization is composed into
+    that lookup); the sum over each group is an integer sum. The result is exact for the quantized
+    input however small a group is next to the others, where an ``n``-bit quantizer of ``|x| ** power``
+    for the whole tensor rounded a small group's terms to 0. ``h`` (ReduceL2's square root) joins the
+    next lookup. The price is width: squares take up to ``2n`` bits, their sum ``2n + log2(K)``.
+    """
 
-    def h(self, total, shift):
+    power = 1
+
+    def h(self, total):
         return total
 
     def axes(self, inputs, shape):
@@ -58,36 +65,37 @@ class QuantizedMapSum(QuantizedOp):
     def encrypted_forward(self, ctx, inputs):
         source = inputs[0]
         axes = self.axes(inputs, source.shape)
-        to_float = source.to_float
-        shift = self.state.setdefault("shift", ctx.float_ranges.get(source.name, (0.0, 0.0))[1])
-        values = self.g(source.float_value(), shift) if ctx.calibrating else None
-        quantizer = self.fitted_quantizer(ctx, "g", values)
-        mapped = ctx.lookup(source, lambda q: quantizer.quant(self.g(to_float(q), shift)), key=f"{self.bound.name}:g")
-        acc = self.sum(mapped, axes)
-        count = int(np.prod([source.shape[a] for a in axes])) if axes else 1
-        scale, zero_point = quantizer.scale, quantizer.zero_point
+        if source.is_affine:
+            scale, zero_point = source.scale, source.zero_point
 
-        def total(a):
-            return self.h(scale * (np.asarray(a, dtype=np.float64) - count * zero_point), shift)
+            def levels(q):
+                return np.asarray(q, np.int64) - zero_point
+        else:
+            quantizer = ctx.quantizer_for(source.name)
+            scale, zero_point, to_float = quantizer.scale, quantizer.zero_point, source.to_float
 
-        return QValue.lazy(acc, total, True)
+            def levels(q):
+                return quantizer.quant(to_float(q)) - zero_point
+
+        power = self.power
+        mapped = ctx.lookup(source, lambda q: np.abs(levels(q)) ** power, key=f"{self.bound.name}:g")
+        unit = scale**power
+        return QValue.lazy(self.sum(mapped, axes), lambda a: self.h(unit * np.asarray(a, np.float64)), True)
 
     def sum(self, mapped, axes):
         return _drop_axes(np.sum(mapped, axis=axes, keepdims=True), axes, bool(self.attributes.get("keepdims", 1)))
 
 
 class QuantizedReduceL1(QuantizedMapSum):
-    def g(self, x, shift):
-        return np.abs(x)
+    power = 1
 
 
 class QuantizedReduceSumSquare(QuantizedMapSum):
-    def g(self, x, shift):
-        return np.square(x)
+    power = 2
 
 
 class QuantizedReduceL2(QuantizedReduceSumSquare):
-    def h(self, total, shift):
+    def h(self, total):
         return np.sqrt(np.maximum(total, 0))
 
 
