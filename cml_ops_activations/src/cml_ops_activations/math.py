@@ -40,6 +40,14 @@ def _erf(x):
     return np.asarray(_erf_scalar(np.asarray(x, dtype=np.float64)), dtype=np.float64)
 
 
+_erfc_scalar = np.frompyfunc(_math.erfc, 1, 1)
+
+
+def _erfc(x):
+    """1 - erf(x) in float64, without the cancellation of computing it that way for large x."""
+    return np.asarray(_erfc_scalar(np.asarray(x, dtype=np.float64)), dtype=np.float64)
+
+
 erf = _unary("Erf", (9, 13), _erf)
 
 neg = _unary("Neg", (6, 13), np.negative)
