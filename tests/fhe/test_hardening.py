@@ -296,17 +296,22 @@ def test_squeeze_without_axes_calibrated_on_one_sample_is_named_at_compile_time(
         qmodule.compile(x[1:2])
 
 
+def _quantized_n3_to_n2(nodes, inits, seed):
+    """The graph x (n, 3) -> y (n, 2) quantized at 3 bits on 20 random samples, and those samples."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    x = np.random.default_rng(seed).uniform(-1, 1, size=(20, 3)).astype(np.float32)
+    return load_model(model).quantize(x, n_bits=3), x
+
+
 def test_an_op_that_mixes_samples_is_named_at_compile_time():
     nodes = [helper.make_node("Gemm", ["x", "w"], ["h"]),
              helper.make_node("ReduceSum", ["h", "zero"], ["t"], keepdims=1),  # a sum over the batch axis
              helper.make_node("Add", ["h", "t"], ["y"])]
     inits = [numpy_helper.from_array(np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2), "w"),
              numpy_helper.from_array(np.array([0], dtype=np.int64), "zero")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 2])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
-    x = np.random.default_rng(5).uniform(-1, 1, size=(20, 3)).astype(np.float32)
-    qmodule = load_model(model).quantize(x, n_bits=3)
+    qmodule, x = _quantized_n3_to_n2(nodes, inits, seed=5)
     with pytest.raises(CompileError, match=r"ReduceSum.*one sample.*batch axis"):
         qmodule.compile(x)
 
@@ -328,11 +333,7 @@ def test_a_value_computed_from_the_batch_size_is_named_at_compile_time():
     inits = [numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "w"),
              numpy_helper.from_array(np.linspace(1, -1, 8, dtype=np.float32).reshape(4, 2), "w2"),
              numpy_helper.from_array(np.array(0, dtype=np.int64), "zero")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 2])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
-    x = np.random.default_rng(6).uniform(-1, 1, size=(20, 3)).astype(np.float32)
-    qmodule = load_model(model).quantize(x, n_bits=3)
+    qmodule, x = _quantized_n3_to_n2(nodes, inits, seed=6)
     with pytest.raises(CompileError, match=r"\(Div\) gives sample 0 other values alone"):
         qmodule.compile(x)
 
