@@ -1,7 +1,10 @@
 """Reductions and normalizations beyond plain sums: max/min, norms, log-sum-exp, softmax."""
 
+import math
+
 import numpy as np
 from cml_core.quantization import ConstantOnlyOp, QuantizedOp, QValue, backend
+from cml_core.quantization.quantizers import MAX_BITS
 
 from ._opset import OPS
 from .pooling import QuantizedReduceMean, QuantizedReduceSum, _reduce, _reduce_axes
@@ -99,41 +102,69 @@ class QuantizedReduceL2(QuantizedReduceSumSquare):
         return np.sqrt(np.maximum(total, 0))
 
 
+def _group_exponentials(op, ctx, source, axes):
+    """exp(x - max) of each element of each reduced group, and the group's sum of them.
+
+    Each group's encrypted maximum is subtracted first, so its largest term is exp(0) = 1 and
+    no sum is below 1. A group of ``K`` terms sums ``K`` roundings: with each exponential
+    resolved to ``n + ceil(log2(K))`` bits the sum errs by at most half an ``n``-bit step
+    relative to its value, where ``n``-bit exponentials lost a group of many small equal terms
+    entirely (499 terms of 6e-4 beside a 1: each rounded to 0, log of the sum off by 0.26).
+
+    Returns ``(q, top, gap, total)``: the requantized input, each group's maximum (kept dims),
+    the gaps ``top - q`` (unsigned ``n``-bit integers: a lookup operand one bit narrower than the
+    signed ``q - top``) and the sum as a lazy value (float: the sum).
+    """
+    q = ctx.requantize(source)
+    top = backend.reduce_max(q.data, axes)
+    scale = q.scale
+    shifted = QValue.lazy(q.data - top, lambda d: scale * np.asarray(d, np.float64), True,
+                          name=f"{op.bound.name}:shifted")
+    count = int(np.prod([source.shape[a] for a in axes]))
+    extra_bits = max(0, math.ceil(math.log2(count))) if count else 0
+    q_exp = op.fitted_quantizer(ctx, "exp", np.exp(shifted.float_value()) if ctx.calibrating else None,
+                                n_bits=min(ctx.config.op_inputs + extra_bits, MAX_BITS))
+    e = ctx.lookup(shifted, lambda d: q_exp.quant(np.exp(scale * np.asarray(d, np.float64))),
+                   key=f"{op.bound.name}:exp")
+    total = QValue.lazy(np.sum(e, axis=axes, keepdims=True),
+                        lambda t: q_exp.scale * (np.asarray(t, np.float64) - count * q_exp.zero_point), True,
+                        name=f"{op.bound.name}:sum")
+    return q, top, top - q.data, total
+
+
+def _log_of_sum(op, ctx, total):
+    """One lookup: each group's sum to ``log(sum)`` on an ``n``-bit quantizer of its range.
+
+    Uniform steps of the logarithm are uniform relative steps of the sum, so a group summing to
+    about 1 keeps its precision beside groups summing to many times more.
+    """
+    values = np.log(np.maximum(total.float_value(), 1e-300)) if ctx.calibrating else None
+    q_log = op.fitted_quantizer(ctx, "log_sum", values)
+    sum_float = total.to_float
+    return q_log, ctx.lookup(total, lambda v: q_log.quant(np.log(np.maximum(sum_float(v), 1e-300))),
+                             key=f"{op.bound.name}:sum")
+
+
 class QuantizedReduceLogSumExp(QuantizedMapSum):
-    """max + log(sum(exp(x - max))) with the encrypted maximum of each reduced group, so the largest
-    term is exp(0) = 1: one lookup per element, one per group for the sum, one two-input lookup."""
+    """max + log(sum(exp(x - max))) with the encrypted maximum of each reduced group: one lookup per
+    element, one per group for the log of the sum, one two-input lookup adding the two."""
 
     def encrypted_forward(self, ctx, inputs):
         source = inputs[0]
         axes = self.axes(inputs, source.shape)
         if not axes:
             return source  # nothing to reduce: log(exp(x)) is x, exactly
-        q = ctx.requantize(source)
-        top = backend.reduce_max(q.data, axes)
+        q, top, _, total = _group_exponentials(self, ctx, source, axes)
         scale, zero_point = q.scale, q.zero_point
-        shifted = QValue.lazy(q.data - top, lambda d: scale * np.asarray(d, np.float64), True,
-                              name=f"{self.bound.name}:shifted")
-        q_exp = self.fitted_quantizer(ctx, "exp", np.exp(shifted.float_value()) if ctx.calibrating else None)
-        e = ctx.lookup(shifted, lambda d: q_exp.quant(np.exp(scale * np.asarray(d, np.float64))),
-                       key=f"{self.bound.name}:exp")
-        count = int(np.prod([source.shape[a] for a in axes]))
-        total = QValue.lazy(np.sum(e, axis=axes, keepdims=True),
-                            lambda t: q_exp.scale * (np.asarray(t, np.float64) - count * q_exp.zero_point), True,
-                            name=f"{self.bound.name}:sum")
-        q_sum = self.fitted_quantizer(ctx, "sum", total.float_value() if ctx.calibrating else None)
-        sum_float = total.to_float
-        t = ctx.lookup(total, lambda v: q_sum.quant(sum_float(v)), key=f"{self.bound.name}:sum")
-        out_name = self.bound.node.output[0]
-        values = None
-        if ctx.calibrating:
-            values = np.log(np.maximum(q_sum.dequant(t), 1e-300)) + scale * (np.asarray(top) - zero_point)
+        q_log, t = _log_of_sum(self, ctx, total)
+        values = q_log.dequant(t) + scale * (np.asarray(top, np.float64) - zero_point) if ctx.calibrating else None
         q_out = self.fitted_quantizer(ctx, "out", values)
 
         def table(m, v):
-            return q_out.quant(scale * (np.asarray(m, np.float64) - zero_point) + np.log(np.maximum(q_sum.dequant(v), 1e-300)))
+            return q_out.quant(scale * (np.asarray(m, np.float64) - zero_point) + q_log.dequant(v))
 
         data = backend.multi_lookup(table, top, t)
-        ctx.record_multi_lookup(out_name, [top, t])
+        ctx.record_multi_lookup(self.bound.node.output[0], [top, t])
         return QValue.affine(_drop_axes(data, axes, bool(self.attributes.get("keepdims", 1))), q_out.scale,
                              q_out.zero_point)
 
@@ -252,8 +283,9 @@ def _softmax(x, axes, log=False):
 
 
 class QuantizedSoftmax(QuantizedOp):
-    """Softmax / LogSoftmax: exp by a lookup, an integer sum, then one two-input lookup per element
-    (the element's exponential and its row's requantized sum)."""
+    """Softmax / LogSoftmax: exp by a lookup, an integer sum per row, one lookup of the row's sum
+    (to 1 / sum, or log(sum) for LogSoftmax), then one two-input lookup per element of the
+    element's gap to its row's maximum and the row's value."""
 
     log = False
     version = 13
@@ -262,36 +294,27 @@ class QuantizedSoftmax(QuantizedOp):
         source = inputs[0]
         axes = _softmax_axes(np.zeros(source.shape), int(self.attributes.get("axis", -1 if self.version >= 13 else 1)),
                              self.version)
-        # subtract each row's encrypted maximum: the largest term is exp(0) = 1, so no row sums to 0
-        q = ctx.requantize(source)
-        row_max = backend.reduce_max(q.data, axes)
+        q, _, gap, total = _group_exponentials(self, ctx, source, axes)
         scale = q.scale
-        shifted = QValue.lazy(q.data - row_max, lambda d: scale * np.asarray(d, np.float64), True,
-                              name=f"{self.bound.name}:shifted")
-        exp_values = np.exp(shifted.float_value()) if ctx.calibrating else None
-        q_exp = self.fitted_quantizer(ctx, "exp", exp_values)
-        e = ctx.lookup(shifted, lambda d: q_exp.quant(np.exp(scale * np.asarray(d, np.float64))),
-                       key=f"{self.bound.name}:exp")
-        count = int(np.prod([source.shape[a] for a in axes]))
-        total = np.sum(e, axis=axes, keepdims=True)
-        total_float = QValue.lazy(total, lambda t: q_exp.scale * (np.asarray(t, np.float64) - count * q_exp.zero_point),
-                                  True, name=f"{self.bound.name}:sum")
-        sums = total_float.float_value() if ctx.calibrating else None
-        q_sum = self.fitted_quantizer(ctx, "sum", sums)
-        assert total_float.to_float is not None
-        sum_float = total_float.to_float
-        t = ctx.lookup(total_float, lambda q: q_sum.quant(sum_float(q)), key=f"{self.bound.name}:sum")
+        if self.log:
+            q_row, t = _log_of_sum(self, ctx, total)
+        else:
+            # 1 / sum lies in (0, 1]: a uniform step of it bounds every probability's error alike
+            sum_float = total.to_float
+            values = 1 / np.maximum(total.float_value(), 1e-300) if ctx.calibrating else None
+            q_row = self.fitted_quantizer(ctx, "inverse_sum", values)
+            t = ctx.lookup(total, lambda v: q_row.quant(1 / np.maximum(sum_float(v), 1e-300)),
+                           key=f"{self.bound.name}:sum")
         q_out = ctx.quantizer_for(self.bound.node.output[0])
         log = self.log
 
-        def table(a, b):
-            denominator = np.maximum(q_sum.dequant(b), 1e-12)
+        def table(g, b):
+            d = -scale * np.asarray(g, np.float64)  # x - max
             if log:  # log softmax = (x - max) - log(sum): exact in the shifted integers, no log of a tiny exp
-                return q_out.quant(scale * np.asarray(a, np.float64) - np.log(denominator))
-            return q_out.quant(q_exp.dequant(a) / denominator)
+                return q_out.quant(d - q_row.dequant(b))
+            return q_out.quant(np.exp(d) * q_row.dequant(b))
 
-        first = shifted.data if log else e
-        operands = [first, backend.broadcast(t, tuple(e.shape))]
+        operands = [gap, backend.broadcast(t, tuple(gap.shape))]
         data = backend.multi_lookup(table, *operands)
         ctx.record_multi_lookup(self.bound.node.output[0], operands)
         return QValue.affine(data, q_out.scale, q_out.zero_point)
