@@ -10,6 +10,7 @@ from .errors import (
     CmlError,
     CmlWarning,
     CompileError,
+    DeploymentError,
     DuplicateOpError,
     FHEExecutionError,
     InputError,
@@ -35,6 +36,7 @@ __all__ = [
     "CmlError",
     "CmlWarning",
     "CompileError",
+    "DeploymentError",
     "DuplicateOpError",
     "FHEExecutionError",
     "InputError",
@@ -58,6 +60,7 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "load_model",
+    "load_quantized",
 ]
 
 _LAZY = {
@@ -66,6 +69,7 @@ _LAZY = {
     "choose_rounding": ("tuning", "choose_rounding"),
     "compile_onnx_model": ("fhe", "compile_onnx_model"),
     "compile_torch_model": ("fhe", "compile_torch_model"),
+    "load_quantized": ("fhe.deploy", "load_quantized"),
 }
 
 

@@ -57,6 +57,11 @@ class FHEExecutionError(CmlError):
     """Encrypted execution or simulation cannot run on the given integers (wrong range, empty batch)."""
 
 
+class DeploymentError(CmlError):
+    """A saved model, a client artifact, keys or a payload that cannot be used here (corrupt, of
+    another model or key, saved by other versions)."""
+
+
 class OutOfMemoryError(CmlError, MemoryError):
     """An operation ran out of memory; the message says what to make smaller."""
 

@@ -225,36 +225,7 @@ class NumpyModule:
                 dimension, a dtype that cannot be converted, a value out of range, or nested
                 lists that are not rectangular.
         """
-        if len(inputs) != len(self.inputs):
-            raise InputError(
-                f"the model takes {len(self.inputs)} input(s) {self.input_names}, got {len(inputs)}"
-            )
-        checked = []
-        sizes: dict[str, tuple[str, int, int]] = {}  # symbolic dim -> (input, axis, size) where first seen
-        for spec, value in zip(self.inputs, inputs):
-            arr = _input_array(spec, value)
-            if spec.shape is not None:
-                if arr.ndim != len(spec.shape):
-                    raise InputError(
-                        f"input {spec.name!r} must have rank {len(spec.shape)} (shape {_fmt(spec.shape)}), "
-                        f"got shape {arr.shape}"
-                    )
-                for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
-                    if isinstance(want, int) and want != got:
-                        raise InputError(
-                            f"input {spec.name!r} must have shape {_fmt(spec.shape)}, got {arr.shape} "
-                            f"(axis {axis}: expected {want})"
-                        )
-                    if isinstance(want, str) and want:
-                        first, first_axis, size = sizes.setdefault(want, (spec.name, axis, got))
-                        if size != got:
-                            raise InputError(
-                                f"inputs {first!r} and {spec.name!r} share dimension {want!r}, which must have one "
-                                f"size: {first!r} has {want}={size} (axis {first_axis}), {spec.name!r} has "
-                                f"{want}={got} (axis {axis}); give them the same size"
-                            )
-            checked.append(arr)
-        return checked
+        return check_input_arrays(self.inputs, inputs)
 
     def quantize(self, calibration_data: Any, n_bits: Any = 8, **options: Any) -> QuantizedModule:
         """Calibrate on ``calibration_data`` and return an integer-only ``QuantizedModule``.
@@ -395,6 +366,40 @@ def tensor_spec(vi: onnx.ValueInfoProto, role: str) -> TensorSpec:
         ModelLoadError: the value is not a dense tensor of a known element type.
     """
     return TensorSpec(vi.name, value_info_dtype(vi, f"{role} {vi.name!r}"), value_info_shape(vi))
+
+
+def check_input_arrays(specs: Sequence[TensorSpec], inputs: Sequence[Any]) -> list[NDArray[Any]]:
+    """``inputs`` checked against the graph inputs ``specs`` and cast (see ``NumpyModule.check_inputs``)."""
+    if len(inputs) != len(specs):
+        raise InputError(
+            f"the model takes {len(specs)} input(s) {[s.name for s in specs]}, got {len(inputs)}"
+        )
+    checked = []
+    sizes: dict[str, tuple[str, int, int]] = {}  # symbolic dim -> (input, axis, size) where first seen
+    for spec, value in zip(specs, inputs):
+        arr = _input_array(spec, value)
+        if spec.shape is not None:
+            if arr.ndim != len(spec.shape):
+                raise InputError(
+                    f"input {spec.name!r} must have rank {len(spec.shape)} (shape {_fmt(spec.shape)}), "
+                    f"got shape {arr.shape}"
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
+                if isinstance(want, int) and want != got:
+                    raise InputError(
+                        f"input {spec.name!r} must have shape {_fmt(spec.shape)}, got {arr.shape} "
+                        f"(axis {axis}: expected {want})"
+                    )
+                if isinstance(want, str) and want:
+                    first, first_axis, size = sizes.setdefault(want, (spec.name, axis, got))
+                    if size != got:
+                        raise InputError(
+                            f"inputs {first!r} and {spec.name!r} share dimension {want!r}, which must have one "
+                            f"size: {first!r} has {want}={size} (axis {first_axis}), {spec.name!r} has "
+                            f"{want}={got} (axis {axis}); give them the same size"
+                        )
+        checked.append(arr)
+    return checked
 
 
 def _input_array(spec: TensorSpec, value: Any) -> NDArray[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -12,22 +13,25 @@ from numpy.typing import NDArray
 
 from ..errors import CmlError, CompileError
 from .concrete_python import forked_configuration, load_concrete, own_library_folders
+from .program import CircuitProgram
 
 if TYPE_CHECKING:
     from ..quantization.module import QuantizedModule
 
 
-def traced_function(qmodule: QuantizedModule) -> Any:
+def traced_function(qmodule: QuantizedModule) -> tuple[Any, list[str]]:
+    """The integer program as a function of one tracer per model input, named ``x0``, ``x1``, ...
+    (concrete-python reads the parameter names from the signature)."""
     names = [f"x{i}" for i in range(len(qmodule.numpy_module.inputs))]
 
-    def run(*tracers: Any) -> Any:
-        outs = qmodule._run(list(tracers), calibrating=False)
+    def run(*tracers: Any, **named: Any) -> Any:  # concrete-python passes them by name
+        outs = qmodule._run([*tracers, *(named[name] for name in names[len(tracers):])], calibrating=False)
         data = tuple(o.data for o in outs)
         return data[0] if len(data) == 1 else data
 
-    # concrete-python reads parameter names from the signature, so give it named parameters
-    source = f"lambda {', '.join(names)}: run({', '.join(names)})"
-    return eval(source, {"run": run}), names  # noqa: S307  (fixed, generated source)
+    run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names])
+    return run, names
 
 
 def samples_of(arrays: Sequence[NDArray[Any]]) -> list[Any]:
@@ -261,7 +265,7 @@ def compile_quantized_module(qmodule: QuantizedModule, calibration_x: Any, *, p_
     inputset = samples_of([a[chosen] for a in pool])
     config, build_execution, build_simulation = forked_configuration(fhe, configuration, p_error, global_p_error, verbose)
     start = time.perf_counter()
-    qmodule.fhe_circuit = None
+    qmodule.attach_program(None)
     try:
         circuit = fhe.Compiler(function, dict.fromkeys(names, "encrypted")).compile(inputset, config)
         own_library_folders(circuit)
@@ -276,9 +280,7 @@ def compile_quantized_module(qmodule: QuantizedModule, calibration_x: Any, *, p_
     if verbose:
         print(f"compiled in {time.perf_counter() - start:.1f} s on {len(inputset)} samples: "
               f"{circuit_summary(circuit)}", file=sys.stderr)
-    qmodule.fhe_circuit = circuit
-    qmodule._fhe_verbose = verbose  # type: ignore[attr-defined]
-    qmodule._fhe_keys_ready = False  # type: ignore[attr-defined]
+    qmodule.attach_program(CircuitProgram(circuit, verbose))
     return circuit
 
 

@@ -79,7 +79,7 @@ def _route_library_folders() -> bool:
     return True
 
 
-def _in_owned_folder(build: Callable[[], _T]) -> tuple[_T, str | None]:
+def in_owned_folder(build: Callable[[], _T]) -> tuple[_T, str | None]:
     """Run ``build`` with concrete-python's library folders routed into a new folder; returns
     the result and that folder (``None`` when routing is unavailable). Removes it if ``build`` fails."""
     if not _route_library_folders():
@@ -108,7 +108,7 @@ def own_library_folders(circuit: Any) -> None:
             continue
 
         def owned(build: Callable[[], Any] = build) -> Any:
-            runtime, root = _in_owned_folder(build)
+            runtime, root = in_owned_folder(build)
             if root is not None:
                 weakref.finalize(runtime.server, shutil.rmtree, root, ignore_errors=True)
             return runtime
@@ -124,6 +124,8 @@ def forked_configuration(fhe: Any, configuration: Any, p_error: float | None, gl
     base = configuration if configuration is not None else fhe.Configuration()
     options: dict[str, Any] = {"dump_artifacts_on_unexpected_failures": False, "fhe_execution": False,
                                "fhe_simulation": False, "show_progress": verbose}
+    if configuration is None:  # what a deployed model sends over the network: seeded, compressed forms
+        options.update(compress_evaluation_keys=True, compress_input_ciphertexts=True)
     if p_error is not None:
         options["p_error"] = p_error
     if global_p_error is not None:

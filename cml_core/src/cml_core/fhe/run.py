@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from ..errors import CmlError, FHEExecutionError, InputError
 from .compile import compile_failure, samples_of
+from .program import IntegerSpec, Program, empty_outputs
 
 if TYPE_CHECKING:
     from ..quantization.module import QuantizedModule
@@ -19,16 +20,25 @@ if TYPE_CHECKING:
 FHE_MODES = ("disable", "simulate", "execute")
 
 
-def _circuit_inputs(qmodule: QuantizedModule, circuit: Any, q: Sequence[Any]) -> list[NDArray[np.int64]]:
-    """``q`` as int64 arrays the circuit accepts, checked against its inputs."""
-    nodes = circuit.graph.ordered_inputs()
-    names = qmodule.numpy_module.input_names
-    if len(q) != len(nodes):
-        raise InputError(f"the circuit takes {len(nodes)} input(s) {names}, got {len(q)}")
+def _circuit_inputs(qmodule: QuantizedModule, program: Program, q: Sequence[Any]) -> list[NDArray[np.int64]]:
+    """``q`` as int64 arrays the program accepts, checked against its inputs."""
+    return check_integer_inputs(qmodule.numpy_module.input_names, program.inputs, q)
+
+
+def check_integer_inputs(names: Sequence[str], specs: Sequence[IntegerSpec], q: Sequence[Any]) -> list[NDArray[np.int64]]:
+    """``q`` (one batch per input) as int64 arrays, checked against a circuit's ``specs``.
+
+    Raises:
+        InputError: the wrong number of inputs, a sample shape the circuit does not take, NaN,
+            infinity, fractions, or a dtype that is not a number.
+        FHEExecutionError: integers outside what the circuit's inputs hold.
+    """
+    if len(q) != len(specs):
+        raise InputError(f"the circuit takes {len(specs)} input(s) {list(names)}, got {len(q)}")
     arrays = []
-    for name, node, value in zip(names, nodes, q):
+    for name, spec, value in zip(names, specs, q):
         arr = np.asarray(value)
-        sample_shape = tuple(node.output.shape[1:])
+        sample_shape = spec.sample_shape
         if arr.ndim == 0 or tuple(arr.shape[1:]) != sample_shape:
             raise InputError(f"input {name!r}: the circuit takes samples of shape {sample_shape} (a batch of shape "
                              f"(n, {', '.join(map(str, sample_shape))})), got shape {arr.shape}")
@@ -42,16 +52,14 @@ def _circuit_inputs(qmodule: QuantizedModule, circuit: Any, q: Sequence[Any]) ->
         elif arr.dtype.kind not in "iub":
             raise InputError(f"input {name!r} has dtype {arr.dtype}; the circuit takes integers")
         ints = arr.astype(np.int64)
-        dtype = node.output.dtype
-        low, high = int(dtype.min()), int(dtype.max())
-        if ints.size and (int(ints.min()) < low or int(ints.max()) > high):
+        if ints.size and (int(ints.min()) < spec.low or int(ints.max()) > spec.high):
             raise FHEExecutionError(
                 f"input {name!r} holds integers in [{int(ints.min())}, {int(ints.max())}], outside the "
-                f"[{low}, {high}] the circuit's {dtype.bit_width}-bit input can hold; pass "
+                f"[{spec.low}, {spec.high}] the circuit's {spec.bit_width}-bit input can hold; pass "
                 "qmodule.quantize_input(x), which clips to the range seen in calibration")
         arrays.append(ints)
     if len({len(a) for a in arrays}) > 1:
-        raise InputError(f"inputs {names} must have the same number of samples, got {[len(a) for a in arrays]}")
+        raise InputError(f"inputs {list(names)} must have the same number of samples, got {[len(a) for a in arrays]}")
     return arrays
 
 
@@ -72,40 +80,29 @@ def run_circuit(qmodule: QuantizedModule, q: Sequence[Any], mode: str) -> tuple[
     """
     if mode not in FHE_MODES or mode == "disable":
         raise CmlError(f"run_circuit runs 'simulate' or 'execute' (fhe must be one of {FHE_MODES}), got {mode!r}")
-    circuit = qmodule.fhe_circuit
-    if circuit is None:
+    program = qmodule.fhe_program
+    if program is None:
         raise CmlError(f"fhe={mode!r} needs a compiled circuit: call qmodule.compile(calibration_x) first")
-    verbose = getattr(qmodule, "_fhe_verbose", False)
-    arrays = _circuit_inputs(qmodule, circuit, q)
+    arrays = _circuit_inputs(qmodule, program, q)
     if not len(arrays[0]):
-        return tuple(np.zeros((0, *node.output.shape[1:]), dtype=np.int64)
-                     for node in circuit.graph.ordered_outputs())
+        return empty_outputs(program)
     try:
-        if mode == "simulate":
-            circuit.enable_fhe_simulation()
-        else:
-            circuit.enable_fhe_execution()
+        program.prepare(mode)
+    except CmlError:
+        raise
     except Exception as exc:
         raise compile_failure(qmodule, exc, None, None) from exc
-    if mode == "execute" and not getattr(qmodule, "_fhe_keys_ready", False):
-        start = time.perf_counter()
-        if verbose:
-            print("generating keys...", file=sys.stderr, flush=True)
-        circuit.keygen(force=False)
-        qmodule._fhe_keys_ready = True  # type: ignore[attr-defined]
-        if verbose:
-            print(f"keys ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     results: list[tuple[NDArray[Any], ...]] = []
     samples = samples_of(arrays)
     start = time.perf_counter()
     for i, sample in enumerate(samples):
         args = sample if isinstance(sample, tuple) else (sample,)
         try:
-            out = circuit.simulate(*args) if mode == "simulate" else circuit.encrypt_run_decrypt(*args)
+            out = program.simulate(*args) if mode == "simulate" else program.execute(*args)
         except Exception as exc:
             raise FHEExecutionError(f"fhe={mode!r} failed on sample {i}: {type(exc).__name__}: {exc}") from exc
         results.append(out if isinstance(out, tuple) else (out,))
-        if verbose and mode == "execute":
+        if program.verbose and mode == "execute":
             elapsed = time.perf_counter() - start
             print(f"encrypted sample {i + 1}/{len(samples)} ({elapsed / (i + 1):.2f} s/sample)",
                   file=sys.stderr, flush=True)

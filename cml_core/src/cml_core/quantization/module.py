@@ -35,6 +35,8 @@ from .context import (
 from .quantizers import UniformQuantizer, check_n_bits
 from .values import QValue
 
+from ..numpy_module import TensorSpec, check_input_arrays
+
 if TYPE_CHECKING:
     from ..numpy_module import NumpyModule
 
@@ -98,20 +100,59 @@ def _user_stacklevel() -> int:
 
 
 def _check_dtypes(module: NumpyModule, items: Sequence[Any], what: str) -> None:
+    _check_input_dtypes(module.inputs, items, what)
+
+
+def _check_input_dtypes(specs: Sequence[TensorSpec], items: Sequence[Any], what: str) -> None:
     """Refuse inputs declared, or given, in a type quantization cannot represent (bfloat16, complex, strings)."""
-    for spec in module.inputs:
+    for spec in specs:
         if spec.dtype.kind not in calibration.SUPPORTED_KINDS:
             raise QuantizationError(
                 f"input {spec.name!r} is declared {spec.dtype}, which cannot be quantized; quantization supports "
                 f"inputs of {calibration.SUPPORTED_DTYPES}: export the model with a float32 input (a Cast inside "
                 "the model can convert it)"
             )
-    for spec, item in zip(module.inputs, items):
+    for spec, item in zip(specs, items):
         dtype = getattr(item, "dtype", None)
         if isinstance(dtype, np.dtype) and dtype.kind not in calibration.SUPPORTED_KINDS + "V":
             raise InputError(
                 f"{what}: input {spec.name!r} is given as {dtype}; pass real numbers ({calibration.SUPPORTED_DTYPES})"
             )
+
+
+def quantize_inputs(specs: Sequence[TensorSpec], quantizers: Sequence[UniformQuantizer],
+                    float_ranges: dict[str, tuple[float, float]], x: Sequence[Any]) -> list[NDArray[np.int64]]:
+    """Integers for the float inputs ``x`` (one array per input ``specs``), as ``quantize_input`` makes them.
+
+    Values outside an input's calibrated range are clipped to it, with one ``SaturationWarning``
+    per call giving, per input, how many values and the range.
+
+    Raises:
+        InputError: inputs that do not match ``specs`` (count, shape, dtype), or that hold NaN or
+            infinity (naming the input and how many values).
+    """
+    _check_input_dtypes(specs, x, "quantize_input")
+    arrays = check_input_arrays(specs, x)
+    q, clipped = [], []
+    for spec, qz, arr in zip(specs, quantizers, arrays):
+        if arr.dtype.kind == "f":
+            bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise InputError(
+                    f"input {spec.name!r} holds {bad} NaN or infinite value(s) (of {arr.size}); the quantized "
+                    "model has no integer for them: replace them (or drop those samples) before the call"
+                )
+        integers, outside = qz.quant_counting(arr)
+        q.append(integers)
+        if outside:
+            low, high = float_ranges.get(spec.name, (qz.dequant(qz.q_min), qz.dequant(qz.q_max)))
+            clipped.append(f"{outside} of {arr.size} values of input {spec.name!r} fall outside its calibrated "
+                           f"range [{low:.6g}, {high:.6g}]")
+    if clipped:
+        warnings.warn(SaturationWarning(
+            "; ".join(clipped) + ". They were clipped to the range, so outputs for those samples may be far "
+            "from the float model's; calibrate on data that covers such inputs"), stacklevel=_user_stacklevel())
+    return q
 
 
 def _as_inputs(module: NumpyModule, data: Any, what: str) -> list[NDArray[Any]]:
@@ -189,7 +230,21 @@ class QuantizedModule:
         #: passes over the calibration data the last integer calibration took (1 unless chunked)
         self.calibration_passes = 0
         self._release = calibration.release_schedule([op.bound for op in ops], set(module.output_names))
+        #: the concrete-python circuit after ``compile`` (None before, and after anything that changes the program)
         self.fhe_circuit: Any = None
+        self._fhe_program: Any = None  # what runs it (cml_core.fhe.program)
+
+    @property
+    def fhe_program(self) -> Any:
+        """What runs ``fhe="simulate"``/``"execute"``: a ``cml_core.fhe.program.Program``, or None."""
+        if self._fhe_program is None or getattr(self._fhe_program, "circuit", self.fhe_circuit) is not self.fhe_circuit:
+            return None
+        return self._fhe_program
+
+    def attach_program(self, program: Any) -> None:
+        """Run ``fhe="simulate"``/``"execute"`` with ``program`` from now on (None: no circuit)."""
+        self._fhe_program = program
+        self.fhe_circuit = getattr(program, "circuit", None)
 
     @property
     def _calibration_inputs(self) -> list[NDArray[Any]]:
@@ -207,27 +262,7 @@ class QuantizedModule:
             InputError: inputs that do not match the model (count, shape, dtype), or that hold
                 NaN or infinity (naming the input and how many values).
         """
-        _check_dtypes(self.numpy_module, x, "quantize_input")
-        arrays = self.numpy_module.check_inputs(x)
-        q, clipped = [], []
-        for spec, qz, arr in zip(self.numpy_module.inputs, self.input_quantizers, arrays):
-            if arr.dtype.kind == "f":
-                bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
-                if bad:
-                    raise InputError(
-                        f"input {spec.name!r} holds {bad} NaN or infinite value(s) (of {arr.size}); the quantized "
-                        "model has no integer for them: replace them (or drop those samples) before the call"
-                    )
-            integers, outside = qz.quant_counting(arr)
-            q.append(integers)
-            if outside:
-                low, high = self.float_ranges.get(spec.name, (qz.dequant(qz.q_min), qz.dequant(qz.q_max)))
-                clipped.append(f"{outside} of {arr.size} values of input {spec.name!r} fall outside its calibrated "
-                               f"range [{low:.6g}, {high:.6g}]")
-        if clipped:
-            warnings.warn(SaturationWarning(
-                "; ".join(clipped) + ". They were clipped to the range, so outputs for those samples may be far "
-                "from the float model's; calibrate on data that covers such inputs"), stacklevel=_user_stacklevel())
+        q = quantize_inputs(self.numpy_module.inputs, self.input_quantizers, self.float_ranges, x)
         return q[0] if len(q) == 1 else tuple(q)
 
     def quantized_forward(self, *q: Any, fhe: str = "disable") -> Any:
@@ -260,7 +295,7 @@ class QuantizedModule:
             assert value.to_float is not None
             floats = np.asarray(value.to_float(np.asarray(data)))
             if spec.dtype.kind in "iub":
-                outs.append(_as_integers(floats, spec.name, spec.dtype))
+                outs.append(as_integers(floats, spec.name, spec.dtype))
             else:
                 outs.append(floats.astype(spec.dtype))
         return outs[0] if len(outs) == 1 else tuple(outs)
@@ -272,6 +307,23 @@ class QuantizedModule:
         return self.dequantize_output(*(out if isinstance(out, tuple) else (out,)))
 
     __call__ = forward
+
+    @property
+    def output_values(self) -> list[QValue]:
+        """The program's outputs without data: how each output's integers map to floats."""
+        return list(self._outputs)
+
+    def restore_outputs(self, q_inputs: Sequence[Any]) -> None:
+        """Work out ``output_values`` by running the integer program once on ``q_inputs``, for a
+        module whose parameters were restored rather than calibrated (``load_quantized``)."""
+        outputs = self._run([np.asarray(v, dtype=np.int64) for v in q_inputs], calibrating=False)
+        self._outputs = [dataclasses.replace(o, data=None) for o in outputs]
+
+    def save(self, path: Any) -> Any:
+        """Save the compiled module for deployment (see ``cml_core.fhe.deploy.save``); returns the folder."""
+        from ..fhe.deploy import save
+
+        return save(self, path)
 
     # -- reports -------------------------------------------------------------------------------
     def bitwidth_report(self) -> BitWidthReport:
@@ -370,7 +422,7 @@ class QuantizedModule:
             if out.is_constant:
                 raise QuantizationError(f"model output {spec.name!r} does not depend on the inputs; nothing to encrypt")
         self._outputs = [dataclasses.replace(o, data=None) for o in outputs]
-        self.fhe_circuit = None
+        self.attach_program(None)
 
     # -- compilation (see cml_core.fhe) --------------------------------------------------------
     def compile(self, calibration_x: Any, p_error: float | None = None, global_p_error: float | None = None,
@@ -520,7 +572,7 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     return qmodule
 
 
-def _as_integers(floats: NDArray[Any], name: str, dtype: np.dtype[Any]) -> NDArray[Any]:
+def as_integers(floats: NDArray[Any], name: str, dtype: np.dtype[Any]) -> NDArray[Any]:
     """``floats`` as ``dtype`` integers: rounded to nearest, clipped to the type's range (see ``dequantize_output``)."""
     values = np.asarray(floats)
     nan = 0
