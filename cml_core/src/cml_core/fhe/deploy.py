@@ -29,6 +29,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import threading
 import warnings
 import weakref
 import zipfile
@@ -799,6 +800,16 @@ class Server:
         self._server = _load_server(fhe, _artifact(self.folder, self.manifest, SERVER_ZIP))
         self._n_inputs = len(self.manifest["inputs"])
         self._n_outputs = len(self.manifest["outputs"])
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """One pool of ``workers`` threads for every run: concurrent requests share the cores
+        (concrete-python releases the GIL while it computes)."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="cml-fhe")
+            return self._executor
 
     def client_artifact(self) -> bytes:
         """The bytes of ``client.zip``, checked against the manifest."""
@@ -860,8 +871,7 @@ class Server:
             return [v.serialize() for v in (out if isinstance(out, tuple) else (out,))]
 
         if self.workers > 1 and samples > 1:
-            with ThreadPoolExecutor(min(self.workers, samples)) as pool:
-                results = list(pool.map(one, range(samples)))
+            results = list(self._pool().map(one, range(samples)))
         else:
             results = [one(i) for i in range(samples)]
         return pack("results", {"model": self.model_id, "key": keys.key_id, "samples": samples,
