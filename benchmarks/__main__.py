@@ -1,6 +1,6 @@
 """Run the benchmarks and write docs/benchmarks.{json,md,png}.
 
-    python -m benchmarks [--quick] [--samples 3]
+    python -m benchmarks [--quick] [--samples 3] [--only float|quantized|fhe|deployment ...]
 
 Float path: NumpyModule vs onnxruntime (graph optimizations as shipped, one thread) vs the ONNX
 reference evaluator. Clear quantized path: QuantizedModule throughput. FHE: compile and key
@@ -298,6 +298,18 @@ def write(results: dict[str, Any], command: str) -> None:
                              "compile_s", "keygen_s", "seconds_per_encrypted_sample", "encrypted_equals_simulated",
                              "error"]),
         "",
+        "## Deployment (client and server through `cml_core.deploy`)",
+        "",
+        "One client's keys, the test samples encrypted one by one (median), the same batch run by a server "
+        "with 1 and with 2 workers. Sizes are the bytes that cross the network: evaluation keys once per client, "
+        "ciphertexts and results per sample.",
+        "",
+        _md_table(results.get("deployment", []), [
+            "model", "setting", "keygen_s", "evaluation_keys_mb", "encrypt_ms_per_sample", "ciphertext_kb_per_sample",
+            "result_kb_per_sample", "decrypt_ms_per_sample", "server_load_keys_s", "server_s_per_sample_1_worker",
+            "throughput_1_worker_samples_per_s", "throughput_2_worker_samples_per_s", "server_zip_kb",
+            "client_zip_kb", "equals_simulation"]),
+        "",
     ]
     text += targets(results)
     notes = Path(__file__).with_name("NOTES.md")
@@ -308,9 +320,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer settings and a smaller ResNet")
     parser.add_argument("--samples", type=int, default=3, help="encrypted samples per FHE setting")
-    parser.add_argument("--only", choices=["float", "quantized", "fhe"], action="append")
+    parser.add_argument("--only", choices=["float", "quantized", "fhe", "deployment"], action="append")
     args = parser.parse_args()
-    sections = set(args.only or ["float", "quantized", "fhe"])
+    sections = set(args.only or ["float", "quantized", "fhe", "deployment"])
     path = DOCS / "benchmarks.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     results["environment"] = environment()
@@ -320,6 +332,10 @@ def main() -> None:
         results["quantized"] = quantized_path()
     if "fhe" in sections:
         results["fhe"] = fhe_path(args.samples, args.quick)
+    if "deployment" in sections:
+        from .deployment import deployment_path
+
+        results["deployment"] = deployment_path(max(2, args.samples + 1))
     command = "python -m benchmarks" + (" --quick" if args.quick else "")
     write(results, command)
     print(f"wrote {DOCS / 'benchmarks.md'}")

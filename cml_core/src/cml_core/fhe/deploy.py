@@ -533,7 +533,10 @@ class LoadedProgram(Program):
             import jsonpickle
 
             members = _read_zip(self.server_zip, SERVER_ZIP)
-            configuration = fhe.Configuration().fork(**jsonpickle.loads(members["configuration.json"].decode()))
+            with warnings.catch_warnings():  # jsonpickle's notice about its next major version
+                warnings.simplefilter("ignore", DeprecationWarning)
+                saved = jsonpickle.loads(members["configuration.json"].decode())
+            configuration = fhe.Configuration().fork(**saved)
             server = _owned(lambda: fhe.Server.create(members["circuit.mlir"].decode(),
                                                       configuration.fork(fhe_simulation=True), is_simulated=True))
             self._simulation = (fhe.Client(server.client_specs, is_simulated=True), server)
