@@ -1,4 +1,5 @@
-"""The ``cml`` command: list installed ops and plugins, inspect a model, run the demo."""
+"""The ``cml`` command: list installed ops and plugins, inspect a model, run the demo, compile a model
+for deployment, serve it over HTTP, and get encrypted predictions from a server."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import os
 import sys
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from .errors import CmlError, CmlWarning, UnsupportedOpError
+from .errors import CmlError, CmlWarning, InputError, UnsupportedOpError
 from .known_plugins import install_hint
 from .numpy_module import tensor_spec
 from .plugins import get_plugin_manager, get_registry
@@ -145,6 +147,128 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(quiet: bool) -> Callable[[str], None]:
+    """A function printing one ``cml: ...`` progress line on stderr, or nothing when ``quiet``."""
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"cml: {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def load_arrays(paths: list[str], names: list[str], what: str) -> tuple[Any, ...]:
+    """One array per model input (``names``): from one ``.npy`` per input, in order, or an ``.npz``
+    holding them (by input name, else in order). Read without pickle.
+
+    Raises:
+        InputError: a file that cannot be read, or not one array per input.
+    """
+    import numpy as np
+
+    arrays = []
+    for path in paths:
+        try:
+            data = np.load(path, allow_pickle=False)
+            if hasattr(data, "files"):  # an .npz
+                with data:
+                    order = names if set(data.files) == set(names) else data.files
+                    arrays += [data[k] for k in order]
+            else:
+                arrays.append(data)
+        except FileNotFoundError as exc:
+            raise InputError(f"{what}: {path} not found") from exc
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{what}: {path} is not a .npy or .npz file readable without pickle ({exc})") from exc
+    if len(arrays) != len(names):
+        raise InputError(f"{what}: the model takes {len(names)} input(s) {names}, got {len(arrays)} array(s) from "
+                         f"{', '.join(paths)}: pass one .npy per input, in order, or one .npz")
+    return tuple(arrays)
+
+
+def _rounding(text: str) -> str | int | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected auto, none or a number of bits, got {text!r}")
+
+
+def _positive(text: str) -> int:
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Quantize, compile and save a model for ``cml serve``; prints the bit widths and the files."""
+    from .fhe.deploy import read_manifest
+    from .numpy_module import load_model
+
+    say = _progress(args.quiet)
+    say(f"loading {args.model}")
+    module = load_model(args.model)
+    arrays = load_arrays([args.calibration], module.input_names, "--calibration")
+    x = arrays if len(arrays) > 1 else arrays[0]
+    say(f"calibrating on {len(arrays[0])} samples at n_bits={args.n_bits}")
+    fixed = None if args.rounding == "auto" else args.rounding
+    qmodule = module.quantize(x, n_bits=args.n_bits, rounding_threshold_bits=fixed)
+    if args.rounding == "auto":
+        from .tuning import choose_rounding
+
+        say("choosing the rounding: compiling and simulating each candidate")
+        choice = choose_rounding(qmodule, x, x)
+        print(f"rounding: {str(choice).splitlines()[0]}")
+    if args.rounding != "auto" or args.p_error is not None:
+        say("compiling" + ("" if args.p_error is None else f" at p_error={args.p_error}"))
+        qmodule.compile(x, p_error=args.p_error)
+    print(qmodule.bitwidth_report())
+    say(f"saving to {args.output}")
+    folder = qmodule.save(args.output)
+    print(f"model {read_manifest(folder)['model_id']} saved in {folder}: server.zip and manifest.json for "
+          "`cml serve`, client.zip for clients, model.zip for load_quantized (keep it)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a saved model over HTTP until interrupted."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise CmlError(f"cml serve needs FastAPI and uvicorn ({exc}): pip install 'cml-core[serve]'") from exc
+    from .fhe.service import serve
+
+    limits = {name: getattr(args, name) for name in ("max_key_bytes", "max_ciphertext_bytes", "max_samples")
+              if getattr(args, name) is not None}
+    serve(args.folder, args.host, args.port, args.key_store, args.workers, quiet=args.quiet, **limits)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Encrypt inputs, have a ``cml serve`` server compute on them, decrypt, write the outputs."""
+    import numpy as np
+
+    from .fhe.remote import RemoteModel
+
+    say = _progress(args.quiet)
+    say(f"fetching the client artifact from {args.server}")
+    remote = RemoteModel(args.server, keys=args.keys)
+    names = [name for name, _ in remote.client.outputs]
+    several = args.output.endswith(".npz")
+    if len(names) > 1 and not several:
+        raise InputError(f"the model has {len(names)} outputs {names}: pass -o FILE.npz")
+    x = load_arrays(args.inputs, [s.name for s in remote.client.inputs], "input")
+    outputs = remote.predict(*x, progress=say)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    with open(args.output, "wb") as handle:
+        if several:
+            np.savez(handle, **dict(zip(names, outputs)))
+        else:
+            np.save(handle, outputs[0])
+    say(f"wrote {args.output}")
+    return 0
+
+
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     """cml's own warnings as one ``cml: warning:`` line (no source line); others as Python prints them."""
@@ -168,6 +292,39 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="end-to-end encrypted inference on the shipped model")
     demo.add_argument("rest", nargs=argparse.REMAINDER)
     demo.set_defaults(func=cmd_demo)
+    compile_ = sub.add_parser("compile", help="quantize, compile and save a model for `cml serve`")
+    compile_.add_argument("model", help="path to an .onnx file")
+    compile_.add_argument("--calibration", required=True, metavar="FILE",
+                          help="calibration inputs: .npy, or .npz with one array per model input")
+    compile_.add_argument("--n-bits", type=_positive, default=6, help="bits of inputs, weights and activations (6)")
+    compile_.add_argument("--rounding", type=_rounding, default=None, metavar="auto|none|N",
+                          help="bits kept before each lookup: N, none (default), or auto (chosen to keep "
+                               "the float model's argmax on the calibration data: classifiers)")
+    compile_.add_argument("--p-error", type=float, default=None, help="error probability per lookup")
+    compile_.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to save the model in")
+    compile_.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    compile_.set_defaults(func=cmd_compile)
+    serve = sub.add_parser("serve", help="serve a saved model over HTTP")
+    serve.add_argument("folder", help="the folder `cml compile` or qmodule.save wrote")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--key-store", metavar="DIR", default=None,
+                       help="where uploaded evaluation keys are kept, shareable by replicas "
+                            "(default $XDG_CACHE_HOME/cml/server-keys/<model id>)")
+    serve.add_argument("--workers", type=_positive, default=None, help="samples computed at once (default: cores)")
+    serve.add_argument("--max-key-bytes", type=_positive, default=None, help="largest evaluation keys accepted")
+    serve.add_argument("--max-ciphertext-bytes", type=_positive, default=None, help="largest request body accepted")
+    serve.add_argument("--max-samples", type=_positive, default=None, help="most samples in one request")
+    serve.add_argument("-q", "--quiet", action="store_true", help="no log line per request")
+    serve.set_defaults(func=cmd_serve)
+    predict = sub.add_parser("predict", help="encrypted prediction from a `cml serve` server")
+    predict.add_argument("--server", required=True, metavar="URL", help="e.g. http://127.0.0.1:8000")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy per model input, or one .npz")
+    predict.add_argument("-o", "--output", required=True, metavar="FILE", help=".npy (.npz for several outputs)")
+    predict.add_argument("--keys", metavar="DIR", default=None,
+                         help="this client's key folder (default $XDG_CACHE_HOME/cml/keys/<model id>)")
+    predict.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    predict.set_defaults(func=cmd_predict)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
