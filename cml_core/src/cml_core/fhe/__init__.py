@@ -4,8 +4,11 @@
   compiles libraries into, configurations forked so that nothing is dumped into the current directory.
 - ``compile``: tracing the integer program, checking it treats samples independently, choosing the
   compile samples, turning concrete-python's failures into ``CompileError``.
+- ``program``: what runs a compiled program, the circuit compiled here or one loaded from disk.
 - ``run``: simulating or encrypting, running and decrypting, sample by sample.
 - ``models``: one call from an ONNX model or a PyTorch module to a compiled ``QuantizedModule``.
+- ``deploy``: saved artifacts, ``load_quantized``, the ``Client`` that owns the keys and the ``Server``
+  that computes; ``service``: the HTTP service over a ``Server``.
 """
 
 from .compile import circuit_summary, compile_quantized_module

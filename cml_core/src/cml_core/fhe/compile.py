@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import CmlError, CompileError
-from .concrete_python import forked_configuration, load_concrete, own_library_folders
+from .concrete_python import enable_runtime, forked_configuration, load_concrete
 from .program import CircuitProgram
 
 if TYPE_CHECKING:
@@ -268,11 +268,10 @@ def compile_quantized_module(qmodule: QuantizedModule, calibration_x: Any, *, p_
     qmodule.attach_program(None)
     try:
         circuit = fhe.Compiler(function, dict.fromkeys(names, "encrypted")).compile(inputset, config)
-        own_library_folders(circuit)
         if build_execution:  # crypto parameters are chosen here: a failure shows at compile time
-            circuit.enable_fhe_execution()
+            enable_runtime(circuit, "execute")
         if build_simulation:
-            circuit.enable_fhe_simulation()
+            enable_runtime(circuit, "simulate")
     except CmlError:
         raise
     except Exception as exc:

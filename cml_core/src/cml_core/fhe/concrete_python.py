@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import sys
 import tempfile
@@ -97,23 +98,17 @@ def in_owned_folder(build: Callable[[], _T]) -> tuple[_T, str | None]:
     return result, root
 
 
-def own_library_folders(circuit: Any) -> None:
-    """Make each server of ``circuit`` (built now or on first use) keep its library in a folder
-    removed with the server."""
-    module = getattr(circuit, "_module", None)
-    for attribute in ("execution_runtime", "simulation_runtime"):
-        lazy = getattr(module, attribute, None)
-        build = getattr(lazy, "_init", None)
-        if build is None or getattr(lazy, "initialized", True):
-            continue
-
-        def owned(build: Callable[[], Any] = build) -> Any:
-            runtime, root = in_owned_folder(build)
-            if root is not None:
-                weakref.finalize(runtime.server, shutil.rmtree, root, ignore_errors=True)
-            return runtime
-
-        setattr(lazy, "_init", owned)  # noqa: B010
+def enable_runtime(circuit: Any, mode: str) -> None:
+    """Build ``circuit``'s simulation (``mode="simulate"``) or execution server if not built yet,
+    its library in a folder removed with the circuit (at once when nothing was built)."""
+    enable = circuit.enable_fhe_simulation if mode == "simulate" else circuit.enable_fhe_execution
+    _, root = in_owned_folder(enable)
+    if root is None:
+        return
+    if os.listdir(root):
+        weakref.finalize(circuit, shutil.rmtree, root, ignore_errors=True)
+    else:  # the server existed already
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def forked_configuration(fhe: Any, configuration: Any, p_error: float | None, global_p_error: float | None,

@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 
 from ..errors import CmlError, CmlWarning, DeploymentError, InputError
 from ..numpy_module import TensorSpec
-from .concrete_python import in_owned_folder, load_concrete
+from .concrete_python import enable_runtime, in_owned_folder, load_concrete
 from .program import CircuitProgram, IntegerSpec, Program
 
 if TYPE_CHECKING:
@@ -366,10 +366,8 @@ def save(qmodule: QuantizedModule, path: str | os.PathLike[str]) -> Path:
 
 def _deployable_server(fhe: Any, circuit: Any) -> Any:
     """The execution server of ``circuit`` (built in a folder cml owns, see ``concrete_python``)."""
-    server, root = in_owned_folder(lambda: circuit.server)
-    if root is not None:
-        weakref.finalize(server, shutil.rmtree, root, ignore_errors=True)
-    return server
+    enable_runtime(circuit, "execute")
+    return circuit.server
 
 
 # model.zip: the ONNX model and every parameter the quantization fixed

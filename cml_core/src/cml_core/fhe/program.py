@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .concrete_python import enable_runtime
+
 
 @dataclass(frozen=True)
 class IntegerSpec:
@@ -70,10 +72,9 @@ class CircuitProgram(Program):
         self._keys_ready = False
 
     def prepare(self, mode: str) -> None:
+        enable_runtime(self.circuit, mode)
         if mode == "simulate":
-            self.circuit.enable_fhe_simulation()
             return
-        self.circuit.enable_fhe_execution()
         if not self._keys_ready:
             start = time.perf_counter()
             if self.verbose:
