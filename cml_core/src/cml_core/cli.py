@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
 def console_main() -> None:
     """The ``cml`` console script: ``main`` with cml's warnings printed as ``cml: warning:`` lines."""
     warnings.showwarning = _show_warning
+    # concrete-python's namespace package imports pkg_resources, which announces its own deprecation
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     sys.exit(main())
 
 
