@@ -376,3 +376,30 @@ def test_large_keys_through_cml_predict(tmp_path):
     finally:
         service.stop()
         small.stop()
+
+
+def _cnn() -> onnx.ModelProto:
+    """Conv(1->2, 3x3) - Relu - AveragePool - Flatten - Gemm on 1x4x4 images."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"])]
+    weights = {"k": rng.normal(size=(2, 1, 3, 3)), "w": rng.normal(size=(8, 3))}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_cnn_predictions_through_the_service_equal_simulation(tmp_path):
+    x = np.random.default_rng(2).normal(size=(40, 1, 4, 4)).astype(np.float32)
+    qmodule = load_model(_cnn()).quantize(x, n_bits=3)
+    qmodule.compile(x)
+    (tmp_path / "service").mkdir()
+    service = Service(qmodule.save(tmp_path / "cnn"), tmp_path / "service")
+    try:
+        client = Client(tmp_path / "cnn", keys=tmp_path / "keys")
+        assert np.array_equal(service.predict(client, x[:2]), qmodule.forward(x[:2], fhe="simulate"))
+    finally:
+        service.stop()

@@ -47,28 +47,13 @@ def _watch_ops(qmodule: QuantizedModule, arrays: Sequence[Any]) -> tuple[list[tu
     """Run the clear integer program; returns each op with its outputs (in order), the graph's
     outputs, and the error that stopped it (``None`` when it ran through)."""
     seen: list[tuple[Any, tuple[Any, ...]]] = []
-
-    def watched(op: Any) -> Callable[..., Any]:
-        forward = op.forward
-
-        def run(ctx: Any, inputs: Any) -> Any:
-            outs = forward(ctx, inputs)
-            seen.append((op, outs))
-            return outs
-
-        return run
-
-    for op in qmodule.ops:
-        setattr(op, "forward", watched(op))  # noqa: B010  (an instance attribute shadows the method for this run)
     outputs: list[Any] = []
     error = None
     try:
-        outputs = qmodule._run([np.asarray(a) for a in arrays], calibrating=False)
+        outputs = qmodule._run([np.asarray(a) for a in arrays], calibrating=False,
+                               observe=lambda op, outs: seen.append((op, tuple(outs))))
     except Exception as exc:  # noqa: BLE001  (reported by the caller with the node it stopped at)
         error = exc
-    finally:
-        for op in qmodule.ops:
-            vars(op).pop("forward", None)
     return seen, outputs, error
 
 

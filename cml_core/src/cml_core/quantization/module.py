@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -445,11 +445,13 @@ class QuantizedModule:
 
     # -- the integer program -------------------------------------------------------------------
     def _run(self, q_inputs: Sequence[Any], calibrating: bool,
-             calibration: IntegerCalibration | None = None) -> list[QValue]:
+             calibration: IntegerCalibration | None = None,
+             observe: Callable[[QuantizedOp, Sequence[QValue]], None] | None = None) -> list[QValue]:
         """The integer program's outputs for ``q_inputs``.
 
         While calibrating, a node that reaches a parameter not settled yet stops (``PendingRange``)
         and the nodes depending on it are skipped; the outputs are then an empty list.
+        ``observe(op, outputs)`` is called after each op.
         """
         ctx = QuantContext(self.config, self.float_ranges, self.producers, self.sites, self.accumulators,
                            calibrating, calibration=calibration)
@@ -477,6 +479,8 @@ class QuantizedModule:
                         raise
                     raise QuantizationError(
                         f"{op.where}: quantized forward failed: {type(exc).__name__}: {exc}") from exc
+                if observe is not None:
+                    observe(op, outs)
                 for name, value in zip(node.output, outs):
                     if name:
                         env[name] = dataclasses.replace(value, name=name)
