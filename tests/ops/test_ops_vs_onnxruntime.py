@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 from cml_core import get_registry
 
 from .cases_activations import CASES as ACTIVATION_CASES
+from .cases_qdq import CASES as QDQ_CASES
 from .cases_std import CASES as STD_CASES
 from .known_disagreements import FLOAT64_ORACLE, KNOWN_DISAGREEMENTS
 
-CASES = {(c.domain, c.op_type): c for c in STD_CASES + ACTIVATION_CASES}
+CASES = {(c.domain, c.op_type): c for c in STD_CASES + ACTIVATION_CASES + QDQ_CASES}
 FIRST_PARTY = {"cml-ops-std", "cml-ops-activations"}
 IMPLS = [i for i in get_registry() if i.provider.distribution in FIRST_PARTY]
 

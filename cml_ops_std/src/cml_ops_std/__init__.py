@@ -2,7 +2,7 @@
 
 from cml_core import hookimpl
 
-from . import arithmetic, conversion, layout, linalg, normalization, pooling, reductions, shape  # noqa: F401  (modules register their ops on OPS when imported)
+from . import arithmetic, conversion, layout, linalg, normalization, pooling, qdq, reductions, shape  # noqa: F401  (modules register their ops on OPS when imported)
 from ._opset import OPS
 
 
