@@ -3,7 +3,8 @@
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
-PACKAGES = ["-e", "cml_core[fhe,serve,testing]", "-e", "cml_ops_std", "-e", "cml_ops_activations"]
+PACKAGES = ["-e", "cml_core[fhe,serve,testing]", "-e", "cml_ops_std", "-e", "cml_ops_activations", "-e",
+            "cml_ops_qonnx"]
 
 
 def install(session: nox.Session, *extra: str) -> None:
@@ -14,16 +15,18 @@ def install(session: nox.Session, *extra: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    # onnxscript: torch's default (dynamo) ONNX exporter needs it
+    # onnxscript: torch's default (dynamo) ONNX exporter needs it; brevitas and onnxoptimizer (its exporter needs
+    # it) build the QAT models the qonnx plugin is tested on, installed after torch so they keep it
     install(session, "-e", "examples/cml-ops-example", "pytest", "hypothesis", "onnxruntime", "onnxscript==0.7.*",
-            "scikit-learn")
+            "scikit-learn", "brevitas==0.13.*", "onnxoptimizer")
     session.run("python", "-m", "pytest", *session.posargs, env={"CI": "1"})
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "cml_core", "cml_ops_std", "cml_ops_activations", "examples", "tests", "scripts")
+    session.run("ruff", "check", "cml_core", "cml_ops_std", "cml_ops_activations", "cml_ops_qonnx", "examples", "tests",
+                "scripts")
 
 
 @nox.session
