@@ -18,12 +18,13 @@ DOMAIN_PLUGINS: dict[str, dict[str, frozenset[str]]] = {
 KNOWN_PLUGINS: dict[str, frozenset[str]] = {
     "cml-ops-std": frozenset(
         "Add And ArgMax ArgMin AveragePool BatchNormalization BitShift Cast CastLike Clip Concat Constant "
-        "ConstantOfShape Conv ConvTranspose Div Dropout Equal Expand Flatten Gather GatherElements Gemm "
-        "GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual Hardmax Identity InstanceNormalization LRN "
-        "LayerNormalization Less LessOrEqual LogSoftmax LpPool MatMul Max MaxPool Mean Min Mod Mul Not Or Pad "
-        "Pow ReduceL1 ReduceL2 ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum "
-        "ReduceSumSquare Reshape Shape Size Slice Softmax Split Squeeze Sub Sum Tile Transpose Unsqueeze "
-        "Where Xor".split()
+        "ConstantOfShape Conv ConvInteger ConvTranspose DequantizeLinear Div Dropout DynamicQuantizeLinear "
+        "Equal Expand Flatten Gather GatherElements Gemm GlobalAveragePool GlobalMaxPool Greater "
+        "GreaterOrEqual Hardmax Identity InstanceNormalization LRN LayerNormalization Less LessOrEqual "
+        "LogSoftmax LpPool MatMul MatMulInteger Max MaxPool Mean Min Mod Mul Not Or Pad Pow QLinearConv "
+        "QLinearMatMul QuantizeLinear ReduceL1 ReduceL2 ReduceLogSumExp ReduceMax ReduceMean ReduceMin "
+        "ReduceProd ReduceSum ReduceSumSquare Reshape Shape Size Slice Softmax Split Squeeze Sub Sum Tile "
+        "Transpose Unsqueeze Where Xor".split()
     ),
     "cml-ops-activations": frozenset(
         "Abs Acos Acosh Asin Asinh Atan Atanh Ceil Celu Cos Cosh Elu Erf Exp Floor Gelu HardSigmoid HardSwish "

@@ -305,7 +305,12 @@ class NumpyModule:
             ) from exc
 
     def _fold_constants(self) -> None:
-        """Evaluate at load every node whose inputs are all constants."""
+        """Evaluate at load every node whose inputs are all constants.
+
+        ``folded_from`` keeps, for constants folded by an op whose quantized class has a
+        ``stated_constant`` hook, the node and its input values (quantization asks the hook).
+        """
+        self.folded_from: dict[str, tuple[BoundNode, list[Any], int]] = {}
         kept = []
         for bound in self.nodes:
             names = [n for n in bound.node.input if n]
@@ -322,9 +327,12 @@ class NumpyModule:
                     ) from exc
                 except Exception as exc:  # a constant subgraph that cannot be evaluated
                     raise ModelLoadError(f"{bound.where}: cannot fold constant inputs: {exc}") from exc
-                for name, value in zip(bound.node.output, results):
+                states = getattr(bound.impl.quantized, "stated_constant", None) is not None
+                for index, (name, value) in enumerate(zip(bound.node.output, results)):
                     if name:
                         self.constants[name] = np.asarray(value)
+                        if states:  # the op can say which integers this constant stands for
+                            self.folded_from[name] = (bound, values, index)
             else:
                 kept.append(bound)
         self.nodes = kept

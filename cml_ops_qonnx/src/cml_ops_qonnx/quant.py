@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from cml_core.quantization import ElementwiseOp
+from cml_core.quantization.stated import code_quantizer
+
 from ._opset import BREVITAS_DOMAIN, OPS, QONNX_DOMAIN
 from .integers import bit_width, check_bit_width, check_flag, check_scale, float_input, int_range, operand
 from .rounding import rounding_function
@@ -43,6 +46,45 @@ def quant(x, scale, zeropt, bitwidth, /, *, signed=1, narrow=0, rounding_mode="R
     return ((y - zeropt) * scale).astype(x.dtype, copy=False)
 
 
+def _one(value: Any) -> float | None:
+    """The single number of a constant array, or None (absent, or several numbers)."""
+    return None if value is None or np.size(value) != 1 else float(np.asarray(value).reshape(-1)[0])
+
+
+def _grid(attributes: dict[str, Any], scale: Any, zeropt: Any, bitwidth: Any) -> tuple[int, int, float, int] | None:
+    """(smallest code, largest code, scale, zero point) of a Quant node with one scale and an
+    integer zero point (constant arrays); None for per-channel parameters or a fractional zero point."""
+    s, z, bits = _one(scale), _one(zeropt), _one(bitwidth)
+    if s is None or z is None or bits is None or z != int(z) or bits != int(bits) or bits < 1:
+        return None
+    low, high = int_range(int(bits), attributes.get("signed", 1), attributes.get("narrow", 0))
+    return low, high, s, int(z)
+
+
+class QuantizedQuant(ElementwiseOp):
+    """Quant states its output's quantization: the codes of ``bitwidth`` bits, ``scale`` and
+    ``zeropt``. On an encrypted input the op composes like any element-wise op and the op reading
+    its output gets exactly those codes (a 3-bit Quant is a 3-bit encrypted integer); folded at
+    load on a weight, it gives the weight's codes and scale as they are. Per-channel scales fall
+    back to a fitted quantizer (encrypted) or to the usual weight quantization (constant)."""
+
+    def stated_output(self, ctx: Any, inputs: Any) -> Any:
+        params = [None if v is None or not v.is_constant else v.data for v in (list(inputs) + [None] * 4)[1:4]]
+        grid = _grid(self.attributes, *params)
+        return None if grid is None else code_quantizer(*grid)
+
+    @staticmethod
+    def stated_constant(bound: Any, values: Any, index: int) -> Any:
+        x, scale, zeropt, bitwidth = (list(values) + [None] * 4)[:4]
+        grid = _grid(dict(bound.attributes), scale, zeropt, bitwidth)
+        if grid is None:
+            return None
+        low, high, s, z = grid
+        out = quant(np.asarray(x), scale, zeropt, bitwidth, **bound.attributes)
+        codes = np.rint(np.asarray(out, dtype=np.float64) / s) + z
+        return np.clip(codes, low, high).astype(np.int64) - z, s
+
+
 def check_bipolar_quant(inputs: Any, attributes: dict[str, Any]) -> None:
     """Load-time check of a BipolarQuant node: its scale broadcasts onto the input."""
     x, scale = (list(inputs) + [None] * 2)[:2]
@@ -58,7 +100,7 @@ def bipolar_quant(x, scale, /):  # type: ignore[no-untyped-def]
 
 
 for _domain in (QONNX_DOMAIN, BREVITAS_DOMAIN):
-    OPS.op("Quant", since=1, domain=_domain, validate=check_quant)(quant)
-    OPS.op("BipolarQuant", since=1, domain=_domain, validate=check_bipolar_quant)(bipolar_quant)
+    OPS.op("Quant", since=1, domain=_domain, validate=check_quant, quantized=QuantizedQuant)(quant)
+    OPS.op("BipolarQuant", since=1, domain=_domain, validate=check_bipolar_quant, quantized=ElementwiseOp)(bipolar_quant)
 # QONNX's current name for Quant; only in its own domain (Brevitas never wrote it)
-OPS.op("IntQuant", since=1, domain=QONNX_DOMAIN, validate=check_quant)(quant)
+OPS.op("IntQuant", since=1, domain=QONNX_DOMAIN, validate=check_quant, quantized=QuantizedQuant)(quant)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from cml_core.quantization import ElementwiseOp
+
 from ._opset import BREVITAS_DOMAIN, OPS, QONNX_DOMAIN
 from .integers import bit_width, check_bit_width, check_flag, check_scale, float_input, int_range, operand
 from .rounding import rounding_function
@@ -82,6 +84,6 @@ def trunc_v2(x, scale, zeropt, in_bitwidth, out_scale, out_bitwidth, /, *,  # ty
     return ((y - zeropt / step) * out_scale).astype(x.dtype, copy=False)
 
 
-OPS.op("Trunc", since=1, domain=QONNX_DOMAIN, validate=check_trunc_v1)(trunc_v1)
-OPS.op("Trunc", since=2, domain=QONNX_DOMAIN, validate=check_trunc_v2)(trunc_v2)
-OPS.op("Trunc", since=1, domain=BREVITAS_DOMAIN, validate=check_trunc_v1)(trunc_v1)
+OPS.op("Trunc", since=1, domain=QONNX_DOMAIN, validate=check_trunc_v1, quantized=ElementwiseOp)(trunc_v1)
+OPS.op("Trunc", since=2, domain=QONNX_DOMAIN, validate=check_trunc_v2, quantized=ElementwiseOp)(trunc_v2)
+OPS.op("Trunc", since=1, domain=BREVITAS_DOMAIN, validate=check_trunc_v1, quantized=ElementwiseOp)(trunc_v1)

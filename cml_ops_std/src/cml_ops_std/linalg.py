@@ -50,7 +50,7 @@ class QuantizedConv(LinearOp):
         if not w.is_constant or (b is not None and not b.is_constant):
             raise QuantizationError(f"{self.where}: weights and bias must be constants")
         q = ctx.requantize(x)
-        wq, w_scale = self.weights(ctx, "W", w.data)
+        wq, w_scale = self.weights(ctx, "W", w.data, w.name)
         scale = q.scale * w_scale
         bias = self.integer_bias("B", None if b is None else b.data, scale)
         float_bias = None

@@ -13,6 +13,10 @@ import ml_dtypes
 import numpy as np
 from onnx import TensorProto, helper
 
+from cml_core.errors import QuantizationError
+from cml_core.quantization import ConstantOnlyOp, ElementwiseOp
+from cml_core.quantization.stated import code_quantizer, code_range, scalar
+
 from ._opset import OPS
 from .conv import check_conv, conv_attributes, conv_nd
 
@@ -146,57 +150,118 @@ def _per_tensor(name, value):
     return value
 
 
-@OPS.op("QuantizeLinear", since=10, quantized=None)
+class QuantizedDequantizeLinear(ElementwiseOp):
+    """DequantizeLinear states how its output is quantized: its codes, scale and zero point.
+
+    On an encrypted input (the codes of a QuantizeLinear, maybe clipped) it composes like any
+    element-wise op, and its output's integers are exactly those codes: the op reading it gets the
+    model's own integers and bit width (3 bits for a Clip to [0, 7]), not a fitted quantizer.
+    Folded at load on an integer weight, it gives that weight's integers and scale as they are.
+    Per-axis and blocked parameters fall back to a fitted quantizer.
+    """
+
+    def call_numpy(self, values):
+        # composed chains widen float constants to float64; the op's scale is float32/16 by its schema
+        values = list(values)
+        if len(values) > 1 and isinstance(values[1], np.ndarray) and values[1].dtype == np.float64:
+            values[1] = values[1].astype(np.float32)
+        return super().call_numpy(values)
+
+    def stated_output(self, ctx, inputs):
+        x, scale, zero_point = (list(inputs) + [None, None])[:3]
+        s = scalar(scale)
+        z = 0.0 if zero_point is None else scalar(zero_point)
+        if s is None or z is None or x is None or x.to_float is None:
+            return None
+        probe = np.asarray(x.to_float(np.zeros(np.shape(x.data), dtype=np.int64)))
+        if not _is_integer(probe.dtype):  # float8 codes: no integer grid to keep
+            return None
+        low, high = _int_range(probe.dtype)
+        codes = code_range(x, int(low), int(high), ctx.calibrating)
+        return None if codes is None else code_quantizer(*codes, float(np.float32(s)), int(z))
+
+    @staticmethod
+    def stated_constant(bound, values, index):
+        x, scale = values[0], values[1]
+        zero_point = values[2] if len(values) > 2 else None
+        if not _is_integer(np.asarray(x).dtype) or np.size(scale) != 1 or (zero_point is not None
+                                                                       and np.size(zero_point) != 1):
+            return None
+        z = 0 if zero_point is None else int(np.asarray(zero_point).reshape(-1)[0])
+        return np.asarray(x, dtype=np.int64) - z, float(np.asarray(scale, dtype=np.float32).reshape(-1)[0])
+
+
+class QuantizedDynamicQuantizeLinear(ConstantOnlyOp):
+    """Its scale is computed from the values themselves: not possible on encrypted data."""
+
+    def encrypted_forward(self, ctx, inputs):
+        raise QuantizationError(
+            f"{self.where}: DynamicQuantizeLinear computes its scale from the values it quantizes, which an "
+            "encrypted circuit cannot do; quantize the model statically (onnxruntime's quantize_static, QDQ "
+            "format) or give cml the float model")
+
+
+class QuantizedQOperator(ConstantOnlyOp):
+    """QLinearConv, QLinearMatMul, MatMulInteger, ConvInteger: the QOperator form runs in float here."""
+
+    def encrypted_forward(self, ctx, inputs):
+        raise QuantizationError(
+            f"{self.where}: {self.bound.node.op_type} on encrypted data is not supported (QOperator format); "
+            "export the model in QDQ format (onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ)), whose "
+            "QuantizeLinear/DequantizeLinear pairs cml turns into the model's own integers")
+
+
+@OPS.op("QuantizeLinear", since=10, quantized=ElementwiseOp)
 def quantize_linear_10(x, y_scale, /, y_zero_point=None):
     _per_tensor("y_scale", y_scale)
     return _quantize(x, y_scale, y_zero_point)
 
 
-@OPS.op("QuantizeLinear", since=13, quantized=None)
+@OPS.op("QuantizeLinear", since=13, quantized=ElementwiseOp)
 def quantize_linear_13(x, y_scale, /, y_zero_point=None, *, axis=1):
     return _quantize(x, y_scale, y_zero_point, axis=axis)
 
 
-@OPS.op("QuantizeLinear", since=19, quantized=None)
+@OPS.op("QuantizeLinear", since=19, quantized=ElementwiseOp)
 def quantize_linear_19(x, y_scale, /, y_zero_point=None, *, axis=1, saturate=1):
     return _quantize(x, y_scale, y_zero_point, axis=axis, saturate=saturate)
 
 
-@OPS.op("QuantizeLinear", since=21, quantized=None)
+@OPS.op("QuantizeLinear", since=21, quantized=ElementwiseOp)
 def quantize_linear_21(x, y_scale, /, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0, saturate=1):
     return _quantize(x, y_scale, y_zero_point, axis=axis, block_size=block_size, output_dtype=output_dtype,
                      saturate=saturate)
 
 
-@OPS.op("QuantizeLinear", since=(23, 24, 25, 28), quantized=None)
+@OPS.op("QuantizeLinear", since=(23, 24, 25, 28), quantized=ElementwiseOp)
 def quantize_linear(x, y_scale, /, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0, precision=0,
                     saturate=1):
     return _quantize(x, y_scale, y_zero_point, axis=axis, block_size=block_size, output_dtype=output_dtype,
                      precision=precision, saturate=saturate)
 
 
-@OPS.op("DequantizeLinear", since=10, quantized=None)
+@OPS.op("DequantizeLinear", since=10, quantized=QuantizedDequantizeLinear)
 def dequantize_linear_10(x, x_scale, /, x_zero_point=None):
     _per_tensor("x_scale", x_scale)
     return _dequantize(x, x_scale, x_zero_point)
 
 
-@OPS.op("DequantizeLinear", since=(13, 19), quantized=None)
+@OPS.op("DequantizeLinear", since=(13, 19), quantized=QuantizedDequantizeLinear)
 def dequantize_linear_13(x, x_scale, /, x_zero_point=None, *, axis=1):
     return _dequantize(x, x_scale, x_zero_point, axis=axis)
 
 
-@OPS.op("DequantizeLinear", since=21, quantized=None)
+@OPS.op("DequantizeLinear", since=21, quantized=QuantizedDequantizeLinear)
 def dequantize_linear_21(x, x_scale, /, x_zero_point=None, *, axis=1, block_size=0):
     return _dequantize(x, x_scale, x_zero_point, axis=axis, block_size=block_size)
 
 
-@OPS.op("DequantizeLinear", since=(23, 24, 25, 28), quantized=None)
+@OPS.op("DequantizeLinear", since=(23, 24, 25, 28), quantized=QuantizedDequantizeLinear)
 def dequantize_linear(x, x_scale, /, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0):
     return _dequantize(x, x_scale, x_zero_point, axis=axis, block_size=block_size, output_dtype=output_dtype)
 
 
-@OPS.op("DynamicQuantizeLinear", since=11, quantized=None)
+@OPS.op("DynamicQuantizeLinear", since=11, quantized=QuantizedDynamicQuantizeLinear)
 def dynamic_quantize_linear(x, /):
     """(y, y_scale, y_zero_point): uint8 quantization over [min(x, 0), max(x, 0)], in float32.
 
@@ -247,7 +312,7 @@ def _requantize(acc, multiplier, zero_point):
         zero_point.dtype)
 
 
-@OPS.op("MatMulInteger", since=10, quantized=None)
+@OPS.op("MatMulInteger", since=10, quantized=QuantizedQOperator)
 def matmul_integer(a, b, /, a_zero_point=None, b_zero_point=None):
     _check_integer_inputs("MatMulInteger", a, b, a_zero_point, b_zero_point)
     return _int32(np.matmul(_shifted(a, a_zero_point, "a_zero_point", per_row=True),
@@ -284,7 +349,7 @@ def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
     return _saturate_float(scaled, y_zero_point.dtype, True)
 
 
-@OPS.op("QLinearMatMul", since=(10, 21), quantized=None)
+@OPS.op("QLinearMatMul", since=(10, 21), quantized=QuantizedQOperator)
 def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, /):
     return _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point)
 
@@ -318,7 +383,7 @@ def _integer_conv(x, x_zero_point, w, w_zero_point, *, auto_pad, dilations, grou
     return conv_nd(xs, ws, strides=strides, pads=pads, dilations=dilations, group=group)
 
 
-@OPS.op("ConvInteger", since=10, quantized=None, validate=_check_conv_integer)
+@OPS.op("ConvInteger", since=10, quantized=QuantizedQOperator, validate=_check_conv_integer)
 def conv_integer(x, w, /, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None, group=1,
                  kernel_shape=None, pads=None, strides=None):
     _check_integer_inputs("ConvInteger", x, w, x_zero_point, w_zero_point)
@@ -326,7 +391,7 @@ def conv_integer(x, w, /, x_zero_point=None, w_zero_point=None, *, auto_pad="NOT
                                 group=group, kernel_shape=kernel_shape, pads=pads, strides=strides))
 
 
-@OPS.op("QLinearConv", since=10, quantized=None, validate=_check_qlinear_conv)
+@OPS.op("QLinearConv", since=10, quantized=QuantizedQOperator, validate=_check_qlinear_conv)
 def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, /, B=None, *,  # noqa: N803
                  auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
     _check_integer_inputs("QLinearConv", x, w, x_zero_point, w_zero_point, y_zero_point)

@@ -27,7 +27,7 @@ class _MatrixProduct(LinearOp):
         scale = 1.0
         for key, value, trans in (("A", a, trans_a), ("B", b, trans_b)):
             if value.is_constant:
-                data, s = self.weights(ctx, key, value.data)
+                data, s = self.weights(ctx, key, value.data, value.name)
             else:
                 q = ctx.requantize(value)
                 data, s = self.centered(q), q.scale

@@ -122,9 +122,22 @@ def _is_scalar(value: QValue | None) -> bool:
 
 
 class ElementwiseOp(QuantizedOp):
-    """Element-wise ops: composed into a lookup (one encrypted input) or a multi-input lookup."""
+    """Element-wise ops: composed into a lookup (one encrypted input) or a multi-input lookup.
+
+    A subclass whose output the graph states to be quantized (a DequantizeLinear, a QONNX
+    ``Quant``) returns that quantizer from ``stated_output``: the output's integers are then
+    exactly the graph's, with the graph's bit width, whatever ``n_bits`` asks.
+    """
+
+    def stated_output(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> UniformQuantizer | None:
+        """The quantizer the graph states for this op's output, or None (fitted on calibration)."""
+        return None
 
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
+        if "stated" not in self.state:
+            self.state["stated"] = self.stated_output(ctx, inputs)
+        if self.state["stated"] is not None:
+            ctx.state_quantizer(self.bound.node.output[0], self.state["stated"])
         encrypted = self.encrypted_positions(inputs)
         first = inputs[encrypted[0]]
         assert first is not None
@@ -255,11 +268,17 @@ class LinearOp(QuantizedOp):
         arr = np.asarray(value, dtype=np.float64)
         return UniformQuantizer.fit(float(arr.min()), float(arr.max()), n_bits, is_signed=True, is_symmetric=True)
 
-    def weights(self, ctx: QuantContext, key: str, value: NDArray[Any]) -> tuple[NDArray[Any], float]:
-        """(integers, scale) of a constant weight tensor: signed, symmetric, ``op_weights`` bits."""
+    def weights(self, ctx: QuantContext, key: str, value: NDArray[Any], name: str = "") -> tuple[NDArray[Any], float]:
+        """(integers, scale) of a constant weight tensor: signed, symmetric, ``op_weights`` bits, or,
+        when the graph states the tensor's integers (``name`` folded from a DequantizeLinear of an
+        integer weight), those integers and scale as they are."""
         if key not in self.state:
-            q = self.weight_quantizer(value, ctx.config.op_weights)
-            self.state[key] = (q.quant(value), q.scale)
+            stated = ctx.stated_constants.get(name) if name else None
+            if stated is not None and np.shape(stated[0]) == np.shape(value):
+                self.state[key] = (np.asarray(stated[0], dtype=np.int64), float(stated[1]))
+            else:
+                q = self.weight_quantizer(value, ctx.config.op_weights)
+                self.state[key] = (q.quant(value), q.scale)
         return self.state[key]  # type: ignore[no-any-return]
 
     #: largest bias, in accumulator units, folded into the integers (beyond it, float precision is lost)

@@ -262,6 +262,10 @@ class QuantContext:
     node_name: str = ""
     op_type: str = ""
     calibration: IntegerCalibration | None = None  # what calibration records (one chunk when not given)
+    #: quantizers the graph states for tensors (declared by the ops producing them, see ``state_quantizer``)
+    stated: dict[str, UniformQuantizer] = field(default_factory=dict)
+    #: folded constants the graph states as integers: tensor -> (integers, scale), see ``LinearOp.weights``
+    stated_constants: dict[str, tuple[NDArray[Any], float]] = field(default_factory=dict)
     _materialized: dict[str, QValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -286,8 +290,17 @@ class QuantContext:
         """Drop what this pass keeps for ``tensor`` (its shared requantization) once nothing needs it."""
         self._materialized.pop(tensor, None)
 
+    def state_quantizer(self, tensor: str, quantizer: UniformQuantizer) -> None:
+        """Declare that the graph itself quantizes ``tensor`` with ``quantizer`` (a DequantizeLinear
+        after a QuantizeLinear, a QONNX ``Quant``): its integers are the graph's, whatever ``n_bits``.
+        Called by the op producing ``tensor`` on every pass, before anything reads it."""
+        self.stated[tensor] = quantizer
+
     def quantizer_for(self, tensor: str, n_bits: int | None = None) -> UniformQuantizer:
-        """Unsigned quantizer of ``tensor`` fitted to its calibrated float range."""
+        """The quantizer the graph states for ``tensor``, else an unsigned one fitted to its
+        calibrated float range (``n_bits``, default ``op_inputs``)."""
+        if tensor in self.stated:
+            return self.stated[tensor]
         if tensor not in self.float_ranges:
             raise QuantizationError(f"{self.where}: no calibration statistics for tensor {tensor!r}")
         low, high = self.float_ranges[tensor]

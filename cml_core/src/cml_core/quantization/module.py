@@ -222,6 +222,10 @@ class QuantizedModule:
         self.producers = producers
         self.sites: dict[str, LookupSite] = {}
         self.accumulators: dict[str, AccumulatorRecord] = {}
+        #: tensors whose quantization the graph states (QuantizeLinear/DequantizeLinear, QONNX Quant)
+        self.stated_quantizers: dict[str, UniformQuantizer] = {}
+        #: folded constants whose integers the graph states (DequantizeLinear of integer weights)
+        self.stated_constants: dict[str, tuple[NDArray[Any], float]] = stated_constants_of(module)
         self._outputs: list[QValue] = []
         self._calibration_data: list[NDArray[Any]] = []  # the float calibration inputs
         self._calibration_samples: int | None = None  # None: the inputs cannot be split into samples
@@ -454,7 +458,8 @@ class QuantizedModule:
         ``observe(op, outputs)`` is called after each op.
         """
         ctx = QuantContext(self.config, self.float_ranges, self.producers, self.sites, self.accumulators,
-                           calibrating, calibration=calibration)
+                           calibrating, calibration=calibration, stated=self.stated_quantizers,
+                           stated_constants=self.stated_constants)
         env: dict[str, QValue] = {name: QValue.constant(v, name) for name, v in self.numpy_module.constants.items()}
         for spec, qz, data in zip(self.numpy_module.inputs, self.input_quantizers, q_inputs):
             env[spec.name] = QValue.affine(data, qz.scale, qz.zero_point, spec.name)
@@ -573,7 +578,34 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     qmodule._calibration_samples = n_samples
     qmodule.calibration_chunk_size = calibration.chunk_size(requested_chunk, n_samples, statistics.peak_elements)
     qmodule.calibrate_integers()
+    for message in stated_conflicts(qmodule):
+        warnings.warn(CalibrationWarning(message), stacklevel=_user_stacklevel())
     return qmodule
+
+
+def stated_constants_of(module: NumpyModule) -> dict[str, tuple[NDArray[Any], float]]:
+    """The folded constants whose producing op states their integers and scale (its quantized
+    class's ``stated_constant(bound, values, index)``, e.g. a DequantizeLinear of int8 weights)."""
+    stated: dict[str, tuple[NDArray[Any], float]] = {}
+    for name, (bound, values, index) in getattr(module, "folded_from", {}).items():
+        result = bound.impl.quantized.stated_constant(bound, values, index)
+        if result is not None:
+            stated[name] = result
+    return stated
+
+
+def stated_conflicts(qmodule: QuantizedModule) -> list[str]:
+    """One message per tensor the graph quantizes to more bits than ``n_bits`` asks: the graph's
+    quantization is kept, not silently overridden."""
+    asked = qmodule.config.op_inputs
+    wider = {name: q.n_bits for name, q in qmodule.stated_quantizers.items() if q.n_bits > asked}
+    if not wider:
+        return []
+    listed = ", ".join(f"{name!r} ({bits} bits)" for name, bits in list(wider.items())[:5])
+    more = f" and {len(wider) - 5} more" if len(wider) > 5 else ""
+    return [f"the model states its own quantization for {len(wider)} tensor(s) wider than n_bits={asked}: "
+            f"{listed}{more}. They keep the model's bit widths (its QuantizeLinear/DequantizeLinear or Quant "
+            "nodes decide them); n_bits applies to the tensors the model leaves unquantized"]
 
 
 def as_integers(floats: NDArray[Any], name: str, dtype: np.dtype[Any]) -> NDArray[Any]:

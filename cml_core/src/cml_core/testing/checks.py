@@ -25,15 +25,26 @@ def tolerance(dtype: Any) -> tuple[float, float]:
 
 
 def assert_close(actual: NDArray[Any], expected: NDArray[Any], *, what: str = "output",
-                 rtol: float | None = None, atol: float | None = None) -> None:
-    """Assert same dtype, same shape and values equal within the dtype's tolerance (NaN equals NaN)."""
+                 rtol: float | None = None, atol: Any = None) -> None:
+    """Assert same dtype, same shape and values equal within the dtype's tolerance (NaN equals NaN).
+
+    ``atol`` may be an array (one bound per element, broadcast against the outputs).
+    """
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype}, expected {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
     r, a = tolerance(expected.dtype)
     r = r if rtol is None else rtol
     a = a if atol is None else atol
-    if r == 0 and a == 0:
+    if np.ndim(a) > 0:
+        close = np.isclose(actual, expected, rtol=r, atol=a, equal_nan=True)
+        if not np.all(close):
+            i = np.unravel_index(int(np.argmin(close)), close.shape)
+            bound = np.broadcast_to(a, close.shape)[i]
+            raise AssertionError(f"{what}: {int(close.size - close.sum())} of {close.size} values differ beyond "
+                                 f"rtol={r} and the per-element atol; first at {i}: {actual[i]!r} vs "
+                                 f"{expected[i]!r} (atol there {bound:.3g})")
+    elif r == 0 and a == 0:
         np.testing.assert_array_equal(actual, expected, err_msg=what)
     else:
         np.testing.assert_allclose(actual, expected, rtol=r, atol=a, equal_nan=True, err_msg=what)
@@ -65,7 +76,7 @@ def check_op(
     reference: Callable[..., Sequence[NDArray[Any]]] | None = None,
     registry: OpRegistry | None = None,
     rtol: float | None = None,
-    atol: float | None = None,
+    atol: Any = None,
 ) -> list[NDArray[Any]]:
     """Run a one-node model through cml and a reference; assert the outputs agree.
 
