@@ -171,7 +171,11 @@ def test_health_spec_and_client_artifact(models, mlp_service):
     status, body, headers = _http(f"{mlp_service.url}/client.zip")
     assert status == 200 and headers["Content-Type"] == "application/zip"
     assert body == (folder / "client.zip").read_bytes()
-    log = mlp_service.log.read_text()  # one line per request
+    # one line per request, written once the answer is sent: wait for it
+    deadline = time.monotonic() + 10
+    while "GET /client.zip 200" not in mlp_service.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = mlp_service.log.read_text()
     assert "GET /health 200" in log and "GET /client.zip 200" in log
 
 
