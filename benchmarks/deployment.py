@@ -25,9 +25,9 @@ SETTING = ("inputs 5, ops 6, weights 6 bits, 5-bit approximate rounding",
            {"model_inputs": 5, "op_inputs": 6, "op_weights": 6}, {"n_bits": 5, "method": "approximate"})
 
 
-def _timed(function: Any) -> tuple[Any, float]:
+def _timed(function: Any, *args: Any) -> tuple[Any, float]:
     start = time.perf_counter()
-    result = function()
+    result = function(*args)
     return result, time.perf_counter() - start
 
 
@@ -52,7 +52,7 @@ def deployment_path(samples: int = 4) -> list[dict[str, Any]]:
             row["evaluation_keys_mb"] = len(evk) / 1e6
             parts, seconds = [], []
             for i in range(samples):
-                ct, t = _timed(lambda i=i: client.encrypt(x_test[i : i + 1]))
+                ct, t = _timed(client.encrypt, x_test[i : i + 1])
                 parts.append(ct)
                 seconds.append(t)
             row["encrypt_ms_per_sample"] = 1e3 * statistics.median(seconds)
@@ -60,12 +60,12 @@ def deployment_path(samples: int = 4) -> list[dict[str, Any]]:
             batch = client.encrypt(x_test)
             for workers in (1, 2):
                 server = Server(folder, workers=workers)
-                keys, row["server_load_keys_s"] = _timed(lambda server=server: server.load_keys(evk))
-                out, t = _timed(lambda server=server, keys=keys: server.run(batch, keys))
+                keys, row["server_load_keys_s"] = _timed(server.load_keys, evk)
+                out, t = _timed(server.run, batch, keys)
                 row[f"server_s_per_sample_{workers}_worker"] = t / samples
                 row[f"throughput_{workers}_worker_samples_per_s"] = samples / t
             row["result_kb_per_sample"] = len(out) / samples / 1e3
-            y, t = _timed(lambda: client.decrypt(out))
+            y, t = _timed(client.decrypt, out)
             row["decrypt_ms_per_sample"] = 1e3 * t / samples
             row["equals_simulation"] = bool(np.array_equal(y, qmodule.forward(x_test, fhe="simulate")))
         rows.append(row)

@@ -8,10 +8,10 @@ import zipfile
 import numpy as np
 import onnx
 import pytest
+from cml_core.deploy import Client, Server, key_id
 from onnx import helper, numpy_helper
 
 from cml_core import CmlError, DeploymentError, InputError, load_model, load_quantized
-from cml_core.deploy import Client, Server, key_id
 
 pytestmark = pytest.mark.fhe
 

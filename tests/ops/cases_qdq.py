@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import helper
 
+from .cases_std import conv_geometry
+
 _INTEGERS = {"uint8": np.uint8, "int8": np.int8, "uint16": np.uint16, "int16": np.int16, "uint4": ml_dtypes.uint4,
              "int4": ml_dtypes.int4, "uint2": ml_dtypes.uint2, "int2": ml_dtypes.int2}
 _FLOATS = {"float8e4m3fn": ml_dtypes.float8_e4m3fn, "float8e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
@@ -265,32 +267,9 @@ def _qlinear_matmul(draw, opset):
     return Example(inputs, constant_inputs=constant)
 
 
-def _conv_geometry(draw):
-    """(x shape, w shape, attributes) as the float Conv case draws them."""
-    rank = draw(st.integers(1, 3))
-    group = draw(st.integers(1, 2))
-    cin, cout = group * draw(st.integers(1, 2)), group * draw(st.integers(1, 2))
-    kernel = [draw(st.integers(1, 3)) for _ in range(rank)]
-    dilations = [draw(st.integers(1, 2)) for _ in range(rank)]
-    strides = [draw(st.integers(1, 2)) for _ in range(rank)]
-    spatial = [draw(st.integers((k - 1) * d + 1, (k - 1) * d + 4)) for k, d in zip(kernel, dilations)]
-    batch = draw(st.sampled_from([1, 2, 9]))  # 9: the batch-last path for many small samples
-    attrs = {"group": group, "dilations": dilations, "strides": strides}
-    auto_pad = draw(st.sampled_from(["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"]))
-    if auto_pad == "NOTSET":
-        attrs["pads"] = [draw(st.integers(0, 2)) for _ in range(2 * rank)]
-    else:
-        attrs["auto_pad"] = auto_pad
-        if auto_pad.startswith("SAME"):
-            attrs["dilations"] = [1] * rank  # onnxruntime rejects SAME padding with dilations
-    if draw(st.booleans()):
-        attrs["kernel_shape"] = kernel
-    return (batch, cin, *spatial), (cout, cin // group, *kernel), attrs
-
-
 @st.composite
 def _conv_integer(draw):
-    x_shape, w_shape, attrs = _conv_geometry(draw)
+    x_shape, w_shape, attrs = conv_geometry(draw)
     x_dtype, w_dtype = (np.dtype(draw(st.sampled_from([np.uint8, np.int8]))) for _ in range(2))
     inputs = [_integer(draw, x_shape, x_dtype), _integer(draw, w_shape, w_dtype)]
     # onnxruntime takes per-tensor zero points only (the spec also allows one per output channel for w)
@@ -304,7 +283,7 @@ def _conv_integer(draw):
 
 @st.composite
 def _qlinear_conv(draw):
-    x_shape, w_shape, attrs = _conv_geometry(draw)
+    x_shape, w_shape, attrs = conv_geometry(draw)
     # onnxruntime's kernels: uint8 x and y with uint8 or int8 w, or all int8 (the spec allows any mix)
     x_dtype = y_dtype = np.dtype(draw(st.sampled_from([np.uint8, np.int8])))
     w_dtype = np.dtype(draw(st.sampled_from([np.uint8, np.int8])) if x_dtype == np.uint8 else np.int8)

@@ -132,8 +132,8 @@ def _gemm(draw):
     return Example(inputs, attrs, constant_inputs=tuple(i for i in constant if i < len(inputs)))
 
 
-@st.composite
-def _conv(draw):
+def conv_geometry(draw):
+    """(x shape, w shape, attributes) of a convolution: ranks 1-3, groups, dilations, strides, pads or auto_pad."""
     rank = draw(st.integers(1, 3))
     group = draw(st.integers(1, 2))
     cin, cout = group * draw(st.integers(1, 2)), group * draw(st.integers(1, 2))
@@ -142,8 +142,6 @@ def _conv(draw):
     strides = [draw(st.integers(1, 2)) for _ in range(rank)]
     spatial = [draw(st.integers((k - 1) * d + 1, (k - 1) * d + 4)) for k, d in zip(kernel, dilations)]
     batch = draw(st.sampled_from([1, 2, 9]))  # 9: the batch-last path for many small samples
-    x = draw(float_arrays((batch, cin, *spatial), min_value=-3, max_value=3))
-    w = draw(float_arrays((cout, cin // group, *kernel), min_value=-3, max_value=3))
     attrs = {"group": group, "dilations": dilations, "strides": strides}
     auto_pad = draw(st.sampled_from(["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"]))
     if auto_pad == "NOTSET":
@@ -154,9 +152,15 @@ def _conv(draw):
             attrs["dilations"] = [1] * rank  # onnxruntime rejects SAME padding with dilations
     if draw(st.booleans()):
         attrs["kernel_shape"] = kernel
-    inputs = [x, w]
+    return (batch, cin, *spatial), (cout, cin // group, *kernel), attrs
+
+
+@st.composite
+def _conv(draw):
+    x_shape, w_shape, attrs = conv_geometry(draw)
+    inputs = [draw(float_arrays(x_shape, min_value=-3, max_value=3)), draw(float_arrays(w_shape, min_value=-3, max_value=3))]
     if draw(st.booleans()):
-        inputs.append(draw(float_arrays((cout,))))
+        inputs.append(draw(float_arrays((w_shape[0],))))
     return Example(inputs, attrs, constant_inputs=tuple(range(1, len(inputs))))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from cml_core.quantization import ElementwiseOp
 
 from ._opset import BREVITAS_DOMAIN, OPS, QONNX_DOMAIN

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
-from onnx import TensorProto, helper
-
 from cml_core.errors import QuantizationError
 from cml_core.quantization import ConstantOnlyOp, ElementwiseOp
 from cml_core.quantization.stated import code_quantizer, code_range, scalar
+from onnx import TensorProto, helper
 
 from ._opset import OPS
 from .conv import check_conv, conv_attributes, conv_nd

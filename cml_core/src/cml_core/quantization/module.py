@@ -21,6 +21,7 @@ from ..errors import (
     QuantizationError,
     SaturationWarning,
 )
+from ..numpy_module import TensorSpec, check_input_arrays
 from . import calibration
 from .base import LinearOp, QuantizedOp
 from .context import (
@@ -34,8 +35,6 @@ from .context import (
 )
 from .quantizers import UniformQuantizer, check_n_bits
 from .values import QValue
-
-from ..numpy_module import TensorSpec, check_input_arrays
 
 if TYPE_CHECKING:
     from ..numpy_module import NumpyModule
