@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from cml_core.quantization import ElementwiseOp
+from cml_core.quantization.stated import code_quantizer
 
 from ._opset import BREVITAS_DOMAIN, OPS, QONNX_DOMAIN
 from .integers import bit_width, check_bit_width, check_flag, check_scale, float_input, int_range, operand
@@ -83,6 +84,25 @@ def trunc_v2(x, scale, zeropt, in_bitwidth, out_scale, out_bitwidth, /, *,  # ty
     return ((y - zeropt / step) * out_scale).astype(x.dtype, copy=False)
 
 
+class QuantizedTrunc(ElementwiseOp):
+    """Trunc (version 2) states its output's quantization: codes of ``out_bitwidth`` bits (``signed``,
+    ``narrow``) on ``out_scale``; the op reading it gets exactly those codes. Per-channel scales, or
+    a zero point that does not fall on the output grid, fall back to a fitted quantizer."""
+
+    def stated_output(self, ctx: Any, inputs: Any) -> Any:
+        params = [None if v is None or not v.is_constant else v.data for v in (list(inputs) + [None] * 6)[1:6]]
+        scale, zeropt, _, out_scale, out_bits = params
+        if any(p is None or np.size(p) != 1 for p in (scale, zeropt, out_scale, out_bits)):
+            return None
+        s, z, s_out = (float(np.asarray(p).reshape(-1)[0]) for p in (scale, zeropt, out_scale))
+        bits = float(np.asarray(out_bits).reshape(-1)[0])
+        step = 2.0 ** round(float(np.log2(s_out / s))) if s > 0 and s_out > 0 else 0.0
+        if not step or bits != int(bits) or bits < 1 or (z / step) != int(z / step):
+            return None
+        low, high = int_range(int(bits), self.attributes.get("signed", 1), self.attributes.get("narrow", 0))
+        return code_quantizer(low, high, s_out, int(z / step))
+
+
 OPS.op("Trunc", since=1, domain=QONNX_DOMAIN, validate=check_trunc_v1, quantized=ElementwiseOp)(trunc_v1)
-OPS.op("Trunc", since=2, domain=QONNX_DOMAIN, validate=check_trunc_v2, quantized=ElementwiseOp)(trunc_v2)
+OPS.op("Trunc", since=2, domain=QONNX_DOMAIN, validate=check_trunc_v2, quantized=QuantizedTrunc)(trunc_v2)
 OPS.op("Trunc", since=1, domain=BREVITAS_DOMAIN, validate=check_trunc_v1, quantized=ElementwiseOp)(trunc_v1)

@@ -276,6 +276,7 @@ class LinearOp(QuantizedOp):
             stated = ctx.stated_constants.get(name) if name else None
             if stated is not None and np.shape(stated[0]) == np.shape(value):
                 self.state[key] = (np.asarray(stated[0], dtype=np.int64), float(stated[1]))
+                self.state["exact bias"] = True  # the model's own integers: keep its bias exact too
             else:
                 q = self.weight_quantizer(value, ctx.config.op_weights)
                 self.state[key] = (q.quant(value), q.scale)
@@ -288,13 +289,20 @@ class LinearOp(QuantizedOp):
         """``bias`` in units of the accumulator (``scale``), rounded to integers.
 
         Returns ``None`` when there is no bias, or when it is so large next to the product's
-        resolution that integers would lose it; pass it to ``accumulator(float_bias=...)`` then.
+        resolution that integers would lose it, or when the weights are the model's own integers
+        (``weights`` found them stated) and the bias is not a whole number of units; pass it to
+        ``accumulator(float_bias=...)`` then.
         """
         if bias is None:
             return None
         if key not in self.state:
-            units = np.rint(np.asarray(bias, dtype=np.float64) / scale) if scale else np.full(np.shape(bias), np.inf)
+            exact = np.asarray(bias, dtype=np.float64)
+            units = np.rint(exact / scale) if scale else np.full(np.shape(bias), np.inf)
             fits = not units.size or np.max(np.abs(units)) <= self.MAX_BIAS_UNITS
+            if fits and self.state.get("exact bias"):
+                # weights the model quantized itself: a bias that is not a whole number of accumulator units
+                # stays in float, so the next quantizer the model states sees exactly the model's values
+                fits = bool(np.allclose(units * scale, exact, rtol=1e-9, atol=0.0))
             self.state[key] = units.astype(np.int64) if fits else None
         return self.state[key]  # type: ignore[no-any-return]
 

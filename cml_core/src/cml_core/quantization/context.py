@@ -249,6 +249,19 @@ def _widen(span: list[int], low: int, high: int) -> None:
     span[0], span[1] = min(span[0], low), max(span[1], high)
 
 
+def _maps_onto_itself(value: QValue, given: UniformQuantizer, wanted: UniformQuantizer) -> bool:
+    """Whether requantizing ``value`` (whose integers are a model input's, quantized by ``given``)
+    to ``wanted`` leaves every integer as it is: same grid, and a mapping that keeps each code."""
+    if not value.uniform or (given.scale, given.zero_point, given.q_min, given.q_max) != (
+            wanted.scale, wanted.zero_point, wanted.q_min, wanted.q_max):
+        return False
+    codes = np.arange(given.q_min, given.q_max + 1, dtype=np.int64)
+    assert value.to_float is not None
+    with np.errstate(all="ignore"):
+        mapped = wanted.quant(np.asarray(value.to_float(codes), dtype=np.float64))
+    return bool(np.array_equal(mapped, codes))
+
+
 @dataclass
 class QuantContext:
     """One pass of the integer forward: calibrating (records ranges) or running (uses them)."""
@@ -266,6 +279,10 @@ class QuantContext:
     stated: dict[str, UniformQuantizer] = field(default_factory=dict)
     #: folded constants the graph states as integers: tensor -> (integers, scale), see ``LinearOp.weights``
     stated_constants: dict[str, tuple[NDArray[Any], float]] = field(default_factory=dict)
+    #: the model inputs of this pass: id of their integer data -> (input name, its quantizer)
+    inputs: dict[int, tuple[str, UniformQuantizer]] = field(default_factory=dict)
+    #: per model input, the quantizers of what requantized its integers (None: used as they are)
+    input_reads: dict[str, set[UniformQuantizer | None]] = field(default_factory=dict)
     _materialized: dict[str, QValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -314,7 +331,10 @@ class QuantContext:
         """
         if value.is_constant:
             raise QuantizationError(f"{self.where}: a constant has no quantized integers")
+        source = self.inputs.get(id(value.data))
         if value.is_affine:
+            if source is not None:
+                self.input_reads.setdefault(source[0], set()).add(None)
             return value
         key = value.name
         if key in self._materialized:
@@ -322,6 +342,13 @@ class QuantContext:
         quantizer = self.quantizer_for(value.name, n_bits)
         to_float = value.to_float
         assert to_float is not None
+        if source is not None:
+            self.input_reads.setdefault(source[0], set()).add(quantizer if value.name in self.stated else None)
+            if _maps_onto_itself(value, source[1], quantizer):
+                # a model input already on the grid the graph states (its first QuantizeLinear or Quant): no lookup
+                out = QValue.affine(value.data, quantizer.scale, quantizer.zero_point, value.name)
+                self._materialized[key] = out
+                return out
 
         def table(q: NDArray[Any]) -> NDArray[Any]:
             return quantizer.quant(to_float(q))

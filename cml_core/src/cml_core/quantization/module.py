@@ -6,7 +6,7 @@ import dataclasses
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,11 +120,13 @@ def _check_input_dtypes(specs: Sequence[TensorSpec], items: Sequence[Any], what:
 
 
 def quantize_inputs(specs: Sequence[TensorSpec], quantizers: Sequence[UniformQuantizer],
-                    float_ranges: dict[str, tuple[float, float]], x: Sequence[Any]) -> list[NDArray[np.int64]]:
+                    float_ranges: dict[str, tuple[float, float]], x: Sequence[Any],
+                    clipped_by_model: Collection[str] = ()) -> list[NDArray[np.int64]]:
     """Integers for the float inputs ``x`` (one array per input ``specs``), as ``quantize_input`` makes them.
 
     Values outside an input's calibrated range are clipped to it, with one ``SaturationWarning``
-    per call giving, per input, how many values and the range.
+    per call giving, per input, how many values and the range; inputs in ``clipped_by_model`` are
+    quantized by the model's own first quantizer, which clips them in the float model too: no warning.
 
     Raises:
         InputError: inputs that do not match ``specs`` (count, shape, dtype), or that hold NaN or
@@ -143,7 +145,7 @@ def quantize_inputs(specs: Sequence[TensorSpec], quantizers: Sequence[UniformQua
                 )
         integers, outside = qz.quant_counting(arr)
         q.append(integers)
-        if outside:
+        if outside and spec.name not in clipped_by_model:
             low, high = float_ranges.get(spec.name, (qz.dequant(qz.q_min), qz.dequant(qz.q_max)))
             clipped.append(f"{outside} of {arr.size} values of input {spec.name!r} fall outside its calibrated "
                            f"range [{low:.6g}, {high:.6g}]")
@@ -223,6 +225,10 @@ class QuantizedModule:
         self.accumulators: dict[str, AccumulatorRecord] = {}
         #: tensors whose quantization the graph states (QuantizeLinear/DequantizeLinear, QONNX Quant)
         self.stated_quantizers: dict[str, UniformQuantizer] = {}
+        #: per model input, the quantizers of what read its integers in the last calibration (see ``snap_inputs``)
+        self.input_reads: dict[str, set[UniformQuantizer | None]] = {}
+        #: model inputs whose quantizer is the model's own first quantization (the model clips them itself)
+        self.snapped_inputs: set[str] = set()
         #: folded constants whose integers the graph states (DequantizeLinear of integer weights)
         self.stated_constants: dict[str, tuple[NDArray[Any], float]] = stated_constants_of(module)
         self._outputs: list[QValue] = []
@@ -265,7 +271,7 @@ class QuantizedModule:
             InputError: inputs that do not match the model (count, shape, dtype), or that hold
                 NaN or infinity (naming the input and how many values).
         """
-        q = quantize_inputs(self.numpy_module.inputs, self.input_quantizers, self.float_ranges, x)
+        q = quantize_inputs(self.numpy_module.inputs, self.input_quantizers, self.float_ranges, x, self.snapped_inputs)
         return q[0] if len(q) == 1 else tuple(q)
 
     def quantized_forward(self, *q: Any, fhe: str = "disable") -> Any:
@@ -406,6 +412,7 @@ class QuantizedModule:
                 the inputs.
             OutOfMemoryError: a chunk does not fit in memory (naming the node).
         """
+        self.input_reads.clear()
         slices = calibration.chunks(self._calibration_samples, self.calibration_chunk_size)
         recorder = IntegerCalibration(len(slices))
         outputs: list[QValue] = []
@@ -458,10 +465,11 @@ class QuantizedModule:
         """
         ctx = QuantContext(self.config, self.float_ranges, self.producers, self.sites, self.accumulators,
                            calibrating, calibration=calibration, stated=self.stated_quantizers,
-                           stated_constants=self.stated_constants)
+                           stated_constants=self.stated_constants, input_reads=self.input_reads)
         env: dict[str, QValue] = {name: QValue.constant(v, name) for name, v in self.numpy_module.constants.items()}
         for spec, qz, data in zip(self.numpy_module.inputs, self.input_quantizers, q_inputs):
             env[spec.name] = QValue.affine(data, qz.scale, qz.zero_point, spec.name)
+            ctx.inputs[id(data)] = (spec.name, qz)
         skipped: set[str] = set()  # tensors this calibration pass cannot compute yet
         for op, dead in zip(self.ops, self._release):
             node = op.bound.node
@@ -577,9 +585,34 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     qmodule._calibration_samples = n_samples
     qmodule.calibration_chunk_size = calibration.chunk_size(requested_chunk, n_samples, statistics.peak_elements)
     qmodule.calibrate_integers()
+    if snap_inputs(qmodule):
+        qmodule.calibrate_integers()
     for message in stated_conflicts(qmodule):
         warnings.warn(CalibrationWarning(message), stacklevel=_user_stacklevel())
     return qmodule
+
+
+def snap_inputs(qmodule: QuantizedModule) -> bool:
+    """Give a model input the model's own quantizer when the model quantizes it first thing.
+
+    When everything that reads an input's integers requantizes them to one quantizer the graph
+    states (a QuantizeLinear/DequantizeLinear or QONNX ``Quant`` on the input), the input is
+    quantized with that quantizer directly: the client computes the model's own codes, the lookup
+    that mapped n-bit inputs to them disappears, and no input lands on the other side of a code
+    boundary than in the float model. Returns whether any input changed (recalibrate then).
+    """
+    changed = False
+    for i, spec in enumerate(qmodule.numpy_module.inputs):
+        reads = qmodule.input_reads.get(spec.name, set())
+        if len(reads) != 1 or spec.name in qmodule.snapped_inputs:
+            continue
+        (stated,) = reads
+        if stated is None or spec.dtype.kind != "f":
+            continue
+        qmodule.input_quantizers[i] = stated
+        qmodule.snapped_inputs.add(spec.name)
+        changed = True
+    return changed
 
 
 def stated_constants_of(module: NumpyModule) -> dict[str, tuple[NDArray[Any], float]]:

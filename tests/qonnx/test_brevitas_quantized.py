@@ -1,0 +1,64 @@
+"""Brevitas QAT exports quantized by cml keep the model's own integers: the integer program gives the
+Brevitas model's outputs, its activations have the bit widths Brevitas trained them at, and it
+compiles without rounding."""
+
+import numpy as np
+import onnx
+import pytest
+
+from cml_core import load_model
+
+from .test_brevitas_exports import BITS, brevitas_output, trained
+
+torch = pytest.importorskip("torch")
+from brevitas.export import export_onnx_qcdq, export_qonnx  # noqa: E402
+
+
+def _export(arch, bits, form, path):
+    model, x = trained(arch, bits)
+    if form == "qonnx":
+        export_qonnx(model, input_t=x, export_path=str(path), dynamo=False)
+    else:
+        export_onnx_qcdq(model, input_t=x, export_path=str(path))
+    return model, x
+
+
+@pytest.mark.parametrize("form", ["qonnx", "qcdq"])
+@pytest.mark.parametrize("arch, bits", [("mlp", b) for b in BITS] + [("cnn", 2), ("cnn", 3)])
+def test_quantized_export_reproduces_brevitas(arch, bits, form, tmp_path):
+    model, x = _export(arch, bits, form, tmp_path / "model.onnx")
+    module = load_model(tmp_path / "model.onnx")
+    x_np = x.numpy()
+    qmodule = module.quantize(x_np, n_bits=8)
+    expected = brevitas_output(model, x)
+    # every activation the model quantizes keeps the model's width, and the input takes the model's own grid
+    widths = {q.n_bits for q in qmodule.stated_quantizers.values()}
+    assert widths and max(widths) <= bits
+    assert qmodule.snapped_inputs == {module.input_names[0]}
+    assert qmodule.stated_constants  # weights as Brevitas quantized them
+    scale = float(np.max(np.abs(expected))) + 1e-6
+    np.testing.assert_allclose(qmodule(x_np), expected, rtol=0, atol=1e-5 * scale)
+    assert qmodule.bitwidth_report().max_lookup_bits <= 16  # compiles without rounding
+
+
+def _batch_free(path):
+    """The export with a free batch dimension (Brevitas fixes it to the example's): compiling traces
+    one sample at a time."""
+    model = onnx.load(path)
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = "batch"
+    del model.graph.value_info[:]
+    return model
+
+
+@pytest.mark.fhe
+def test_qat_export_compiles_without_rounding_and_simulation_equals_clear(tmp_path):
+    model, x = _export("mlp", 2, "qcdq", tmp_path / "model.onnx")
+    qmodule = load_model(_batch_free(tmp_path / "model.onnx")).quantize(x.numpy(), n_bits=8)
+    assert qmodule.config.rounding_bits is None
+    qmodule.compile(x.numpy())
+    q = qmodule.quantize_input(x.numpy()[:4])
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
+    np.testing.assert_allclose(qmodule(x.numpy()[:4]), brevitas_output(model, x[:4]), rtol=0, atol=1e-5)
