@@ -1,6 +1,6 @@
 """Run the benchmarks and write docs/benchmarks.{json,md,png}.
 
-    python -m benchmarks [--quick] [--samples 3] [--only float|quantized|fhe|deployment ...]
+    python -m benchmarks [--quick] [--samples 3] [--only float|quantized|fhe|deployment|qat ...]
 
 Float path: NumpyModule vs onnxruntime (graph optimizations as shipped, one thread) vs the ONNX
 reference evaluator. Clear quantized path: QuantizedModule throughput. FHE: compile and key
@@ -298,6 +298,18 @@ def write(results: dict[str, Any], command: str) -> None:
                              "compile_s", "keygen_s", "seconds_per_encrypted_sample", "encrypted_equals_simulated",
                              "error"]),
         "",
+        "## Quantization-aware training (Brevitas) against post-training quantization",
+        "",
+        "Digits, weights and activations at the same bits. QAT: trained with Brevitas, exported (QCDQ and QONNX), "
+        "compiled by `compile_brevitas_model` without rounding; reference accuracy is the Brevitas model's own "
+        "(torch forward). PTQ: the float twin (same layers, same training) quantized with `n_bits` equal to the bits; "
+        "reference accuracy is the float model's.",
+        "",
+        _md_table(results.get("qat", []), [
+            "model", "bits", "method", "reference_accuracy", "quantized_accuracy", "simulated_accuracy",
+            "max_lookup_bits", "pbs", "complexity", "compile_s", "seconds_per_encrypted_sample",
+            "encrypted_equals_simulated", "error"]),
+        "",
         "## Deployment (client and server through `cml_core.deploy`)",
         "",
         "One client's keys, the test samples encrypted one by one (median), the same batch run by a server "
@@ -320,9 +332,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer settings and a smaller ResNet")
     parser.add_argument("--samples", type=int, default=3, help="encrypted samples per FHE setting")
-    parser.add_argument("--only", choices=["float", "quantized", "fhe", "deployment"], action="append")
+    parser.add_argument("--only", choices=["float", "quantized", "fhe", "deployment", "qat"], action="append")
     args = parser.parse_args()
-    sections = set(args.only or ["float", "quantized", "fhe", "deployment"])
+    sections = set(args.only or ["float", "quantized", "fhe", "deployment", "qat"])
     path = DOCS / "benchmarks.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     results["environment"] = environment()
@@ -336,6 +348,10 @@ def main() -> None:
         from .deployment import deployment_path
 
         results["deployment"] = deployment_path(max(2, args.samples + 1))
+    if "qat" in sections:
+        from .qat import qat_path
+
+        results["qat"] = qat_path(args.samples)
     command = "python -m benchmarks" + (" --quick" if args.quick else "")
     write(results, command)
     print(f"wrote {DOCS / 'benchmarks.md'}")

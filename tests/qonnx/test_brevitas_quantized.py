@@ -3,10 +3,9 @@ Brevitas model's outputs, its activations have the bit widths Brevitas trained t
 compiles without rounding."""
 
 import numpy as np
-import onnx
 import pytest
 
-from cml_core import load_model
+from cml_core import compile_brevitas_model, load_model
 
 from .test_brevitas_exports import BITS, brevitas_output, trained
 
@@ -41,24 +40,12 @@ def test_quantized_export_reproduces_brevitas(arch, bits, form, tmp_path):
     assert qmodule.bitwidth_report().max_lookup_bits <= 16  # compiles without rounding
 
 
-def _batch_free(path):
-    """The export with a free batch dimension (Brevitas fixes it to the example's): compiling traces
-    one sample at a time."""
-    model = onnx.load(path)
-    for value in list(model.graph.input) + list(model.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if dims:
-            dims[0].dim_param = "batch"
-    del model.graph.value_info[:]
-    return model
-
-
 @pytest.mark.fhe
-def test_qat_export_compiles_without_rounding_and_simulation_equals_clear(tmp_path):
-    model, x = _export("mlp", 2, "qcdq", tmp_path / "model.onnx")
-    qmodule = load_model(_batch_free(tmp_path / "model.onnx")).quantize(x.numpy(), n_bits=8)
-    assert qmodule.config.rounding_bits is None
-    qmodule.compile(x.numpy())
-    q = qmodule.quantize_input(x.numpy()[:4])
+@pytest.mark.parametrize("form", ["qcdq", "qonnx"])
+def test_compile_brevitas_model_without_rounding_simulation_equals_clear(form):
+    model, x = trained("mlp", 2)
+    qmodule = compile_brevitas_model(model, x.numpy(), form=form)
+    assert qmodule.config.rounding_bits is None and qmodule.fhe_circuit is not None
+    q = qmodule.quantize_input(x.numpy()[:4])  # any batch size: the export's batch axis is free
     np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
     np.testing.assert_allclose(qmodule(x.numpy()[:4]), brevitas_output(model, x[:4]), rtol=0, atol=1e-5)

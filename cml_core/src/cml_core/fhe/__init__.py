@@ -13,15 +13,17 @@
 
 from .compile import circuit_summary, compile_quantized_module
 from .concrete_python import keep_exit_status
-from .models import compile_onnx_model, compile_torch_model, export_torch
+from .models import compile_brevitas_model, compile_onnx_model, compile_torch_model, export_brevitas, export_torch
 from .run import FHE_MODES, run_circuit
 
 __all__ = [
     "FHE_MODES",
     "circuit_summary",
+    "compile_brevitas_model",
     "compile_onnx_model",
     "compile_quantized_module",
     "compile_torch_model",
+    "export_brevitas",
     "export_torch",
     "keep_exit_status",
     "run_circuit",
