@@ -50,16 +50,17 @@ class QuantizedConv(LinearOp):
         if not w.is_constant or (b is not None and not b.is_constant):
             raise QuantizationError(f"{self.where}: weights and bias must be constants")
         q = ctx.requantize(x)
-        wq, w_scale = self.weights(ctx, "W", w.data, w.name)
-        scale = q.scale * w_scale
+        wq, w_scale = self.weights(ctx, "W", w.data, w.name, channel_axes=(0,))  # per output channel
+        scale = q.scale * (w_scale if np.size(w_scale) == 1 else np.asarray(w_scale).reshape(-1))
         bias = self.integer_bias("B", None if b is None else b.data, scale)
         float_bias = None
+        channels = (1, -1) + (1,) * (len(q.shape) - 2)
         if b is not None and bias is None:  # too large for the accumulator's resolution: keep it in float
-            float_bias = np.asarray(b.data, dtype=np.float64).reshape((1, -1) + (1,) * (len(q.shape) - 2))
+            float_bias = np.asarray(b.data, dtype=np.float64).reshape(channels)
         strides, pads, dilations = self.geometry(q.shape, wq.shape)
         acc = backend.conv(self.centered(q), wq, bias, pads=pads, strides=strides, dilations=dilations,
                            group=int(self.attributes.get("group", 1)), clear_conv=self.clear)
-        return self.accumulator(ctx, acc, scale, float_bias)
+        return self.accumulator(ctx, acc, scale if np.size(scale) == 1 else np.reshape(scale, channels), float_bias)
 
 
 @OPS.op("Conv", since=(11, 22), quantized=QuantizedConv, validate=check_conv)

@@ -181,13 +181,20 @@ class QuantizedDequantizeLinear(ElementwiseOp):
 
     @staticmethod
     def stated_constant(bound, values, index):
-        x, scale = values[0], values[1]
-        zero_point = values[2] if len(values) > 2 else None
-        if not _is_integer(np.asarray(x).dtype) or np.size(scale) != 1 or (zero_point is not None
-                                                                       and np.size(zero_point) != 1):
+        """(integers - zero point, scale): the scale one number, or per axis an array shaped to
+        broadcast against the integers; None for blocked or float8 weights."""
+        x, scale = np.asarray(values[0]), np.asarray(values[1])
+        zero_point = values[2] if len(values) > 2 and values[2] is not None else None
+        if not _is_integer(x.dtype) or int(bound.attributes.get("block_size", 0)):
             return None
-        z = 0 if zero_point is None else int(np.asarray(zero_point).reshape(-1)[0])
-        return np.asarray(x, dtype=np.int64) - z, float(np.asarray(scale, dtype=np.float32).reshape(-1)[0])
+        if scale.size == 1:
+            z = 0 if zero_point is None else int(np.asarray(zero_point).reshape(-1)[0])
+            return x.astype(np.int64) - z, float(scale.astype(np.float32).reshape(-1)[0])
+        axis = int(bound.attributes.get("axis", 1)) % x.ndim
+        shape = [1] * x.ndim
+        shape[axis] = x.shape[axis]
+        z = 0 if zero_point is None else np.asarray(zero_point).astype(np.int64).reshape(shape)
+        return x.astype(np.int64) - z, scale.astype(np.float32).astype(np.float64).reshape(shape)
 
 
 class QuantizedDynamicQuantizeLinear(ConstantOnlyOp):

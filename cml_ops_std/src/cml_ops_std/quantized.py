@@ -22,19 +22,25 @@ def _pad(inputs: Sequence[QValue | None], n: int) -> list[QValue | None]:
 class _MatrixProduct(LinearOp):
     """Shared by Gemm and MatMul: an integer product where one or both factors are encrypted."""
 
-    def product(self, ctx: QuantContext, a: QValue, b: QValue, trans_a: bool, trans_b: bool) -> tuple[Any, float]:
+    def product(self, ctx: QuantContext, a: QValue, b: QValue, trans_a: bool, trans_b: bool) -> tuple[Any, Any]:
+        """(integer product, its scale): one number, or per output row/column when a constant factor
+        has per-channel scales along the axis the product keeps (rows of A, columns of B)."""
         factors = []
-        scale = 1.0
+        scale: Any = 1.0
         for key, value, trans in (("A", a, trans_a), ("B", b, trans_b)):
             if value.is_constant:
-                data, s = self.weights(ctx, key, value.data, value.name)
+                ndim = np.ndim(value.data)
+                kept = ((1 if trans else 0) if key == "A" else (0 if trans else 1)) if ndim == 2 else \
+                    ((-1 if key == "B" else -2) if ndim > 2 else None)
+                data, s = self.weights(ctx, key, value.data, value.name, () if kept is None else (kept,))
             else:
                 q = ctx.requantize(value)
                 data, s = self.centered(q), q.scale
             if trans:
                 data = np.transpose(data)
+                s = np.transpose(s) if np.ndim(s) else s
             factors.append(data)
-            scale *= float(s)  # type: ignore[arg-type]
+            scale = scale * (float(s) if np.size(s) == 1 else np.asarray(s))
         return np.matmul(factors[0], factors[1]), scale
 
 

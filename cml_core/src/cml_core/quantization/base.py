@@ -251,6 +251,12 @@ class ConstantOnlyOp(QuantizedOp):
         )
 
 
+def _along_axes(scale: Any, axes: Sequence[int], ndim: int) -> bool:
+    """Whether a per-channel ``scale`` (keepdims shape) varies only along one of ``axes``."""
+    varying = [a for a, n in enumerate(np.shape(scale)) if n > 1]
+    return len(varying) <= 1 and all(a in [x % ndim for x in axes] for a in varying)
+
+
 class LinearOp(QuantizedOp):
     """Base of integer linear ops: quantizes constant weights and requantizes encrypted inputs.
 
@@ -268,14 +274,21 @@ class LinearOp(QuantizedOp):
         arr = np.asarray(value, dtype=np.float64)
         return UniformQuantizer.fit(float(arr.min()), float(arr.max()), n_bits, is_signed=True, is_symmetric=True)
 
-    def weights(self, ctx: QuantContext, key: str, value: NDArray[Any], name: str = "") -> tuple[NDArray[Any], float]:
+    def weights(self, ctx: QuantContext, key: str, value: NDArray[Any], name: str = "",
+                channel_axes: Sequence[int] = ()) -> tuple[NDArray[Any], Any]:
         """(integers, scale) of a constant weight tensor: signed, symmetric, ``op_weights`` bits, or,
         when the graph states the tensor's integers (``name`` folded from a DequantizeLinear of an
-        integer weight), those integers and scale as they are."""
+        integer weight), those integers and scale as they are. A stated per-channel scale (an array
+        shaped to broadcast against the weight) is kept when its channels lie along one of
+        ``channel_axes`` (the axes the op's output keeps, never a summed one); otherwise the weight is
+        quantized with one scale."""
         if key not in self.state:
             stated = ctx.stated_constants.get(name) if name else None
+            if stated is not None and np.ndim(stated[1]) and not _along_axes(stated[1], channel_axes, np.ndim(value)):
+                stated = None
             if stated is not None and np.shape(stated[0]) == np.shape(value):
-                self.state[key] = (np.asarray(stated[0], dtype=np.int64), float(stated[1]))
+                scale = float(stated[1]) if np.size(stated[1]) == 1 else np.asarray(stated[1], dtype=np.float64)
+                self.state[key] = (np.asarray(stated[0], dtype=np.int64), scale)
                 self.state["exact bias"] = True  # the model's own integers: keep its bias exact too
             else:
                 q = self.weight_quantizer(value, ctx.config.op_weights)
@@ -285,7 +298,7 @@ class LinearOp(QuantizedOp):
     #: largest bias, in accumulator units, folded into the integers (beyond it, float precision is lost)
     MAX_BIAS_UNITS = 2.0**40
 
-    def integer_bias(self, key: str, bias: NDArray[Any] | None, scale: float) -> NDArray[Any] | None:
+    def integer_bias(self, key: str, bias: NDArray[Any] | None, scale: Any) -> NDArray[Any] | None:
         """``bias`` in units of the accumulator (``scale``), rounded to integers.
 
         Returns ``None`` when there is no bias, or when it is so large next to the product's
@@ -297,7 +310,7 @@ class LinearOp(QuantizedOp):
             return None
         if key not in self.state:
             exact = np.asarray(bias, dtype=np.float64)
-            units = np.rint(exact / scale) if scale else np.full(np.shape(bias), np.inf)
+            units = np.rint(exact / scale) if np.all(np.asarray(scale) != 0) else np.full(np.shape(bias), np.inf)
             fits = not units.size or np.max(np.abs(units)) <= self.MAX_BIAS_UNITS
             if fits and self.state.get("exact bias"):
                 # weights the model quantized itself: a bias that is not a whole number of accumulator units
@@ -306,21 +319,22 @@ class LinearOp(QuantizedOp):
             self.state[key] = units.astype(np.int64) if fits else None
         return self.state[key]  # type: ignore[no-any-return]
 
-    def accumulator(self, ctx: QuantContext, acc: Any, scale: float, float_bias: Any = None) -> QValue:
-        """The accumulator as a value whose float is ``scale * acc`` (+ ``float_bias``, broadcast).
+    def accumulator(self, ctx: QuantContext, acc: Any, scale: Any, float_bias: Any = None) -> QValue:
+        """The accumulator as a value whose float is ``scale * acc`` (+ ``float_bias``, broadcast);
+        ``scale`` is one number, or per output channel an array broadcasting against ``acc``.
 
         A float bias makes the mapping position-dependent, which a later lookup absorbs; integer
         biases (``integer_bias``) keep it uniform and are preferred.
         """
         ctx.record_accumulator(acc)
-        s = float(scale)
+        s = float(scale) if np.size(scale) == 1 else np.asarray(scale, dtype=np.float64)
         bias = None if float_bias is None else np.asarray(float_bias, dtype=np.float64)
 
         def to_float(q: NDArray[Any]) -> NDArray[Any]:
             value = s * np.asarray(q, dtype=np.float64)
             return value if bias is None else value + bias
 
-        uniform = bias is None or bias.size == 1
+        uniform = (bias is None or bias.size == 1) and np.size(s) == 1  # per-channel scales: per position
         return QValue.lazy(acc, to_float, uniform)
 
     @staticmethod
