@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+from cml_core.deploy import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -169,7 +170,13 @@ def test_qdq_model_compiles_without_rounding_simulates_and_round_trips(tmp_path)
     qmodule.compile(x)
     q = qmodule.quantize_input(x[:5])
     np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
-    loaded = load_quantized(qmodule.save(tmp_path))
-    assert loaded.stated_quantizers.keys() == qmodule.stated_quantizers.keys() or not loaded.stated_quantizers
+    folder = qmodule.save(tmp_path)
+    loaded = load_quantized(folder)
+    assert loaded.snapped_inputs == qmodule.snapped_inputs == {"x"}
+    # the client quantizes with the model's own input grid, silently clipping what the model clips
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(Client(folder, keys=tmp_path / "keys").quantize(10 * x)[0],
+                                      qmodule.quantize_input(10 * x))
     np.testing.assert_array_equal(loaded(x), qmodule(x))
     np.testing.assert_array_equal(loaded.forward(x[:3], fhe="simulate"), qmodule.forward(x[:3], fhe="simulate"))

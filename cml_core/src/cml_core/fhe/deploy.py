@@ -150,7 +150,7 @@ def _read_zip(source: str | os.PathLike[str] | bytes, what: str) -> dict[str, by
     try:
         handle = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
     except FileNotFoundError as exc:
-        raise DeploymentError(f"{what} not found: {source}") from exc
+        raise DeploymentError(f"{what} not found: {source!s}") from exc
     except (zipfile.BadZipFile, OSError) as exc:
         raise DeploymentError(f"{what} is not a readable zip file ({exc})") from exc
     members: dict[str, bytes] = {}
@@ -230,13 +230,13 @@ class OutputMap:
         q = np.asarray(q, dtype=np.int64)
         if self.kind == "affine":
             assert self.scale is not None and self.offset is not None
-            return self.scale * q.astype(np.float64) + self.offset
+            return np.asarray(self.scale * q.astype(np.float64) + self.offset)
         assert self.table is not None
         index = np.clip(q - self.low, 0, len(self.table) - 1)
         if self.table.ndim == 1:
-            return self.table[index]
+            return np.asarray(self.table[index])
         positions = np.indices(q.shape[1:])
-        return self.table[(index, *[np.broadcast_to(p, q.shape) for p in positions])]
+        return np.asarray(self.table[(index, *[np.broadcast_to(p, q.shape) for p in positions])])
 
 
 def _output_map(value: Any, spec: IntegerSpec, name: str) -> OutputMap:
@@ -306,10 +306,10 @@ def _client_files(qmodule: QuantizedModule, program: Program, client_specs: byte
     inputs = [{"name": spec.name, "dtype": _dtype_name(spec.dtype),
                "shape": None if spec.shape is None else [d if isinstance(d, int) else (d or None) for d in spec.shape],
                "quantizer": _quantizer_json(qz), "range": list(qmodule.float_ranges.get(spec.name, (None, None))),
-               "integers": integers.as_json()}
+               "integers": integers.as_json(), "clipped_by_model": spec.name in qmodule.snapped_inputs}
               for spec, qz, integers in zip(module.inputs, qmodule.input_quantizers, program.inputs)]
-    spec = {"format": FORMAT, "inputs": inputs, "outputs": outputs}
-    return {"client.specs.json": client_specs, "cml.json": json.dumps(spec, indent=1).encode(),
+    description = {"format": FORMAT, "inputs": inputs, "outputs": outputs}
+    return {"client.specs.json": client_specs, "cml.json": json.dumps(description, indent=1).encode(),
             "arrays.npz": _npz_bytes(arrays)}
 
 
@@ -434,6 +434,7 @@ def _model_files(qmodule: QuantizedModule, program: Program, model_id: str) -> d
         "config": asdict(c),
         "float_ranges": {k: [float(a).hex(), float(b).hex()] for k, (a, b) in qmodule.float_ranges.items()},
         "input_quantizers": [_quantizer_json(q) for q in qmodule.input_quantizers],
+        "snapped_inputs": sorted(qmodule.snapped_inputs),
         "sites": {k: asdict(s) for k, s in qmodule.sites.items()},
         "accumulators": {k: asdict(a) for k, a in qmodule.accumulators.items()},
         "ops": states,
@@ -507,6 +508,7 @@ def load_quantized(path: str | os.PathLike[str]) -> QuantizedModule:
     qmodule = QuantizedModule(module, config, ranges, [_quantizer(q) for q in saved["input_quantizers"]], ops,
                               producers)
     qmodule.sites.update({k: LookupSite(**s) for k, s in saved["sites"].items()})
+    qmodule.snapped_inputs.update(saved.get("snapped_inputs", []))
     qmodule.accumulators.update({k: AccumulatorRecord(**a) for k, a in saved["accumulators"].items()})
     inputs = [IntegerSpec.from_json(i) for i in saved["program"]["inputs"]]
     outputs = [IntegerSpec.from_json(o) for o in saved["program"]["outputs"]]
@@ -620,6 +622,7 @@ class Client:
             self._quantizers = [_quantizer(i["quantizer"]) for i in spec["inputs"]]
             self._ranges = {i["name"]: tuple(i["range"]) for i in spec["inputs"] if None not in i["range"]}
             self.input_integers = [IntegerSpec.from_json(i["integers"]) for i in spec["inputs"]]
+            self._clipped_by_model = {i["name"] for i in spec["inputs"] if i.get("clipped_by_model")}
             self.outputs = [(o["name"], np.dtype(o["dtype"])) for o in spec["outputs"]]
             self.output_integers = [IntegerSpec.from_json(o["integers"]) for o in spec["outputs"]]
             self._maps = [OutputMap("affine", arrays[f"output{k}_scale"], arrays[f"output{k}_offset"])
@@ -697,7 +700,7 @@ class Client:
         """The integers of float inputs, as ``QuantizedModule.quantize_input`` makes them."""
         from ..quantization.module import quantize_inputs
 
-        return quantize_inputs(self.inputs, self._quantizers, self._ranges, x)  # type: ignore[arg-type]
+        return quantize_inputs(self.inputs, self._quantizers, self._ranges, x, self._clipped_by_model)
 
     def encrypt(self, *x: Any) -> bytes:
         """Quantize and encrypt one batch per model input; every sample is encrypted on its own."""
