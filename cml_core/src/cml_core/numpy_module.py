@@ -484,12 +484,56 @@ def _missing_ops_error(missing: Counter[tuple[str, str, int]], registry: OpRegis
     return UnsupportedOpError(message, [(d, o, v, c) for (d, o, v), c in sorted(missing.items())])
 
 
+#: models at least this large (serialized) are checked and shape-inferred without their large tensors'
+#: bytes: protobuf cannot serialize a message over 2 GiB, and the checker and inference serialize it
+SKELETON_BYTES = 2**31 - 2**24
+#: tensors at least this large are set aside for that (shape tensors, which inference reads, stay)
+SKELETON_TENSOR_BYTES = 2**16
+
+
 def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model checked and shape-inferred (strictly: an inconsistent node is an error here).
+
+    A model too large for protobuf to serialize (over 2 GiB with its weights, which external data
+    allows; the checker and inference serialize it) is checked on its skeleton: its large
+    initializers stand aside as typed graph inputs of the same shapes while the checker and shape
+    inference run, and the inferred shapes are written into the model. ``model`` is read_model's own
+    copy, so it may be changed here.
 
     Raises:
         ModelLoadError: the checker or shape inference rejects the model; naming each node at fault.
     """
+    # the tensors' bytes decide (protobuf cannot even size, or copy, a message over 2 GiB)
+    if sum(len(t.raw_data) for t in model.graph.initializer) < SKELETON_BYTES:
+        return _check_and_infer(model)
+    large = [t for t in model.graph.initializer if len(t.raw_data) >= SKELETON_TENSOR_BYTES]
+    aside = [t.raw_data for t in large]
+    for tensor in large:
+        tensor.raw_data = b""
+    try:  # the model without those bytes is small: its skeleton takes typed inputs in their place
+        skeleton = onnx.ModelProto()
+        skeleton.CopyFrom(model)
+    finally:
+        for tensor, data in zip(large, aside):
+            tensor.raw_data = data
+    del aside
+    names = {t.name for t in large}
+    kept = [t for t in skeleton.graph.initializer if t.name not in names]
+    stand_ins = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                 for t in skeleton.graph.initializer if t.name in names]
+    del skeleton.graph.initializer[:]
+    skeleton.graph.initializer.extend(kept)
+    skeleton.graph.input.extend(stand_ins)
+    inferred = _check_and_infer(skeleton)
+    graph = model.graph
+    del graph.value_info[:]
+    graph.value_info.extend(inferred.graph.value_info)
+    del graph.output[:]
+    graph.output.extend(inferred.graph.output)
+    return model
+
+
+def _check_and_infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # ValidationError, or ValueError for a model over protobuf's 2 GiB

@@ -86,7 +86,7 @@ def export_brevitas(module: Any, example_x: Any, form: str = "qcdq") -> bytes:
         path = os.path.join(tmp, "model.onnx")
         example = tensors[0] if len(tensors) == 1 else tensors
         if form == "qcdq":
-            export_onnx_qcdq(module, input_t=example, export_path=path)
+            export_onnx_qcdq(module, input_t=example, export_path=path, dynamo=False)
         else:
             export_qonnx(module, input_t=example, export_path=path, dynamo=False)
         model = onnx.load(path)
