@@ -183,6 +183,21 @@ def test_flatten_axis_out_of_range_for_a_rank_known_only_at_call():
         module(np.ones(4, np.float32), np.array([2, 2], np.int64))
 
 
+def test_lrn_without_a_window_is_refused_at_load():
+    model = _model([helper.make_node("LRN", ["x"], ["y"], size=0)], [_vi("x", [1, 3, 2, 2])], [_vi("y", [1, 3, 2, 2])])
+    with pytest.raises(ModelLoadError, match=r"node '#0' \(LRN\): size=0 must be at least 1"):
+        load_model(model)
+
+
+@pytest.mark.parametrize("axis,match", [(5, "outside the data's 3 axes|Unexpected axis value: 5"),
+                                        (0, "size 2: only axes of size 1|must be 1 instead of 2")])
+def test_squeeze_of_an_axis_that_is_not_there_is_refused_at_load(axis, match):
+    model = _model([helper.make_node("Squeeze", ["x", "a"], ["y"])], [_vi("x", [2, 1, 3])], [_vi("y", ["p", "q"])],
+                   [numpy_helper.from_array(np.array([axis], np.int64), "a")])
+    with pytest.raises(ModelLoadError, match=rf"node '#0' \(Squeeze\).*({match})"):
+        load_model(model)
+
+
 def test_a_plugin_declares_a_load_time_check():
     seen = []
 

@@ -50,12 +50,29 @@ class QuantizedSqueeze(LayoutOp):
         return source.with_data(source.data.reshape(shape), name="")
 
 
-@OPS.op("Squeeze", since=11, quantized=QuantizedSqueeze)
+def check_squeeze(inputs, attributes):
+    """Load-time check of a Squeeze node: its axes lie within the data's rank and name axes of size 1."""
+    data = inputs[0]
+    axes = attributes.get("axes")
+    if axes is None and len(inputs) > 1 and inputs[1] is not None:
+        axes = inputs[1].value
+    if axes is None or data is None or data.shape is None:
+        return
+    rank = len(data.shape)
+    for axis in np.asarray(axes).reshape(-1).tolist():
+        if not -rank <= axis < rank:
+            raise ValueError(f"axis {axis} is outside the data's {rank} axes (valid: {-rank} to {rank - 1})")
+        size = data.shape[axis]
+        if size is not None and size != 1:
+            raise ValueError(f"axis {axis} has size {size}: only axes of size 1 can be squeezed")
+
+
+@OPS.op("Squeeze", since=11, quantized=QuantizedSqueeze, validate=check_squeeze)
 def squeeze_11(data, /, *, axes=None):
     return _squeeze(data, axes)
 
 
-@OPS.op("Squeeze", since=VERSIONS_13_25, quantized=QuantizedSqueeze)
+@OPS.op("Squeeze", since=VERSIONS_13_25, quantized=QuantizedSqueeze, validate=check_squeeze)
 def squeeze(data, /, axes=None):
     return _squeeze(data, axes)
 

@@ -311,7 +311,13 @@ class QuantizedLRN(QuantizedOp):
         return QValue.affine(data, out_q.scale, out_q.zero_point)
 
 
-@OPS.op("LRN", since=(1, 13), quantized=QuantizedLRN)
+def check_lrn(inputs, attributes):
+    """Load-time check of an LRN node: the window ``size`` is a positive number of channels."""
+    if int(attributes["size"]) < 1:
+        raise ValueError(f"size={attributes['size']} must be at least 1 (the number of channels summed)")
+
+
+@OPS.op("LRN", since=(1, 13), quantized=QuantizedLRN, validate=check_lrn)
 def lrn(x, /, *, alpha=0.0001, beta=0.75, bias=1.0, size):
     x64 = x.astype(np.float64)
     window = _channel_window_sum(np.square(x64), size)
