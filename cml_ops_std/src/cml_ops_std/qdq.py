@@ -9,9 +9,11 @@ Sub-byte and float8 element types are numpy dtypes from ``ml_dtypes`` (the ones 
 
 from __future__ import annotations
 
+import warnings
+
 import ml_dtypes
 import numpy as np
-from cml_core.errors import QuantizationError
+from cml_core.errors import CalibrationWarning, QuantizationError
 from cml_core.quantization import ConstantOnlyOp, ElementwiseOp
 from cml_core.quantization.stated import code_quantizer, code_range, scalar
 from onnx import TensorProto, helper
@@ -177,7 +179,12 @@ class QuantizedDequantizeLinear(ElementwiseOp):
             return None
         low, high = _int_range(probe.dtype)
         codes = code_range(x, int(low), int(high), ctx.calibrating)
-        return None if codes is None else code_quantizer(*codes, float(np.float32(s)), int(z))
+        if codes is None:
+            warnings.warn(CalibrationWarning(
+                f"{self.where}: the codes reaching it are not whole numbers, so the model's quantization cannot be "
+                "kept exactly here: this tensor gets a quantizer fitted on the calibration data instead"), stacklevel=2)
+            return None
+        return code_quantizer(*codes, float(np.float32(s)), int(z))
 
     @staticmethod
     def stated_constant(bound, values, index):
