@@ -342,9 +342,9 @@ def save(qmodule: QuantizedModule, path: str | os.PathLike[str]) -> Path:
         server_zip, client_specs = program.server_zip, program.client_specs
     else:
         assert isinstance(program, CircuitProgram)
-        fhe = load_concrete()
+        load_concrete()
         with tempfile.TemporaryDirectory(prefix="cml-save-") as tmp:
-            server = _deployable_server(fhe, program.circuit)
+            server = _deployable_server(program.circuit)
             server.save(Path(tmp) / SERVER_ZIP, via_mlir=True)
             server_zip = (Path(tmp) / SERVER_ZIP).read_bytes()
             client_specs = server.client_specs.serialize()
@@ -370,7 +370,7 @@ def save(qmodule: QuantizedModule, path: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def _deployable_server(fhe: Any, circuit: Any) -> Any:
+def _deployable_server(circuit: Any) -> Any:
     """The execution server of ``circuit`` (built in a folder cml owns, see ``concrete_python``)."""
     enable_runtime(circuit, "execute")
     return circuit.server
