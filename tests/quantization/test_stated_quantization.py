@@ -4,8 +4,10 @@ DequantizeLinear of integers): quantize() keeps the model's integers, scales and
 import warnings
 
 import numpy as np
+import onnx
 import pytest
 from cml_core.deploy import Client
+from cml_core.testing import run_onnxruntime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -180,3 +182,32 @@ def test_qdq_model_compiles_without_rounding_simulates_and_round_trips(tmp_path)
                                       qmodule.quantize_input(10 * x))
     np.testing.assert_array_equal(loaded(x), qmodule(x))
     np.testing.assert_array_equal(loaded.forward(x[:3], fhe="simulate"), qmodule.forward(x[:3], fhe="simulate"))
+
+
+def test_pytorch_quantized_export_quantizes_to_the_exported_models_outputs():
+    """torch.ao's post-training quantization exported to ONNX (QDQ): the model's own quantizers and int8
+    weights drive the integer program, which gives onnxruntime's outputs for the export exactly. (The torch
+    model itself requantizes in fixed point: with this seed one of its 150 outputs is one step away from
+    its own export's, in onnxruntime as here.)"""
+    import io
+
+    torch = pytest.importorskip("torch")
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    x = torch.randn(50, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        prepared = prepare_fx(net, get_default_qconfig_mapping("qnnpack"), (x[:1],))
+        prepared(x)
+        quantized = convert_fx(prepared)
+        buffer = io.BytesIO()
+        torch.onnx.export(quantized, (x[:1],), buffer, dynamo=False, opset_version=13, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    expected = run_onnxruntime(onnx.load_from_string(buffer.getvalue()), {"x": x.numpy()})[0]
+    module = load_model(buffer.getvalue())
+    qmodule = module.quantize(x.numpy(), n_bits=8)
+    assert qmodule.stated_quantizers and qmodule.stated_constants
+    np.testing.assert_array_equal(qmodule(x.numpy()), expected)
