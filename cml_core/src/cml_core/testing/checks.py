@@ -57,7 +57,9 @@ def run_reference(model: Any, feeds: dict[str, NDArray[Any]]) -> list[NDArray[An
         return run_onnxruntime(model, feeds)
     except Exception as exc:  # onnxruntime's NotImplemented / invalid-graph errors have no common base
         text = str(exc)
-        if "NOT_IMPLEMENTED" not in text and "opset" not in text.lower():
+        # a type it has no kernel for can also surface as a type error on a Cast onnxruntime inserts itself
+        # (DequantizeLinear of float4 codes to float16, seen under a random seed)
+        if "NOT_IMPLEMENTED" not in text and "opset" not in text.lower() and "InsertedPrecisionFreeCast" not in text:
             raise
     from onnx.reference import ReferenceEvaluator
 
