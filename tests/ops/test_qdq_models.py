@@ -164,3 +164,17 @@ def test_qoperator_gemm_needs_com_microsoft_qgemm(float_model, kind):
 
     with pytest.raises(UnsupportedOpError, match="com.microsoft::QGemm"):
         load_model(str(_quantized(float_model, kind)))
+
+
+def test_qlinear_matmul_multiplier_in_the_scales_bfloat16():
+    """Found under a random seed: with bfloat16 scales the multiplier 1.5 * 5.9375 is 8.875 (bfloat16), so
+    an accumulator of 12 requantizes to 106 as onnxruntime and the reference evaluator give, not 107."""
+    import ml_dtypes
+    from cml_core.testing import check_op
+
+    bf16 = ml_dtypes.bfloat16
+    inputs = [np.array([0], np.uint8), np.array(1.5, dtype=bf16), np.array(3, np.uint8), np.array([[0, 0]], np.uint8),
+              np.array([5.9375, 1], dtype=bf16), np.array([4, 4], np.uint8), np.array(1, dtype=bf16),
+              np.array(0, np.uint8)]
+    got = check_op("QLinearMatMul", inputs, {}, opset=21, constant_inputs=(1, 2, 4, 5, 6, 7))
+    np.testing.assert_array_equal(got[0], np.array([106, 18], np.uint8))

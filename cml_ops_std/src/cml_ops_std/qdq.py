@@ -356,6 +356,14 @@ def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
     if sa.ndim == 1 and sa.size > 1 and np.ndim(a) >= 2:
         sa = sa[:, None]
     multiplier = sa * _float32_scale(b_scale, "b_scale") / _float32_scale(y_scale, "y_scale")
+    dtypes = {np.asarray(v).dtype for v in (a_scale, b_scale, y_scale)}
+    if len(dtypes) == 1 and np.dtype(next(iter(dtypes))).itemsize == 2:
+        # float16/bfloat16 scales: the multiplier is computed in their type (onnxruntime and the reference
+        # evaluator agree; 1.5 * 5.9375 is 8.875 in bfloat16, so an accumulator of 12 gives 106, not 107)
+        narrow = next(iter(dtypes))
+        sa16 = np.asarray(a_scale).reshape(sa.shape)
+        multiplier = (sa16 * np.asarray(b_scale).reshape(np.shape(_float32_scale(b_scale, "b_scale")))
+                      / np.asarray(y_scale, dtype=narrow).reshape(())).astype(np.float32)
     if y_zero_point.dtype.kind in "iu":
         return _requantize(acc, multiplier, y_zero_point)
     scaled = (acc * multiplier).astype(np.float64) + y_zero_point.astype(np.float64)
