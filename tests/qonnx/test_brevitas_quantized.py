@@ -23,7 +23,7 @@ def _export(arch, bits, form, path):
 
 
 @pytest.mark.parametrize("form", ["qonnx", "qcdq"])
-@pytest.mark.parametrize("arch, bits", [("mlp", b) for b in BITS] + [("cnn", 2), ("cnn", 3)])
+@pytest.mark.parametrize("arch, bits", [("mlp", b) for b in BITS] + [("cnn", b) for b in BITS])
 def test_quantized_export_reproduces_brevitas(arch, bits, form, tmp_path):
     model, x = _export(arch, bits, form, tmp_path / "model.onnx")
     module = load_model(tmp_path / "model.onnx")
