@@ -49,3 +49,13 @@ def test_compile_brevitas_model_without_rounding_simulation_equals_clear(form):
     q = qmodule.quantize_input(x.numpy()[:4])  # any batch size: the export's batch axis is free
     np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
     np.testing.assert_allclose(qmodule(x.numpy()[:4]), brevitas_output(model, x[:4]), rtol=0, atol=1e-5)
+
+
+def test_bipolar_activations_are_stated_but_never_take_over_the_input(tmp_path):
+    """BipolarQuant is a sign, not a rounding: its ±scale codes are the model's own (2-bit signed integers),
+    but the model input it reads keeps a quantizer of its own (a rounding quantizer would send small
+    positive inputs to 0 where the sign gives +1)."""
+    model, x = _export("binary_mlp", 1, "qonnx", tmp_path / "model.onnx")
+    qmodule = load_model(tmp_path / "model.onnx").quantize(x.numpy(), n_bits=8)
+    assert qmodule.stated_quantizers and {q.n_bits for q in qmodule.stated_quantizers.values()} == {2}
+    assert not qmodule.snapped_inputs

@@ -67,6 +67,10 @@ class QuantizedQuant(ElementwiseOp):
     load on a weight, it gives the weight's codes and scale as they are. Per-channel scales fall
     back to a fitted quantizer (encrypted) or to the usual weight quantization (constant)."""
 
+    @property
+    def rounds_like_its_quantizer(self) -> bool:  # type: ignore[override]
+        return str(self.attributes.get("rounding_mode", "ROUND")).upper() == "ROUND"
+
     def stated_output(self, ctx: Any, inputs: Any) -> Any:
         params = [None if v is None or not v.is_constant else v.data for v in (list(inputs) + [None] * 4)[1:4]]
         grid = _grid(self.attributes, *params)
@@ -82,6 +86,16 @@ class QuantizedQuant(ElementwiseOp):
         out = quant(np.asarray(x), scale, zeropt, bitwidth, **bound.attributes)
         codes = np.rint(np.asarray(out, dtype=np.float64) / s) + z
         return np.clip(codes, low, high).astype(np.int64) - z, s
+
+
+class QuantizedBipolarQuant(ElementwiseOp):
+    """BipolarQuant states its output: codes -1 and +1 on ``scale`` (a sign, not a rounding: a model
+    input it reads keeps its own quantizer)."""
+
+    def stated_output(self, ctx: Any, inputs: Any) -> Any:
+        scale = inputs[1] if len(inputs) > 1 else None
+        s = _one(scale.data) if scale is not None and scale.is_constant else None
+        return None if s is None or s <= 0 else code_quantizer(-1, 1, s, 0)
 
 
 def check_bipolar_quant(inputs: Any, attributes: dict[str, Any]) -> None:
@@ -100,6 +114,6 @@ def bipolar_quant(x, scale, /):  # type: ignore[no-untyped-def]
 
 for _domain in (QONNX_DOMAIN, BREVITAS_DOMAIN):
     OPS.op("Quant", since=1, domain=_domain, validate=check_quant, quantized=QuantizedQuant)(quant)
-    OPS.op("BipolarQuant", since=1, domain=_domain, validate=check_bipolar_quant, quantized=ElementwiseOp)(bipolar_quant)
+    OPS.op("BipolarQuant", since=1, domain=_domain, validate=check_bipolar_quant, quantized=QuantizedBipolarQuant)(bipolar_quant)
 # QONNX's current name for Quant; only in its own domain (Brevitas never wrote it)
 OPS.op("IntQuant", since=1, domain=QONNX_DOMAIN, validate=check_quant, quantized=QuantizedQuant)(quant)

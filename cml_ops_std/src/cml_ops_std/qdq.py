@@ -161,6 +161,8 @@ class QuantizedDequantizeLinear(ElementwiseOp):
     Per-axis and blocked parameters fall back to a fitted quantizer.
     """
 
+    rounds_like_its_quantizer = True  # QuantizeLinear rounds half to even, as the quantizer does
+
     def call_numpy(self, values):
         # composed chains widen float constants to float64; the op's scale is float32/16 by its schema
         values = list(values)

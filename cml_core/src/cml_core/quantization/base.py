@@ -129,6 +129,10 @@ class ElementwiseOp(QuantizedOp):
     exactly the graph's, with the graph's bit width, whatever ``n_bits`` asks.
     """
 
+    #: whether the op's output is its stated quantizer applied to its float input (round half to even),
+    #: so that a model input it reads first thing may take that quantizer itself (``snap_inputs``)
+    rounds_like_its_quantizer = False
+
     def stated_output(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> UniformQuantizer | None:
         """The quantizer the graph states for this op's output, or None (fitted on calibration)."""
         return None
@@ -137,7 +141,7 @@ class ElementwiseOp(QuantizedOp):
         if "stated" not in self.state:
             self.state["stated"] = self.stated_output(ctx, inputs)
         if self.state["stated"] is not None:
-            ctx.state_quantizer(self.bound.node.output[0], self.state["stated"])
+            ctx.state_quantizer(self.bound.node.output[0], self.state["stated"], self.rounds_like_its_quantizer)
         encrypted = self.encrypted_positions(inputs)
         first = inputs[encrypted[0]]
         assert first is not None

@@ -277,6 +277,8 @@ class QuantContext:
     calibration: IntegerCalibration | None = None  # what calibration records (one chunk when not given)
     #: quantizers the graph states for tensors (declared by the ops producing them, see ``state_quantizer``)
     stated: dict[str, UniformQuantizer] = field(default_factory=dict)
+    #: stated tensors whose op is their quantizer applied to its float input (see ``state_quantizer``)
+    rounding_stated: set[str] = field(default_factory=set)
     #: folded constants the graph states as integers: tensor -> (integers, scale), see ``LinearOp.weights``
     stated_constants: dict[str, tuple[NDArray[Any], float]] = field(default_factory=dict)
     #: the model inputs of this pass: id of their integer data -> (input name, its quantizer)
@@ -307,11 +309,14 @@ class QuantContext:
         """Drop what this pass keeps for ``tensor`` (its shared requantization) once nothing needs it."""
         self._materialized.pop(tensor, None)
 
-    def state_quantizer(self, tensor: str, quantizer: UniformQuantizer) -> None:
+    def state_quantizer(self, tensor: str, quantizer: UniformQuantizer, rounds: bool = False) -> None:
         """Declare that the graph itself quantizes ``tensor`` with ``quantizer`` (a DequantizeLinear
         after a QuantizeLinear, a QONNX ``Quant``): its integers are the graph's, whatever ``n_bits``.
-        Called by the op producing ``tensor`` on every pass, before anything reads it."""
+        Called by the op producing ``tensor`` on every pass, before anything reads it. ``rounds``: the op
+        is that quantizer applied to its float input, so a model input it reads may take the quantizer."""
         self.stated[tensor] = quantizer
+        if rounds:
+            self.rounding_stated.add(tensor)
 
     def quantizer_for(self, tensor: str, n_bits: int | None = None) -> UniformQuantizer:
         """The quantizer the graph states for ``tensor``, else an unsigned one fitted to its
@@ -343,7 +348,7 @@ class QuantContext:
         to_float = value.to_float
         assert to_float is not None
         if source is not None:
-            self.input_reads.setdefault(source[0], set()).add(quantizer if value.name in self.stated else None)
+            self.input_reads.setdefault(source[0], set()).add(quantizer if value.name in self.rounding_stated else None)
             if _maps_onto_itself(value, source[1], quantizer):
                 # a model input already on the grid the graph states (its first QuantizeLinear or Quant): no lookup
                 out = QValue.affine(value.data, quantizer.scale, quantizer.zero_point, value.name)
