@@ -1,5 +1,8 @@
 """Every registered op, at each registered since-version, against onnxruntime."""
 
+import importlib
+import pathlib
+
 import numpy as np
 import pytest
 from cml_core.testing import check_op
@@ -8,12 +11,26 @@ from hypothesis import strategies as st
 
 from cml_core import get_registry
 
-from .cases_activations import CASES as ACTIVATION_CASES
-from .cases_qdq import CASES as QDQ_CASES
-from .cases_std import CASES as STD_CASES
 from .known_disagreements import FLOAT64_ORACLE, KNOWN_DISAGREEMENTS
 
-CASES = {(c.domain, c.op_type): c for c in STD_CASES + ACTIVATION_CASES + QDQ_CASES}
+
+def _case_modules():
+    """Every ``cases_*.py`` module of this folder: each lists ``CASES`` and may add ``KNOWN_DISAGREEMENTS`` and
+    ``FLOAT64_ORACLE`` entries of its own (same meaning as in known_disagreements.py)."""
+    folder = pathlib.Path(__file__).parent
+    for path in sorted(folder.glob("cases_*.py")):
+        yield importlib.import_module(f"{__package__}.{path.stem}")
+
+
+CASES = {}
+for _module in _case_modules():
+    for _case in _module.CASES:
+        key = (_case.domain, _case.op_type)
+        if key in CASES:
+            raise AssertionError(f"{_module.__name__} lists a second case for {key}")
+        CASES[key] = _case
+    KNOWN_DISAGREEMENTS.update(getattr(_module, "KNOWN_DISAGREEMENTS", {}))
+    FLOAT64_ORACLE.update(getattr(_module, "FLOAT64_ORACLE", {}))
 FIRST_PARTY = {"cml-ops-std", "cml-ops-activations"}
 IMPLS = [i for i in get_registry() if i.provider.distribution in FIRST_PARTY]
 

@@ -70,10 +70,14 @@ class BoundNode:
         """Run the numpy implementation on ``values`` (``None`` for omitted inputs)."""
         out = self.impl.function(*values[: self._arity], **self._kwargs)
         if not isinstance(out, tuple):
-            return (out,)
+            out = (out,)
         n = len(self.outputs)
         if len(out) < n and any(self.outputs[len(out):]):
-            raise NodeExecutionError(f"{self.where}: implementation returned {len(out)} outputs, node has {n}")
+            missing = [name for name in self.outputs[len(out):] if name]
+            raise NodeExecutionError(
+                f"{self.where}: its implementation computes {len(out)} output(s); the node also asks for "
+                f"{missing}, which is not supported"
+            )
         return out[:n]
 
 

@@ -2,7 +2,25 @@
 
 from cml_core import hookimpl
 
-from . import arithmetic, conversion, layout, linalg, normalization, pooling, qdq, reductions, shape  # noqa: F401  (modules register their ops on OPS when imported)
+from . import (  # noqa: F401  (modules register their ops on OPS when imported)
+    arithmetic,
+    control,
+    conversion,
+    image,
+    indexing,
+    layout,
+    linalg,
+    losses,
+    normalization,
+    numeric,
+    pooling,
+    qdq,
+    recurrent,
+    reductions,
+    sequence,
+    shape,
+    transformer,
+)
 from ._opset import OPS
 
 

@@ -140,8 +140,15 @@ def bit_shift(x, y, /, *, direction):
         raise ValueError(f"BitShift direction must be 'LEFT' or 'RIGHT', got {direction!r}")
     bits = np.dtype(x.dtype).itemsize * 8
     shift = np.asarray(y).astype(x.dtype)
-    out = np.left_shift(x, shift) if direction == "LEFT" else np.right_shift(x, shift)
-    # shifting by the width or more gives 0, not numpy's modular shift
+    widest = np.asarray(bits - 1, x.dtype)
+    if direction == "LEFT":
+        # shifting by the width or more leaves 0, not numpy's modular shift
+        out = np.left_shift(x, np.minimum(shift, widest))
+        return np.where(shift >= bits, np.zeros_like(out), out).astype(x.dtype)
+    if x.dtype.kind == "i":
+        # an arithmetic shift by the width or more leaves only copies of the sign bit: -1 or 0
+        return np.right_shift(x, np.minimum(shift, widest)).astype(x.dtype)
+    out = np.right_shift(x, np.minimum(shift, widest))
     return np.where(shift >= bits, np.zeros_like(out), out).astype(x.dtype)
 
 

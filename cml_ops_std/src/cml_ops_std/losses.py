@@ -1,0 +1,3 @@
+"""Loss functions and training-domain optimizers: NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss, Adagrad, Adam, Momentum."""
+
+from ._opset import OPS  # noqa: F401

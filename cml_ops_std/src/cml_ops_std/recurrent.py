@@ -1,0 +1,3 @@
+"""Recurrent layers: RNN, GRU and LSTM."""
+
+from ._opset import OPS  # noqa: F401
