@@ -18,7 +18,7 @@ def tests(session: nox.Session) -> None:
     # onnxscript: torch's default (dynamo) ONNX exporter needs it; brevitas and onnxoptimizer (its exporter needs
     # it) build the QAT models the qonnx plugin is tested on, installed after torch so they keep it
     install(session, "-e", "examples/cml-ops-example", "pytest", "hypothesis", "onnxruntime", "onnxscript==0.7.*",
-            "scikit-learn", "brevitas==0.13.*", "onnxoptimizer")
+            "scikit-learn", "brevitas==0.13.*", "onnxoptimizer", "transformers>=5,<6")
     session.run("python", "-m", "pytest", *session.posargs, env={"CI": "1"})
 
 

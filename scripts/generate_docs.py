@@ -18,34 +18,50 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 FIRST_PARTY = {"cml-ops-std", "cml-ops-activations"}
 
 
-def coverage_rows() -> list[dict[str, str]]:
-    """Per standard op: the since-versions ONNX defines from opset 11 on, and which ones we register."""
-    registry = get_registry()
+def _history() -> dict[str, list[int]]:
+    """ai.onnx op type -> every since-version ONNX defines for it."""
     history: dict[str, list[int]] = {}
     for schema in onnx.defs.get_all_schemas_with_history():
         if schema.domain == "":
             history.setdefault(schema.name, []).append(int(schema.since_version))
+    return {op: sorted(set(versions)) for op, versions in history.items()}
+
+
+def coverage_rows() -> list[dict[str, str]]:
+    """Per standard op we register: every since-version ONNX defines, and which ones we register."""
+    registry = get_registry()
+    history = _history()
     rows = []
     ours = {(i.domain, i.op_type) for i in registry if i.provider.distribution in FIRST_PARTY}
     for domain, op_type in sorted(ours):
         if domain:
             continue
-        versions = sorted(history.get(op_type, []))
-        base = max([v for v in versions if v <= 11], default=min(versions, default=0))
-        needed = [v for v in versions if v >= base]
+        needed = history.get(op_type, [])
         have = registry.versions(domain, op_type)
         missing = [v for v in needed if v not in have]
-        rows.append({"op": op_type, "ONNX since-versions (opset 11 on)": ", ".join(map(str, needed)),
+        rows.append({"op": op_type, "ONNX since-versions": ", ".join(map(str, needed)),
                      "registered": ", ".join(map(str, have)),
                      "not covered": ", ".join(map(str, missing)) or "-"})
     return rows
 
 
+def coverage_line() -> tuple[str, list[str]]:
+    """The "N of M ai.onnx ops" line and the ai.onnx ops no first-party plugin provides."""
+    registry = get_registry()
+    ours = {i.op_type for i in registry if i.provider.distribution in FIRST_PARTY and i.domain in ("", "ai.onnx")}
+    every = set(_history())
+    missing = sorted(every - ours)
+    return f"{len(every & ours)} of {len(every)} ai.onnx ops.", missing
+
+
 def render() -> str:
+    line, missing = coverage_line()
     return "\n".join([
         "# Supported ops",
         "",
         "Generated from the registry of the first-party plugins by `scripts/generate_docs.py`; do not edit.",
+        "",
+        f"Coverage: {line} Not provided: {', '.join(missing) or 'none'}.",
         "",
         "`quantized` names the quantized family: `ElementwiseOp` ops join the next table lookup (also",
         "when several encrypted inputs are functions of the same integers, as in `x * Sigmoid(x)`; from",
@@ -59,6 +75,7 @@ def render() -> str:
         "",
         "A model at opset N uses, for each op, the highest registered since-version not above N; a",
         "model is refused when ONNX defines a newer since-version at N than the plugins register.",
+        "Every since-version is listed, back to the op's first (opset 1 for the oldest ops).",
         "",
         _table(coverage_rows(), markdown=True),
         "",
