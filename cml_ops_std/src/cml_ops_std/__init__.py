@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (modules register their ops on OPS when imported)
     reductions,
     sequence,
     shape,
+    strings,
     transformer,
 )
 from ._opset import OPS
