@@ -3,7 +3,7 @@
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
-PACKAGES = ["-e", "cml_core[fhe,serve,testing]", "-e", "cml_ops_std", "-e", "cml_ops_activations", "-e",
+PACKAGES = ["-e", "cml_core[fhe,serve,testing]", "-e", "cml_ops_std[image]", "-e", "cml_ops_activations", "-e",
             "cml_ops_qonnx"]
 
 

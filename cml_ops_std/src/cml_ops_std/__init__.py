@@ -6,6 +6,7 @@ from . import (  # noqa: F401  (modules register their ops on OPS when imported)
     arithmetic,
     control,
     conversion,
+    decoding,
     image,
     indexing,
     layout,
