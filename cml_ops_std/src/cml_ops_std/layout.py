@@ -128,11 +128,67 @@ def slice_(data, starts, ends, /, axes=None, steps=None):
     return data[tuple(index)]
 
 
-@OPS.op("Gather", since=(11, 13), quantized=LayoutOp)
+class QuantizedGather(LayoutOp):
+    """Gather: encrypted data at constant indices moves integers (a layout); a constant table read at
+    encrypted indices is a table lookup on the indices' integers.
+
+    The encrypted indices stand for exact integers (a Cast to an integer type, integer arithmetic,
+    an integer model input): their float mapping gives each index, and the table value at that
+    index becomes the output's float mapping over the same integers. Nothing is computed on the
+    integers here; the lookup happens where a later op needs an integer (a chain such as
+    ``Gather -> Where -> Add -> Gather`` costs one lookup). An index off the table (only possible
+    for integers calibration never saw) reads the nearest end of the table.
+    """
+
+    def encrypted_forward(self, ctx, inputs):
+        data, indices = inputs[0], inputs[1]
+        if indices.is_constant:
+            return super().encrypted_forward(ctx, inputs)
+        if not data.is_constant:
+            from cml_core.errors import QuantizationError
+
+            raise QuantizationError(f"{self.where}: both the data and the indices are encrypted; a Gather reads "
+                                    "encrypted values at constant indices, or a constant table at encrypted indices")
+        table = np.asarray(data.data)
+        if table.dtype.kind == "f":
+            table = table.astype(np.float64)
+        axis = int(self.attributes.get("axis", 0))
+        axis = axis + table.ndim if axis < 0 else axis
+        before, after = table.shape[:axis], table.shape[axis + 1:]
+        index_of = indices.to_float
+
+        def to_float(q):
+            """Table values at the indices the integers stand for; ``q`` spans the output's shape (the
+            indices' integers repeated along the table's other axes)."""
+            q = np.asarray(q)
+            if q.ndim < len(before) + len(after):  # a one-element probe of the value type
+                q = q.reshape((1,) * (len(before) + len(after)))
+            own = q[(0,) * len(before) + (Ellipsis,) + (0,) * len(after)]
+            index = np.asarray(index_of(own))
+            if index.dtype.kind == "f":
+                index = np.rint(index)
+            index = index.astype(np.int64)
+            size = table.shape[axis]
+            index = np.clip(np.where(index < 0, index + size, index), 0, size - 1)
+            return np.take(table, index, axis=axis)
+
+        source = indices.data
+        shape = before + tuple(source.shape) + after
+        if before or after:
+            source = source.reshape((1,) * len(before) + tuple(source.shape) + (1,) * len(after))
+            source = backend.broadcast(source, shape)
+        return QValue.lazy(source, to_float, indices.uniform and not before and not after)
+
+
+@OPS.op("Gather", since=(1, 11, 13), quantized=QuantizedGather)
 def gather(data, indices, /, *, axis=0):
     axis = axis + data.ndim if axis < 0 else axis
-    indices = np.asarray(indices)
-    indices = np.where(indices < 0, indices + data.shape[axis], indices)
+    size = data.shape[axis]
+    indices = np.asarray(indices).astype(np.int64)
+    if indices.size and (indices.min() < -size or indices.max() >= size):
+        raise ValueError(f"Gather index {int(indices.max() if indices.max() >= size else indices.min())} is out of "
+                         f"range for axis {axis} of size {size}")
+    indices = np.where(indices < 0, indices + size, indices)
     return np.take(data, indices, axis=axis)
 
 
