@@ -1,3 +1,486 @@
-"""Transformer building blocks: Attention, RotaryEmbedding, RMS/Group/Lp normalization, gated activations."""
+"""Transformer building blocks: Attention, RotaryEmbedding, RMS/Group/Lp/mean-variance normalization,
+Swish and SwiGLU."""
 
-from ._opset import OPS  # noqa: F401
+import numpy as np
+from cml_core.errors import QuantizationError
+from cml_core.quantization import ConstantOnlyOp, ElementwiseOp, LinearOp, QValue, backend
+from onnx import helper
+
+from ._opset import OPS
+from .normalization import QuantizedNormalization
+
+
+# -- Attention -------------------------------------------------------------------------------------
+def _to_heads(x, num_heads, what):
+    """(batch, sequence, heads * size) -> (batch, heads, sequence, size)."""
+    if num_heads is None or num_heads < 1:
+        raise ValueError(f"3-D {what} needs a positive q_num_heads/kv_num_heads attribute")
+    if x.shape[2] % num_heads:
+        raise ValueError(f"{what}'s hidden size {x.shape[2]} is not a multiple of its {num_heads} heads")
+    return x.reshape(x.shape[0], x.shape[1], num_heads, x.shape[2] // num_heads).transpose(0, 2, 1, 3)
+
+
+def _allowed_band(q_len, kv_len, offset, lower, upper):
+    """Positions (query i, key j) with ``offset + i - lower <= j <= offset + i + upper``; a bound of
+    ``None`` leaves that side open. ``offset`` is a number or one per batch (then (batch, 1, q, kv))."""
+    rows = np.arange(q_len).reshape(q_len, 1)
+    cols = np.arange(kv_len).reshape(1, kv_len)
+    if np.ndim(offset):
+        rows = rows + np.reshape(offset, (-1, 1, 1, 1))
+    else:
+        rows = rows + int(offset)
+    allowed = np.ones(np.broadcast_shapes(rows.shape, cols.shape), dtype=bool)
+    if upper is not None:
+        allowed &= cols <= rows + upper
+    if lower is not None:
+        allowed &= cols >= rows - lower
+    return allowed
+
+
+def _mask_to_bias(mask, dtype):
+    """A boolean mask (True attends) as an additive bias of 0 / -inf; a float mask as it is."""
+    if mask.dtype == np.bool_:
+        return np.where(mask, dtype.type(0), dtype.type(-np.inf))
+    return mask.astype(dtype, copy=False)
+
+
+def _row_softmax(scores):
+    """Softmax over the last axis in the scores' own dtype; a row of only -inf gives zeros."""
+    top = np.max(scores, axis=-1, keepdims=True)
+    top = np.where(np.isneginf(top), scores.dtype.type(0), top)
+    exps = np.exp(scores - top)
+    total = np.sum(exps, axis=-1, keepdims=True)
+    return exps / np.where(total == 0, scores.dtype.type(1), total)
+
+
+def _matmul(a, b):
+    """A matrix product that keeps ``a``'s dtype (numpy promotes bfloat16 products to float32)."""
+    out = np.matmul(a, b)
+    return out if out.dtype == a.dtype else out.astype(a.dtype)
+
+
+def attention_bias(q_len, kv_len, dtype, attn_mask, is_causal, past_len, nonpad_kv_seqlen, window):
+    """The additive bias of the attention scores: the mask (padded with -inf to the keys), the causal
+    frontier, the sliding window and the padding of an external cache, composed as the spec does."""
+    bias = np.zeros((q_len, kv_len), dtype=dtype)
+    if attn_mask is not None:
+        missing = kv_len - attn_mask.shape[-1]
+        if missing < 0:
+            raise ValueError(f"attn_mask covers {attn_mask.shape[-1]} keys, more than the {kv_len} keys")
+        if missing:
+            fill = False if attn_mask.dtype == np.bool_ else -np.inf
+            attn_mask = np.pad(attn_mask, [(0, 0)] * (attn_mask.ndim - 1) + [(0, missing)], constant_values=fill)
+        bias = bias + _mask_to_bias(attn_mask, dtype)
+    if nonpad_kv_seqlen is not None and past_len == 0:
+        offset = np.asarray(nonpad_kv_seqlen, np.int64).reshape(-1) - q_len
+    else:
+        offset = past_len
+    minus_inf = dtype.type(-np.inf)
+    if is_causal:
+        bias = bias + np.where(_allowed_band(q_len, kv_len, offset, None, 0), dtype.type(0), minus_inf)
+    left, right = window
+    if left >= 0 or right >= 0:
+        band = _allowed_band(q_len, kv_len, offset, left if left >= 0 else None, right if right >= 0 else None)
+        bias = bias + np.where(band, dtype.type(0), minus_inf)
+    if nonpad_kv_seqlen is not None:
+        lengths = np.asarray(nonpad_kv_seqlen, np.int64).reshape(-1, 1, 1, 1)
+        bias = bias + np.where(np.arange(kv_len) < lengths, dtype.type(0), minus_inf)
+    return bias
+
+
+def _attention(q, k, v, attn_mask, past_key, past_value, nonpad_kv_seqlen, *, is_causal, kv_num_heads,
+               q_num_heads, qk_matmul_output_mode, scale, softcap, softmax_precision, window=(-1, -1)):
+    """Scaled dot-product attention as ONNX Attention defines it; returns (Y, present_key,
+    present_value, qk_matmul_output). Every step runs in the inputs' dtype, as the spec's function
+    body does (the scores in ``softmax_precision`` when given)."""
+    if not (q.ndim == k.ndim == v.ndim) or q.ndim not in (3, 4):
+        raise ValueError(f"Q, K and V must all be 3-D or all 4-D, got ranks {q.ndim}, {k.ndim}, {v.ndim}")
+    if (past_key is None) != (past_value is None):
+        raise ValueError("past_key and past_value must be given together")
+    if nonpad_kv_seqlen is not None and past_key is not None:
+        raise ValueError("nonpad_kv_seqlen cannot be combined with past_key/past_value")
+    if qk_matmul_output_mode not in (0, 1, 2, 3):
+        raise ValueError(f"qk_matmul_output_mode={qk_matmul_output_mode} is not 0, 1, 2 or 3")
+    flat = q.ndim == 3
+    if flat:
+        q = _to_heads(q, q_num_heads, "Q")
+        k = _to_heads(k, kv_num_heads, "K")
+        v = _to_heads(v, kv_num_heads, "V")
+    dtype = q.dtype
+    if scale is None:
+        scale = 1 / np.sqrt(q.shape[3])
+    root = dtype.type(np.sqrt(scale))
+    past_len = 0
+    if past_key is not None:
+        past_len = past_key.shape[2]
+        k = np.concatenate((past_key, k), axis=2)
+        v = np.concatenate((past_value, v), axis=2)
+    present_key, present_value = k, v
+    heads_q, heads_kv = q.shape[1], k.shape[1]
+    if heads_q != heads_kv:
+        if heads_q % heads_kv or v.shape[1] != heads_kv:
+            raise ValueError(f"{heads_q} query heads cannot share {heads_kv} key/value heads")
+        k = np.repeat(k, heads_q // heads_kv, axis=1)
+        v = np.repeat(v, heads_q // heads_kv, axis=1)
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"Q's head size {q.shape[3]} differs from K's {k.shape[3]}")
+    q_len, kv_len = q.shape[2], k.shape[2]
+    bias = attention_bias(q_len, kv_len, dtype, attn_mask, is_causal, past_len, nonpad_kv_seqlen, window)
+    raw = _matmul(q * root, np.swapaxes(k * root, -1, -2))
+    capped = raw
+    if softcap and softcap > 0:
+        cap = dtype.type(softcap)
+        capped = np.tanh(raw / cap) * cap
+    scores = capped + bias
+    exposed = {0: raw, 1: capped, 2: scores}.get(qk_matmul_output_mode)
+    if softmax_precision is not None:
+        scores = scores.astype(helper.tensor_dtype_to_np_dtype(softmax_precision))
+    probabilities = _row_softmax(scores)
+    fully_masked = np.isneginf(np.max(bias, axis=-1, keepdims=True))
+    probabilities = np.where(fully_masked, probabilities.dtype.type(0), probabilities)
+    if qk_matmul_output_mode == 3:
+        exposed = probabilities
+    y = _matmul(probabilities.astype(dtype), v)
+    if flat:
+        y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
+    exposed = np.broadcast_to(exposed, raw.shape).astype(dtype)
+    return y, present_key, present_value, exposed
+
+
+class QuantizedAttention(ConstantOnlyOp):
+    """Attention on encrypted values is refused: export the model's attention as primitive ops."""
+
+    def encrypted_forward(self, ctx, inputs):
+        raise QuantizationError(
+            f"{self.where}: this op cannot run on encrypted values as one fused Attention node; export the "
+            "model with opset 22 or lower (torch.onnx.export(..., opset_version=22)), which writes attention as "
+            "MatMul, Softmax and MatMul nodes, whose quantized forms (encrypted products and the row softmax) "
+            "are supported")
+
+
+@OPS.op("Attention", since=23, quantized=QuantizedAttention)
+def attention_23(q, k, v, /, attn_mask=None, past_key=None, past_value=None, *, is_causal=0, kv_num_heads=None,
+                 q_num_heads=None, qk_matmul_output_mode=0, scale=None, softcap=0.0, softmax_precision=None):
+    return _attention(q, k, v, attn_mask, past_key, past_value, None, is_causal=is_causal,
+                      kv_num_heads=kv_num_heads, q_num_heads=q_num_heads,
+                      qk_matmul_output_mode=qk_matmul_output_mode, scale=scale, softcap=softcap,
+                      softmax_precision=softmax_precision)
+
+
+@OPS.op("Attention", since=24, quantized=QuantizedAttention)
+def attention_24(q, k, v, /, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, *, is_causal=0,
+                 kv_num_heads=None, q_num_heads=None, qk_matmul_output_mode=0, scale=None, softcap=0.0,
+                 softmax_precision=None):
+    return _attention(q, k, v, attn_mask, past_key, past_value, nonpad_kv_seqlen, is_causal=is_causal,
+                      kv_num_heads=kv_num_heads, q_num_heads=q_num_heads,
+                      qk_matmul_output_mode=qk_matmul_output_mode, scale=scale, softcap=softcap,
+                      softmax_precision=softmax_precision)
+
+
+@OPS.op("Attention", since=25, quantized=QuantizedAttention)
+def attention(q, k, v, /, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, *, is_causal=0,
+              kv_num_heads=None, left_window_size=-1, q_num_heads=None, qk_matmul_output_mode=0,
+              right_window_size=-1, scale=None, softcap=0.0, softmax_precision=None):
+    if left_window_size < -1 or right_window_size < -1:
+        raise ValueError(f"window sizes must be -1 or nonnegative, got {left_window_size}, {right_window_size}")
+    if q.ndim == 4 and (q_num_heads is not None or kv_num_heads is not None):
+        raise ValueError("q_num_heads and kv_num_heads are for 3-D inputs only")
+    return _attention(q, k, v, attn_mask, past_key, past_value, nonpad_kv_seqlen, is_causal=is_causal,
+                      kv_num_heads=kv_num_heads, q_num_heads=q_num_heads,
+                      qk_matmul_output_mode=qk_matmul_output_mode, scale=scale, softcap=softcap,
+                      softmax_precision=softmax_precision, window=(left_window_size, right_window_size))
+
+
+# -- RotaryEmbedding ---------------------------------------------------------------------------------
+def _rotary_layout(x, num_heads):
+    """``x`` as (batch, sequence, heads, head size), and the function restoring its own layout."""
+    if x.ndim == 4:
+        return np.swapaxes(x, 1, 2), lambda y: np.swapaxes(y, 1, 2)
+    if x.ndim != 3:
+        raise ValueError(f"RotaryEmbedding input must be 3-D or 4-D, got rank {x.ndim}")
+    if not num_heads or x.shape[2] % num_heads:
+        raise ValueError(f"a 3-D input needs num_heads dividing its hidden size {x.shape[2]}, got {num_heads}")
+    shape = x.shape
+    return x.reshape(shape[0], shape[1], num_heads, shape[2] // num_heads), lambda y: y.reshape(shape)
+
+
+def rotary_caches(cos_cache, sin_cache, position_ids, half):
+    """The (batch, sequence, 1, half) cos and sin factors, gathered at ``position_ids`` when given."""
+    if position_ids is not None:
+        positions = np.asarray(position_ids, np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= cos_cache.shape[0]):
+            raise ValueError(f"position_ids must lie in [0, {cos_cache.shape[0]}), got {positions.min()}..{positions.max()}")
+        cos_cache, sin_cache = cos_cache[positions], sin_cache[positions]
+    for name, cache in (("cos_cache", cos_cache), ("sin_cache", sin_cache)):
+        if cache.shape[-1] != half:
+            raise ValueError(f"{name}'s last dimension {cache.shape[-1]} is not rotary_embedding_dim / 2 = {half}")
+    return cos_cache[:, :, None, :], sin_cache[:, :, None, :]
+
+
+def rotate(x, cos, sin, interleaved, rotary_dim, combine):
+    """Pairs of the first ``rotary_dim`` features (halves, or neighbours when ``interleaved``) turned by
+    the angles whose cos and sin are given; ``combine(a, f, b, g)`` computes ``a * f + b * g``."""
+    turned, kept = x[..., :rotary_dim], x[..., rotary_dim:]
+    if interleaved:
+        first, second = turned[..., 0::2], turned[..., 1::2]
+    else:
+        first, second = turned[..., : rotary_dim // 2], turned[..., rotary_dim // 2 :]
+    real = combine(first, cos, second, -sin)
+    imaginary = combine(first, sin, second, cos)
+    if interleaved:
+        turned = np.stack((real, imaginary), axis=-1).reshape(real.shape[:-1] + (rotary_dim,))
+    else:
+        turned = np.concatenate((real, imaginary), axis=-1)
+    return np.concatenate((turned, kept), axis=-1)
+
+
+def _rotary_geometry(x, num_heads, rotary_embedding_dim):
+    heads, restore = _rotary_layout(x, num_heads)
+    rotary_dim = rotary_embedding_dim or heads.shape[3]
+    if rotary_dim % 2 or rotary_dim > heads.shape[3]:
+        raise ValueError(f"rotary_embedding_dim={rotary_dim} must be even and at most the head size {heads.shape[3]}")
+    return heads, restore, rotary_dim
+
+
+class QuantizedRotaryEmbedding(LinearOp):
+    """RotaryEmbedding of an encrypted input with constant caches and positions: each output is
+    ``x_a * cos + x_b * (+-sin)``, an integer linear form of the input's integers with the caches
+    quantized as weights (one symmetric scale for cos and sin together)."""
+
+    def encrypted_forward(self, ctx, inputs):
+        x, cos_cache, sin_cache = inputs[0], inputs[1], inputs[2]
+        position_ids = inputs[3] if len(inputs) > 3 else None
+        if any(v is not None and not v.is_constant for v in (cos_cache, sin_cache, position_ids)):
+            raise QuantizationError(f"{self.where}: cos_cache, sin_cache and position_ids must be constants; "
+                                    "only the input may be encrypted")
+        a = self.attributes
+        num_heads = a.get("num_heads")
+        q = ctx.requantize(x)
+        _, _, rotary_dim = _rotary_geometry(np.zeros(q.shape), num_heads, int(a.get("rotary_embedding_dim", 0)))
+        cos, sin = rotary_caches(np.asarray(cos_cache.data, np.float64), np.asarray(sin_cache.data, np.float64),
+                                 None if position_ids is None else position_ids.data, rotary_dim // 2)
+        both, weight_scale = self.weights(ctx, "caches", np.stack((cos, sin)))
+        moved, restore = _rotary_layout(self.centered(q), num_heads)
+        acc = rotate(moved, both[0], both[1], int(a.get("interleaved", 0)), rotary_dim,
+                     lambda p, f, r, g: p * f + r * g)
+        # features past rotary_dim pass through in the input's unit; the rotated ones carry the caches' scale
+        unit = np.ones(acc.shape[-1])
+        unit[:rotary_dim] = weight_scale
+        if rotary_dim == acc.shape[-1]:
+            return self.accumulator(ctx, restore(acc), q.scale * float(weight_scale))
+        return self.accumulator(ctx, restore(acc), q.scale * _feature_scale(unit, x.shape, num_heads))
+
+
+def _feature_scale(per_feature, shape, num_heads):
+    """A per-feature factor (over the head size) broadcast to the input's own layout."""
+    if len(shape) == 4:
+        return per_feature.reshape(1, 1, 1, -1)
+    return np.tile(per_feature, int(num_heads)).reshape(1, 1, -1)
+
+
+@OPS.op("RotaryEmbedding", since=23, quantized=QuantizedRotaryEmbedding)
+def rotary_embedding(x, cos_cache, sin_cache, /, position_ids=None, *, interleaved=0, num_heads=None,
+                     rotary_embedding_dim=0):
+    heads, restore, rotary_dim = _rotary_geometry(x, num_heads, rotary_embedding_dim)
+    cos, sin = rotary_caches(cos_cache, sin_cache, position_ids, rotary_dim // 2)
+    out = rotate(heads, cos, sin, interleaved, rotary_dim, lambda p, f, r, g: p * f + r * g)
+    return restore(out).astype(x.dtype)
+
+
+# -- RMS, group, Lp and mean-variance normalization -------------------------------------------------
+def _trailing_axes(axis, ndim):
+    axis = axis + ndim if axis < 0 else axis
+    if not 0 <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for rank {ndim}")
+    return tuple(range(axis, ndim))
+
+
+class QuantizedRootMeanSquare(QuantizedNormalization):
+    """``x / sqrt(mean(x**2) + eps)`` over ``axes``: the layer normalization's steps with the values
+    themselves in place of their deviations from the mean (each row keeps its own resolution)."""
+
+    @staticmethod
+    def centered_sum(q, axes, count):
+        c = q.data - q.zero_point if q.zero_point else q.data
+        return c * count
+
+
+class QuantizedRMSNormalization(QuantizedRootMeanSquare):
+    def encrypted_forward(self, ctx, inputs):
+        x, scale = inputs[0], inputs[1]
+        if not scale.is_constant:
+            raise QuantizationError(f"{self.where}: scale must be a constant")
+        axes = _trailing_axes(int(self.attributes.get("axis", -1)), len(x.shape))
+        data, out_q = self.normalize(ctx, x, axes, float(self.attributes.get("epsilon", 1e-5)))
+        return self.finish(data, out_q, np.asarray(scale.data, np.float64), None)
+
+
+@OPS.op("RMSNormalization", since=23, quantized=QuantizedRMSNormalization)
+def rms_normalization(x, scale, /, *, axis=-1, epsilon=1e-5, stash_type=1):
+    axes = _trailing_axes(axis, x.ndim)
+    x64 = x.astype(np.float64)
+    mean_square = np.mean(np.square(x64), axis=axes, keepdims=True)
+    return (x64 / np.sqrt(mean_square + epsilon) * scale).astype(x.dtype)
+
+
+def _grouped(x, num_groups):
+    """(N, C, ...) as (N, num_groups, C / num_groups * ...)."""
+    if x.ndim < 2 or num_groups < 1 or x.shape[1] % num_groups:
+        raise ValueError(f"num_groups={num_groups} must divide the {x.shape[1] if x.ndim > 1 else 0} channels")
+    return x.reshape(x.shape[0], num_groups, -1)
+
+
+def _per_channel(values, x_shape, num_groups, per_group):
+    """A group's or channel's parameter as a (1, C, 1, ...) array."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    if per_group:
+        values = np.repeat(values, x_shape[1] // num_groups)
+    if values.size != x_shape[1]:
+        raise ValueError(f"scale and bias must have {num_groups if per_group else x_shape[1]} values, "
+                         f"got {values.size // (x_shape[1] // num_groups) if per_group else values.size}")
+    return values.reshape((1, -1) + (1,) * (len(x_shape) - 2))
+
+
+class QuantizedGroupNormalization(QuantizedNormalization):
+    """Group normalization: the input's integers regrouped to (N, groups, rest), each group
+    normalized as a layer normalization row, then per-channel scale and bias in the next lookup."""
+
+    per_group = False
+
+    def encrypted_forward(self, ctx, inputs):
+        x, scale, bias = inputs[0], inputs[1], inputs[2]
+        if not (scale.is_constant and bias.is_constant):
+            raise QuantizationError(f"{self.where}: scale and bias must be constants")
+        groups = int(self.attributes["num_groups"])
+        q = ctx.requantize(x)
+        regrouped = q.with_data(_grouped(q.data, groups), name=f"{self.bound.name}:groups")
+        data, out_q = self.normalize(ctx, regrouped, (2,), float(self.attributes.get("epsilon", 1e-5)))
+        shape = q.shape
+        return self.finish(data.reshape(shape), out_q, _per_channel(scale.data, shape, groups, self.per_group),
+                           _per_channel(bias.data, shape, groups, self.per_group))
+
+
+class QuantizedGroupNormalization18(QuantizedGroupNormalization):
+    per_group = True
+
+
+def _group_normalization(x, scale, bias, num_groups, epsilon, per_group, dtype):
+    """The spec's function body in ``dtype`` (float32 for stash_type=1): a group's variance is
+    E[x*x] - E[x]**2, its deviations are divided by sqrt(variance + epsilon)."""
+    grouped = _grouped(x, num_groups).astype(dtype)
+    mean = np.mean(grouped, axis=2, keepdims=True, dtype=dtype)
+    variance = np.mean(grouped * grouped, axis=2, keepdims=True, dtype=dtype) - mean * mean
+    with np.errstate(invalid="ignore"):
+        normalized = ((grouped - mean) / np.sqrt(variance + dtype.type(epsilon))).reshape(x.shape)
+    y = _per_channel(scale, x.shape, num_groups, per_group).astype(dtype) * normalized
+    return (y + _per_channel(bias, x.shape, num_groups, per_group).astype(dtype)).astype(x.dtype)
+
+
+@OPS.op("GroupNormalization", since=18, quantized=QuantizedGroupNormalization18)
+def group_normalization_18(x, scale, bias, /, *, epsilon=1e-5, num_groups):
+    return _group_normalization(x, scale, bias, num_groups, epsilon, True, x.dtype)
+
+
+@OPS.op("GroupNormalization", since=21, quantized=QuantizedGroupNormalization)
+def group_normalization(x, scale, bias, /, *, epsilon=1e-5, num_groups, stash_type=1):
+    if stash_type != 1:
+        raise ValueError(f"stash_type={stash_type} is not supported (only 1: float32 statistics)")
+    return _group_normalization(x, scale, bias, num_groups, epsilon, False, np.dtype(np.float32))
+
+
+class QuantizedMeanVarianceNormalization(QuantizedNormalization):
+    """(x - mean) / std over ``axes``: the layer normalization's steps (the 1e-9 added to the standard
+    deviation is below the quantized values' resolution; a constant group gives 0 either way)."""
+
+    def encrypted_forward(self, ctx, inputs):
+        x = inputs[0]
+        axes = tuple(sorted(a % len(x.shape) for a in self.attributes.get("axes", (0, 2, 3))))
+        data, out_q = self.normalize(ctx, x, axes, 0.0)
+        return self.finish(data, out_q, np.float64(1.0), None)
+
+
+@OPS.op("MeanVarianceNormalization", since=(9, 13), quantized=QuantizedMeanVarianceNormalization)
+def mean_variance_normalization(x, /, *, axes=[0, 2, 3]):  # noqa: B006  (the ONNX default; never mutated)
+    if any(not -x.ndim <= a < x.ndim for a in axes):
+        raise ValueError(f"axes {list(axes)} are out of range for rank {x.ndim}")
+    axes = tuple(sorted({a % x.ndim for a in axes}))
+    mean = np.mean(x, axis=axes, keepdims=True)
+    # as the spec's function body: E[x**2] - E[x]**2 in the input's type, then 1e-9 added to its root
+    variance = np.mean(np.power(x, x.dtype.type(2)), axis=axes, keepdims=True) - np.power(mean, x.dtype.type(2))
+    with np.errstate(invalid="ignore"):
+        deviation = np.sqrt(variance)
+    return ((x - mean) / (deviation + x.dtype.type(1e-9))).astype(x.dtype)
+
+
+class QuantizedLpNormalization(QuantizedRootMeanSquare):
+    """``x / ||x||_p`` along ``axis``. p = 2 is the root-mean-square steps scaled by ``1/sqrt(K)``;
+    p = 1: ``|x|`` as exact integers by one lookup, an integer sum, one lookup of the sum to a
+    logarithmic code (a resolution relative to each row's own norm) and one two-input lookup."""
+
+    def encrypted_forward(self, ctx, inputs):
+        x = inputs[0]
+        p = int(self.attributes.get("p", 2))
+        axis = int(self.attributes.get("axis", -1)) % len(x.shape)
+        if p == 2:
+            data, out_q = self.normalize(ctx, x, (axis,), 0.0)
+            return self.finish(data, out_q, np.float64(1 / np.sqrt(x.shape[axis])), None)
+        name = self.bound.name
+        q = ctx.requantize(x)
+        zero_point, step = q.zero_point, q.scale
+        magnitudes = ctx.lookup(q, lambda d: np.abs(np.asarray(d, np.int64) - zero_point), key=f"{name}:abs")
+        total = np.sum(magnitudes, axis=axis, keepdims=True)
+
+        def log_norm(t):
+            with np.errstate(divide="ignore"):
+                return np.log(step * np.maximum(np.asarray(t, np.float64), 0.0))
+
+        log_q = self.fitted_quantizer(ctx, "log_norm", log_norm(total[total > 0]) if ctx.calibrating else None,
+                                      min_span=self.MIN_LOG_VARIANCE_SPAN)
+        code = ctx.requantize_to(QValue.lazy(total, log_norm, True, name=f"{name}:norm"), log_q, key=f"{name}:norm")
+        out_q = self.fitted_quantizer(
+            ctx, "normalized", q.float_value() * np.exp(-log_q.dequant(code)) if ctx.calibrating else None)
+
+        def table(d, c):
+            return out_q.quant(q.to_float(d) * np.exp(-log_q.dequant(c)))
+
+        operands = [q.data, backend.broadcast(code, tuple(q.shape))]
+        data = backend.multi_lookup(table, *operands)
+        ctx.record_multi_lookup(self.bound.node.output[0], operands)
+        return QValue.affine(data, out_q.scale, out_q.zero_point)
+
+
+def check_lp_normalization(inputs, attributes):
+    """Load-time check of an LpNormalization node: ``p`` is 1 or 2."""
+    if int(attributes.get("p", 2)) not in (1, 2):
+        raise ValueError(f"p={attributes.get('p')} must be 1 or 2")
+
+
+@OPS.op("LpNormalization", since=(1, 22), quantized=QuantizedLpNormalization, validate=check_lp_normalization)
+def lp_normalization(x, /, *, axis=-1, p=2):
+    if p not in (1, 2):
+        raise ValueError(f"p={p} must be 1 or 2")
+    norm = np.sum(np.abs(x), axis=axis, keepdims=True) if p == 1 else np.sqrt(
+        np.sum(x * x, axis=axis, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm == 0, x.dtype.type(0), x / norm).astype(x.dtype)
+
+
+# -- Swish and SwiGLU --------------------------------------------------------------------------------
+def _swish(x, alpha):
+    """x * sigmoid(alpha * x), computed without overflow for large |alpha * x|."""
+    x64 = x.astype(np.float64)
+    z = alpha * x64
+    gate = np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
+    return x64 * gate
+
+
+@OPS.op("Swish", since=24, quantized=ElementwiseOp)
+def swish(x, /, *, alpha=1.0):
+    return _swish(x, alpha).astype(x.dtype)
+
+
+@OPS.op("SwiGLU", since=28, quantized=ElementwiseOp)
+def swiglu(a, b, /, *, alpha=1.0):
+    if a.shape != b.shape:
+        raise ValueError(f"A {a.shape} and B {b.shape} must have the same shape (SwiGLU does not broadcast)")
+    return (_swish(a, alpha) * b.astype(np.float64)).astype(a.dtype)
