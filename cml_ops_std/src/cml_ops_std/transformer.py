@@ -247,6 +247,12 @@ class QuantizedRotaryEmbedding(LinearOp):
     ``x_a * cos + x_b * (+-sin)``, an integer linear form of the input's integers with the caches
     quantized as weights (one symmetric scale for cos and sin together)."""
 
+    weight_inputs = ("cos_cache", "sin_cache")
+
+    def weight_quantizer(self, value, n_bits):
+        """The one quantizer of both caches (fitted on their joint range at calibration)."""
+        return self.state["caches"] if "caches" in self.state else LinearOp.weight_quantizer(value, n_bits)
+
     def encrypted_forward(self, ctx, inputs):
         x, cos_cache, sin_cache = inputs[0], inputs[1], inputs[2]
         position_ids = inputs[3] if len(inputs) > 3 else None
@@ -259,7 +265,11 @@ class QuantizedRotaryEmbedding(LinearOp):
         _, _, rotary_dim = _rotary_geometry(np.zeros(q.shape), num_heads, int(a.get("rotary_embedding_dim", 0)))
         cos, sin = rotary_caches(np.asarray(cos_cache.data, np.float64), np.asarray(sin_cache.data, np.float64),
                                  None if position_ids is None else position_ids.data, rotary_dim // 2)
-        both, weight_scale = self.weights(ctx, "caches", np.stack((cos, sin)))
+        if "caches" not in self.state:
+            joint = LinearOp.weight_quantizer(np.stack((cos_cache.data, sin_cache.data)), ctx.config.op_weights)
+            self.state["caches"] = joint
+        joint = self.state["caches"]
+        both, weight_scale = joint.quant(np.stack((cos, sin))), joint.scale
         moved, restore = _rotary_layout(self.centered(q), num_heads)
         acc = rotate(moved, both[0], both[1], int(a.get("interleaved", 0)), rotary_dim,
                      lambda p, f, r, g: p * f + r * g)
