@@ -8,7 +8,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._opset import ML_DOMAIN, OPS
-from ._scores import COMPLEMENT, as_matrix, check_transform, labels_array, probit, transform_columns, two_class_scores
+from ._scores import (
+    COMPLEMENT,
+    as_matrix,
+    check_transform,
+    labels_array,
+    logistic,
+    probit,
+    transform_columns,
+    two_class_scores,
+)
 from .quantized import QuantizedLinearClassifier, QuantizedLinearRegressor
 
 
@@ -37,7 +46,8 @@ def linear_classifier_outputs(raw: NDArray[Any], labels: list[Any], post_transfo
     """(labels, scores) from the raw scores (samples, classes) of a LinearClassifier.
 
     One score column: the positive label (the second declared label, or 1 / "1") where the score
-    is above 0; with two declared labels the scores become ``[1 - s, s]``. Several columns: the
+    is above 0; with two declared labels the scores become ``[1 - s, s]`` (``s`` the logistic of the
+    score under LOGISTIC, the score itself under the other transforms, as onnxruntime does). Several columns: the
     label of the first largest raw score, and the transformed scores.
     """
     n = raw.shape[1]
@@ -52,7 +62,8 @@ def linear_classifier_outputs(raw: NDArray[Any], labels: list[Any], post_transfo
             if post_transform == "PROBIT":
                 raise ValueError("PROBIT with one score column and two class labels leaves the second column "
                                  "undefined (onnxruntime writes no value there)")
-            scores = two_class_scores(raw[:, 0], post_transform, COMPLEMENT)
+            positive_score = logistic(raw[:, 0]) if post_transform == "LOGISTIC" else raw[:, 0]
+            scores = two_class_scores(positive_score, "NONE", COMPLEMENT)
         else:
             scores = probit(raw) if post_transform == "PROBIT" else raw
         return labels_array(chosen) if chosen else np.zeros(0, np.int64 if not strings else object), scores
