@@ -330,6 +330,7 @@ def rms_normalization(x, scale, /, *, axis=-1, epsilon=1e-5, stash_type=1):
     axes = _trailing_axes(axis, x.ndim)
     x64 = x.astype(np.float64)
     mean_square = np.mean(np.square(x64), axis=axes, keepdims=True)
+    epsilon = float(np.float32(epsilon))  # the attribute is a float32, its default too
     return (x64 / np.sqrt(mean_square + epsilon) * scale).astype(x.dtype)
 
 
