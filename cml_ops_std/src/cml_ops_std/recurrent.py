@@ -215,7 +215,7 @@ class QuantizedRecurrent(ConstantOnlyOp):
 
     def encrypted_forward(self, ctx, inputs):
         raise QuantizationError(
-            f"{self.where}: a {self.bound.node.op_type} layer cannot run on encrypted values as one node (each "
+            f"{self.where}: {self.bound.node.op_type} cannot run on encrypted values as one node (each "
             "time step feeds the next through the recurrent weights and the gate activations); export the model "
             "with the recurrence unrolled over a fixed sequence length (for example torch.onnx.export of a model "
             "that loops over the time steps in Python), which gives MatMul, Add and activation nodes that quantize"
