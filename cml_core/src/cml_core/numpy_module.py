@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -25,7 +26,7 @@ from .errors import (
     UnsupportedOpError,
 )
 from .known_plugins import install_hint
-from .onnx_utils import attribute_value, read_model, tensor_array, value_info_dtype, value_info_shape
+from .onnx_utils import attribute_value, read_model, tensor_array, value_info_shape, value_info_type
 from .plugins import get_registry
 from .registry import OpImpl, OpRegistry, normalize_domain
 from .signature import REQUIRED, StaticInput
@@ -36,12 +37,19 @@ if TYPE_CHECKING:
 
 @dataclass
 class BoundNode:
-    """A graph node with its implementation chosen and its attributes read."""
+    """A graph node with its implementation chosen and its attributes read.
+
+    A GRAPH attribute is held as its ``BoundGraph``; ``free_names`` lists the outer-scope values
+    those subgraphs read, which the node reads too (``reads``): they are kept alive until it runs
+    and handed to its subgraphs when it runs.
+    """
 
     node: onnx.NodeProto
     impl: OpImpl
     attributes: dict[str, Any]
     index: int
+    #: where the node's graph sits, for messages ("" in the main graph)
+    scope: str = ""
 
     @property
     def name(self) -> str:
@@ -50,7 +58,7 @@ class BoundNode:
     @property
     def where(self) -> str:
         """How error messages name this node."""
-        return f"node {self.name!r} ({self.impl.display_name})"
+        return f"node {self.name!r} ({self.impl.display_name})" + (f" in {self.scope}" if self.scope else "")
 
     def __post_init__(self) -> None:
         # check arity and attributes once; calls then pass the inputs straight through
@@ -65,10 +73,20 @@ class BoundNode:
         self.outputs = tuple(self.node.output)
         context = {"_num_outputs": len(self.outputs)} if "_num_outputs" in self.impl.signature.context else {}
         self._kwargs = {**self.attributes, **context}
+        self.subgraphs = {k: v for k, v in self.attributes.items() if isinstance(v, BoundGraph)}
+        self.free_names = tuple(dict.fromkeys(n for g in self.subgraphs.values() for n in g.free_names))
+        self.reads = tuple(dict.fromkeys([*(n for n in self.inputs if n), *self.free_names]))
 
-    def call(self, values: list[Any]) -> tuple[Any, ...]:
-        """Run the numpy implementation on ``values`` (``None`` for omitted inputs)."""
-        out = self.impl.function(*values[: self._arity], **self._kwargs)
+    def call(self, values: list[Any], scope: dict[str, Any] | None = None) -> tuple[Any, ...]:
+        """Run the numpy implementation on ``values`` (``None`` for omitted inputs).
+
+        ``scope`` holds the values of ``free_names`` (what the node's subgraphs read from outside).
+        """
+        kwargs = self._kwargs
+        if self.subgraphs:
+            outer = scope or {}
+            kwargs = {**kwargs, **{k: g.bind({n: outer[n] for n in g.free_names}) for k, g in self.subgraphs.items()}}
+        out = self.impl.function(*values[: self._arity], **kwargs)
         if not isinstance(out, tuple):
             out = (out,)
         n = len(self.outputs)
@@ -80,25 +98,325 @@ class BoundNode:
             )
         return out[:n]
 
+    def renamed(self, names: dict[str, str]) -> BoundNode:
+        """This node with its input and output names mapped through ``names`` (a copy)."""
+        node = onnx.NodeProto()
+        node.CopyFrom(self.node)
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+        return BoundNode(node, self.impl, self.attributes, self.index, self.scope)
+
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A graph input or output: name, numpy dtype and declared shape (None for free dims)."""
+    """A graph input or output: name, numpy dtype and declared shape (None for free dims).
+
+    ``containers`` says what holds the tensors, outermost first: ``()`` for a tensor,
+    ``("sequence",)`` for a list of tensors, ``("optional",)`` for a tensor or ``None``,
+    ``("optional", "sequence")`` for a list or ``None``; ``dtype`` and ``shape`` are then the
+    element tensors'.
+    """
 
     name: str
     dtype: np.dtype[Any]
     shape: tuple[int | str | None, ...] | None
+    containers: tuple[str, ...] = ()
+
+    @property
+    def is_tensor(self) -> bool:
+        return not self.containers
+
+    def describe(self) -> str:
+        """The type in words: ``float32``, ``sequence of float32``, ``optional sequence of int64``."""
+        return " ".join([*(c if c == "optional" else f"{c} of" for c in self.containers), str(self.dtype)])
+
+
+def _declared_type(vi: onnx.ValueInfoProto) -> tuple[np.dtype[Any] | None, tuple[int | str | None, ...] | None]:
+    """The element dtype and shape ``vi`` declares, ``(None, None)`` when it declares no usable type."""
+    try:
+        _, dtype, shape = value_info_type(vi, repr(vi.name))
+    except ModelLoadError:
+        return None, None
+    return dtype, shape
 
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:
     return {normalize_domain(o.domain): int(o.version) for o in model.opset_import}
 
 
+@dataclass
+class _Binding:
+    """What every graph of one model is bound with: the registry, the model's opsets, and the ops
+    found missing so far (reported together once every graph is bound)."""
+
+    registry: OpRegistry
+    opsets: dict[str, int]
+    missing: Counter[tuple[str, str, int]]
+
+
+class _ScopedSubgraph:
+    """A ``BoundGraph`` with the outer-scope values it reads: what an op gets for a GRAPH attribute."""
+
+    def __init__(self, graph: BoundGraph, scope: dict[str, Any]) -> None:
+        self.graph = graph
+        self.scope = scope
+        self.input_names = tuple(graph.input_names)
+        self.output_names = tuple(graph.output_names)
+        self.output_types = graph.output_types
+
+    def __call__(self, *inputs: Any) -> tuple[Any, ...]:
+        return self.graph.evaluate(inputs, self.scope)
+
+    def __repr__(self) -> str:
+        return f"Subgraph(inputs={list(self.input_names)}, outputs={list(self.output_names)})"
+
+
+class BoundGraph:
+    """A graph whose nodes are bound to implementations: a model's main graph or a node's subgraph.
+
+    Binding checks each node (arity, attributes, the op's load-time check), binds the GRAPH
+    attributes of its nodes as ``BoundGraph``s themselves, folds the nodes whose inputs (and
+    outer-scope reads) are all constants, inlines each If whose condition is then known (its
+    chosen branch's nodes take its place), and plans when each intermediate is freed. A
+    subgraph's ``free_names`` are the values it reads from enclosing graphs.
+    """
+
+    def __init__(self, graph: onnx.GraphProto, binding: _Binding, outer_shapes: dict[str, Any], where: str = "",
+                 constants: dict[str, NDArray[Any]] | None = None) -> None:
+        self.where = where
+        self.constants: dict[str, Any] = dict(constants) if constants is not None else {
+            init.name: tensor_array(init, f"initializer {init.name!r}" + (f" in {where}" if where else ""))
+            for init in graph.initializer}
+        self.input_names = [vi.name for vi in graph.input if vi.name not in self.constants]
+        self.output_names = [vi.name for vi in graph.output]
+        self.output_types = tuple(_declared_type(vi) for vi in graph.output)
+        self.folded_from: dict[str, tuple[BoundNode, list[Any], int]] = {}
+        self.free_names: tuple[str, ...] = ()
+        shapes = dict(outer_shapes)
+        shapes.update(self._static_shapes(graph))
+        self.nodes = self._bind_nodes(graph, binding, shapes)
+        self._dead_after: list[tuple[str, ...]] = []
+        if binding.missing:
+            return  # the model is refused once every graph is bound: nothing to prepare
+        self._fold_constants()
+        self.free_names = self._find_free_names()
+        self._dead_after = self._compute_dead_after()
+
+    def bind(self, scope: dict[str, Any]) -> _ScopedSubgraph:
+        """This graph with the outer-scope values it reads, ready for an op to call."""
+        return _ScopedSubgraph(self, scope)
+
+    # -- running --------------------------------------------------------------------------------
+    def evaluate(self, inputs: Sequence[Any], scope: dict[str, Any]) -> tuple[Any, ...]:
+        """The graph's outputs for ``inputs`` (one per graph input) and its outer-scope values."""
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"{self.where} takes {len(self.input_names)} input(s) {self.input_names}, "
+                             f"got {len(inputs)}")
+        env = dict(self.constants)
+        env.update(scope)
+        env.update(zip(self.input_names, inputs))
+        self.execute(env)
+        return tuple(env[name] for name in self.output_names)
+
+    def execute(self, env: dict[str, Any], keep_intermediates: bool = False,
+                observe: Callable[[str, Any], None] | None = None) -> None:
+        """Run every node on ``env`` (name -> value, holding the inputs and constants), in place.
+
+        Intermediates no later node (nor the graph's outputs) reads are removed as soon as
+        possible, unless ``keep_intermediates``. ``observe(name, value)`` sees each produced value.
+        """
+        env[""] = None  # omitted optional inputs
+        for bound, dead in zip(self.nodes, self._dead_after):
+            values = [env[name] for name in bound.inputs]
+            try:
+                results = bound.call(values, {n: env[n] for n in bound.free_names} if bound.free_names else None)
+            except CmlError:
+                raise
+            except MemoryError as exc:
+                raise OutOfMemoryError(
+                    f"{bound.where} ran out of memory on inputs of shapes {_shapes(values)}; run a smaller batch "
+                    "(fewer samples per call)"
+                ) from exc
+            except Exception as exc:  # an op implementation failed on these values
+                raise NodeExecutionError(
+                    f"{bound.where} failed on inputs of shapes {_shapes(values)}: {type(exc).__name__}: {exc}"
+                ) from exc
+            env.update(zip(bound.outputs, results))
+            if observe is not None:
+                for name, value in zip(bound.outputs, results):
+                    if name:
+                        observe(name, value)
+            if not keep_intermediates:
+                for name in dead:
+                    env.pop(name, None)
+
+    # -- binding --------------------------------------------------------------------------------
+    def _bind_nodes(self, graph: onnx.GraphProto, binding: _Binding,
+                    shapes: dict[str, tuple[int | None, ...] | None]) -> list[BoundNode]:
+        bound: list[BoundNode] = []
+        for index, node in enumerate(graph.node):
+            domain = normalize_domain(node.domain)
+            opset = binding.opsets.get(domain)
+            label = f"node {node.name or '#' + str(index)!r}"
+            if opset is None:
+                raise ModelLoadError(f"{label} ({node.op_type})" + (f" in {self.where}" if self.where else "")
+                                     + f" uses domain {domain!r}, which the model does not import")
+            impl = binding.registry.find(domain, node.op_type, opset)
+            if impl is None:
+                binding.missing[(domain, node.op_type, opset)] += 1
+            where = f"{label} ({impl.display_name if impl else node.op_type})" + (f" in {self.where}" if self.where else "")
+            attributes = {a.name: attribute_value(a, where) for a in node.attribute}
+            for name, value in attributes.items():
+                if isinstance(value, onnx.GraphProto):
+                    attributes[name] = BoundGraph(value, binding, shapes, f"attribute {name!r} of {where}")
+            if impl is None:
+                continue
+            try:  # arity and attributes are checked here, so errors surface at load, not at first call
+                bound.append(BoundNode(node, impl, attributes, index, self.where))
+            except OpSignatureError as exc:
+                raise ModelLoadError(str(exc)) from exc
+            self._validate(bound[-1], shapes)
+        return bound
+
+    def _static_shapes(self, graph: onnx.GraphProto) -> dict[str, tuple[int | None, ...] | None]:
+        """Tensor name -> shape known before any call (symbolic dims as ``None``)."""
+        shapes: dict[str, tuple[int | None, ...] | None] = {}
+        for vi in [*graph.input, *graph.value_info, *graph.output]:
+            shape = value_info_shape(vi)
+            shapes[vi.name] = None if shape is None else tuple(d if isinstance(d, int) else None for d in shape)
+        shapes.update({name: tuple(np.shape(value)) for name, value in self.constants.items()})
+        return shapes
+
+    def _validate(self, bound: BoundNode, shapes: dict[str, tuple[int | None, ...] | None]) -> None:
+        """Run the op's load-time check (``validate=`` at registration) on the node, if it has one."""
+        check = bound.impl.validate
+        if check is None:
+            return
+        inputs = [StaticInput(shapes.get(name), self.constants.get(name)) if name else None
+                  for name in bound.node.input]
+        defaults = {k: v for k, v in bound.impl.signature.attributes.items() if v is not REQUIRED}
+        try:
+            check(inputs, {**defaults, **bound.attributes})
+        except CmlError:
+            raise
+        except ValueError as exc:
+            raise ModelLoadError(f"{bound.where}: {exc}") from exc
+        except Exception as exc:  # a plugin's check that itself failed
+            provider = bound.impl.provider.distribution
+            raise ModelLoadError(
+                f"{bound.where}: the load-time check from {provider} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _fold_constants(self) -> None:
+        """Evaluate at load every node whose inputs and outer-scope reads are all constants.
+
+        An If whose condition is constant (but whose branches read values known only at call
+        time) is replaced by the nodes of the branch it takes. ``folded_from`` keeps, for
+        constants folded by an op whose quantized class has a ``stated_constant`` hook, the node
+        and its input values (quantization asks the hook).
+        """
+        pending = list(reversed(self.nodes))
+        kept = []
+        while pending:
+            bound = pending.pop()
+            if all(n in self.constants for n in bound.reads):
+                self._fold(bound)
+                continue
+            branch = self._constant_branch(bound)
+            if branch is None:
+                kept.append(bound)
+            else:
+                pending.extend(reversed(branch))
+        self.nodes = kept
+        used = {n for b in self.nodes for n in b.reads} | set(self.output_names)
+        self.constants = {k: v for k, v in self.constants.items() if k in used}
+
+    def _fold(self, bound: BoundNode) -> None:
+        values = [self.constants[n] if n else None for n in bound.node.input]
+        try:
+            results = bound.call(values, {n: self.constants[n] for n in bound.free_names})
+        except CmlError:
+            raise
+        except MemoryError as exc:
+            raise OutOfMemoryError(
+                f"{bound.where}: its constant result does not fit in memory (inputs of shapes "
+                f"{_shapes(values)}); the model asks for a huge constant"
+            ) from exc
+        except Exception as exc:  # a constant subgraph that cannot be evaluated
+            raise ModelLoadError(f"{bound.where}: cannot fold constant inputs: {exc}") from exc
+        states = getattr(bound.impl.quantized, "stated_constant", None) is not None
+        for index, (name, value) in enumerate(zip(bound.node.output, results)):
+            if name:
+                self.constants[name] = value if isinstance(value, (list, tuple)) or value is None else np.asarray(value)
+                if states:  # the op can say which integers this constant stands for
+                    self.folded_from[name] = (bound, values, index)
+
+    def _constant_branch(self, bound: BoundNode) -> list[BoundNode] | None:
+        """For an If whose condition is a constant, the nodes of the branch it takes, their outputs
+        renamed to the If's (the branch's constants join this graph's); ``None`` otherwise, or when
+        a branch output cannot simply be renamed (it is an outer value, or listed twice)."""
+        if bound.impl.op_type != "If" or bound.impl.domain or bound.inputs[0] not in self.constants:
+            return None
+        condition = self.constants[bound.inputs[0]]
+        if not isinstance(condition, np.ndarray) or condition.size != 1:
+            return None
+        branch = bound.subgraphs.get("then_branch" if bool(condition.reshape(-1)[0]) else "else_branch")
+        if branch is None or len(branch.output_names) != len(bound.outputs):
+            return None
+        made_by_nodes = {n for b in branch.nodes for n in b.outputs if n}
+        read_inside = {n for b in branch.nodes for n in b.free_names}
+        renames: dict[str, str] = {}
+        constants: dict[str, Any] = {}
+        for inner, outer in zip(branch.output_names, bound.outputs):
+            if not outer:
+                continue
+            if inner in made_by_nodes and inner not in renames and inner not in read_inside:
+                renames[inner] = outer
+            elif inner in branch.constants:
+                constants[outer] = branch.constants[inner]
+            elif inner in self.constants:
+                constants[outer] = self.constants[inner]
+            else:
+                return None
+        self.constants.update(branch.constants)
+        self.constants.update(constants)
+        self.folded_from.update(branch.folded_from)
+        return [b.renamed(renames) if renames.keys() & {*b.inputs, *b.outputs} else b for b in branch.nodes]
+
+    def _find_free_names(self) -> tuple[str, ...]:
+        """The values this graph reads that it does not define (its inputs, constants, node outputs)."""
+        defined = set(self.input_names) | set(self.constants) | {""}
+        free: dict[str, None] = {}
+        for bound in self.nodes:
+            free.update((n, None) for n in bound.reads if n not in defined)
+            defined.update(bound.outputs)
+        free.update((n, None) for n in self.output_names if n not in defined)
+        return tuple(free)
+
+    def _compute_dead_after(self) -> list[tuple[str, ...]]:
+        """Per node, the intermediates no later node (nor the graph output) needs: freed after it runs."""
+        last: dict[str, int] = {}
+        for step, bound in enumerate(self.nodes):
+            for name in bound.reads:
+                if name not in self.constants:
+                    last[name] = step
+            for name in bound.outputs:  # an output nobody reads dies where it is made
+                if name and name not in last:
+                    last[name] = step
+        keep = set(self.output_names)
+        dead: list[list[str]] = [[] for _ in self.nodes]
+        for name, step in last.items():
+            if name not in keep:
+                dead[step].append(name)
+        return [tuple(names) for names in dead]
+
+
 class NumpyModule:
     """An ONNX model ready to run as numpy.
 
-    Build it with ``load_model``. Calling it with one array per graph input returns one array, or
-    a tuple of arrays when the graph has several outputs.
+    Build it with ``load_model``. Calling it with one value per graph input (an array; a list of
+    arrays for a sequence input; ``None`` or the value for an optional one) returns one value, or
+    a tuple when the graph has several outputs.
     """
 
     def __init__(self, model: onnx.ModelProto, registry: OpRegistry | None = None) -> None:
@@ -107,7 +425,8 @@ class NumpyModule:
         Raises:
             ModelLoadError: the ONNX checker or shape inference rejects the model, an op's load-time
                 check rejects a node, a tensor or attribute is inconsistent, or a graph input or
-                output is not a dense tensor; the message names the node or tensor.
+                output is neither a tensor, a sequence of tensors nor an optional; the message names
+                the node or tensor.
             UnsupportedOpError: one error listing every op no installed plugin provides.
             OutOfMemoryError: a constant or folded value does not fit in memory.
         """
@@ -127,16 +446,32 @@ class NumpyModule:
         self.inputs = [tensor_spec(vi, "graph input") for vi in model.graph.input if vi.name not in constant_names]
         self.outputs = [tensor_spec(vi, "graph output") for vi in model.graph.output]
         self.onnx_model = _prepare(model)
-        graph = self.onnx_model.graph
         self.opsets = _opsets(self.onnx_model)
         self._check_opsets()
-        self.constants: dict[str, NDArray[Any]] = {
-            init.name: tensor_array(init, f"initializer {init.name!r}") for init in graph.initializer
-        }
-        self.nodes = self._bind_nodes()
-        self._fold_constants()
-        self._dead_after = self._compute_dead_after()
+        binding = _Binding(self.registry, self.opsets, Counter())
+        self.graph = BoundGraph(self.onnx_model.graph, binding, {})
+        if binding.missing:
+            raise _missing_ops_error(binding.missing, self.registry)
+        graph = self.onnx_model.graph
+        #: values of the main graph known (declared or inferred) to be sequences or optionals: name -> kind
+        self.value_kinds = {vi.name: {"sequence_type": "a sequence", "optional_type": "an optional"}[kind]
+                            for vi in [*graph.input, *graph.value_info, *graph.output]
+                            if (kind := vi.type.WhichOneof("value")) in ("sequence_type", "optional_type")}
         self._producers = {name: bound.where for bound in self.nodes for name in bound.outputs if name}
+
+    @property
+    def nodes(self) -> list[BoundNode]:
+        """The main graph's nodes left to run at call time (constant ones are folded), in order."""
+        return self.graph.nodes
+
+    @property
+    def constants(self) -> dict[str, Any]:
+        """Values known at load (initializers and folded results) that the nodes or outputs read."""
+        return self.graph.constants
+
+    @property
+    def folded_from(self) -> dict[str, tuple[BoundNode, list[Any], int]]:
+        return self.graph.folded_from
 
     # -- public ---------------------------------------------------------------------------------
     @property
@@ -148,7 +483,7 @@ class NumpyModule:
         return [s.name for s in self.outputs]
 
     def __call__(self, *inputs: Any) -> Any:
-        """Run the model. Returns one array, or a tuple when the graph has several outputs.
+        """Run the model. Returns one value, or a tuple when the graph has several outputs.
 
         Raises:
             InputError: wrong number of inputs, or an input whose rank, dims or values do not fit
@@ -161,7 +496,7 @@ class NumpyModule:
         return outs[0] if len(outs) == 1 else outs
 
     def run(self, *inputs: Any, keep_intermediates: bool = False,
-            observe: Callable[[str, Any], None] | None = None) -> dict[str, NDArray[Any]]:
+            observe: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
         """Evaluate the graph; returns tensor name -> value for the outputs (or every tensor).
 
         ``observe(name, value)``, when given, is called with each tensor a node produces as soon as
@@ -172,30 +507,7 @@ class NumpyModule:
         """
         env: dict[str, Any] = dict(self.constants)
         env.update(zip(self.input_names, self.check_inputs(inputs)))
-        env[""] = None  # omitted optional inputs
-        for bound, dead in zip(self.nodes, self._dead_after):
-            values = [env[name] for name in bound.inputs]
-            try:
-                results = bound.call(values)
-            except CmlError:
-                raise
-            except MemoryError as exc:
-                raise OutOfMemoryError(
-                    f"{bound.where} ran out of memory on inputs of shapes {_shapes(values)}; run a smaller batch "
-                    "(fewer samples per call)"
-                ) from exc
-            except Exception as exc:  # an op implementation failed on these values
-                raise NodeExecutionError(
-                    f"{bound.where} failed on inputs of shapes {_shapes(values)}: {type(exc).__name__}: {exc}"
-                ) from exc
-            env.update(zip(bound.outputs, results))
-            if observe is not None:
-                for name, value in zip(bound.outputs, results):
-                    if name:
-                        observe(name, value)
-            if not keep_intermediates:
-                for name in dead:
-                    del env[name]
+        self.graph.execute(env, keep_intermediates, observe)
         if keep_intermediates:
             env.pop("", None)
             return env
@@ -212,22 +524,24 @@ class NumpyModule:
                 ) from exc
         return outputs
 
-    def check_inputs(self, inputs: Sequence[Any]) -> list[NDArray[Any]]:
+    def check_inputs(self, inputs: Sequence[Any]) -> list[Any]:
         """Validate call-time inputs against the graph inputs and cast them to the declared dtype.
 
         Any real number type converts to a float input (rounded to its precision, as a cast
         does); integers and booleans convert to an integer input only when every value fits its range; floats to an integer
         input only when every value is a whole number in range (``3.0`` for int8, never ``1.5``,
         ``300``, NaN or infinity). A symbolic dimension named by several axes (``"N"`` in two
-        inputs) must have one size in the call.
+        inputs) must have one size in the call. A sequence input takes a list (or tuple) of
+        arrays, each checked like a tensor input of the element type and rank; an optional input
+        takes ``None`` or its value.
 
         Returns:
-            One array per graph input, of the declared dtype.
+            One value per graph input: an array of the declared dtype, a list of them, or ``None``.
 
         Raises:
             InputError: naming the input and what is wrong: count, rank, a fixed or shared
-                dimension, a dtype that cannot be converted, a value out of range, or nested
-                lists that are not rectangular.
+                dimension, a dtype that cannot be converted, a value out of range, nested lists
+                that are not rectangular, or a sequence input that is not a list.
         """
         return check_input_arrays(self.inputs, inputs)
 
@@ -253,134 +567,31 @@ class NumpyModule:
                 f"{onnx.__version__} defines; upgrade onnx or export the model at opset {newest} or below"
             )
 
-    def _bind_nodes(self) -> list[BoundNode]:
-        bound: list[BoundNode] = []
-        missing: Counter[tuple[str, str, int]] = Counter()
-        shapes = self._static_shapes()
-        for index, node in enumerate(self.onnx_model.graph.node):
-            domain = normalize_domain(node.domain)
-            opset = self.opsets.get(domain)
-            if opset is None:
-                raise ModelLoadError(f"node {node.name or index!r} ({node.op_type}) uses domain "
-                                     f"{domain!r}, which the model does not import")
-            impl = self.registry.find(domain, node.op_type, opset)
-            if impl is None:
-                missing[(domain, node.op_type, opset)] += 1
-                continue
-            where = f"node {node.name or '#' + str(index)!r} ({impl.display_name})"
-            attributes = {a.name: attribute_value(a, where) for a in node.attribute}
-            try:  # arity and attributes are checked here, so errors surface at load, not at first call
-                bound.append(BoundNode(node, impl, attributes, index))
-            except OpSignatureError as exc:
-                raise ModelLoadError(str(exc)) from exc
-            self._validate(bound[-1], shapes)
-        if missing:
-            raise _missing_ops_error(missing, self.registry)
-        return bound
-
-    def _static_shapes(self) -> dict[str, tuple[int | None, ...] | None]:
-        """Tensor name -> shape known before any call (symbolic dims as ``None``)."""
-        graph = self.onnx_model.graph
-        shapes: dict[str, tuple[int | None, ...] | None] = {}
-        for vi in [*graph.input, *graph.value_info, *graph.output]:
-            shape = value_info_shape(vi)
-            shapes[vi.name] = None if shape is None else tuple(d if isinstance(d, int) else None for d in shape)
-        shapes.update({name: tuple(value.shape) for name, value in self.constants.items()})
-        return shapes
-
-    def _validate(self, bound: BoundNode, shapes: dict[str, tuple[int | None, ...] | None]) -> None:
-        """Run the op's load-time check (``validate=`` at registration) on the node, if it has one."""
-        check = bound.impl.validate
-        if check is None:
-            return
-        inputs = [StaticInput(shapes.get(name), self.constants.get(name)) if name else None
-                  for name in bound.node.input]
-        defaults = {k: v for k, v in bound.impl.signature.attributes.items() if v is not REQUIRED}
-        try:
-            check(inputs, {**defaults, **bound.attributes})
-        except CmlError:
-            raise
-        except ValueError as exc:
-            raise ModelLoadError(f"{bound.where}: {exc}") from exc
-        except Exception as exc:  # a plugin's check that itself failed
-            provider = bound.impl.provider.distribution
-            raise ModelLoadError(
-                f"{bound.where}: the load-time check from {provider} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    def _fold_constants(self) -> None:
-        """Evaluate at load every node whose inputs are all constants.
-
-        ``folded_from`` keeps, for constants folded by an op whose quantized class has a
-        ``stated_constant`` hook, the node and its input values (quantization asks the hook).
-        """
-        self.folded_from: dict[str, tuple[BoundNode, list[Any], int]] = {}
-        kept = []
-        for bound in self.nodes:
-            names = [n for n in bound.node.input if n]
-            if all(n in self.constants for n in names):
-                values = [self.constants[n] if n else None for n in bound.node.input]
-                try:
-                    results = bound.call(values)
-                except CmlError:
-                    raise
-                except MemoryError as exc:
-                    raise OutOfMemoryError(
-                        f"{bound.where}: its constant result does not fit in memory (inputs of shapes "
-                        f"{_shapes(values)}); the model asks for a huge constant"
-                    ) from exc
-                except Exception as exc:  # a constant subgraph that cannot be evaluated
-                    raise ModelLoadError(f"{bound.where}: cannot fold constant inputs: {exc}") from exc
-                states = getattr(bound.impl.quantized, "stated_constant", None) is not None
-                for index, (name, value) in enumerate(zip(bound.node.output, results)):
-                    if name:
-                        self.constants[name] = np.asarray(value)
-                        if states:  # the op can say which integers this constant stands for
-                            self.folded_from[name] = (bound, values, index)
-            else:
-                kept.append(bound)
-        self.nodes = kept
-        used = {n for b in self.nodes for n in b.node.input} | set(self.output_names)
-        self.constants = {k: v for k, v in self.constants.items() if k in used}
-
-    def _compute_dead_after(self) -> list[tuple[str, ...]]:
-        """Per node, the intermediates no later node (nor the graph output) needs: freed after it runs."""
-        last: dict[str, int] = {}
-        for step, bound in enumerate(self.nodes):
-            for name in bound.inputs:
-                if name and name not in self.constants:
-                    last[name] = step
-            for name in bound.outputs:  # an output nobody reads dies where it is made
-                if name and name not in last:
-                    last[name] = step
-        keep = set(self.output_names)
-        dead: list[list[str]] = [[] for _ in self.nodes]
-        for name, step in last.items():
-            if name not in keep:
-                dead[step].append(name)
-        return [tuple(names) for names in dead]
-
 
 def _contiguous(value: Any) -> Any:
     if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
         return np.ascontiguousarray(value)
+    if isinstance(value, list):
+        return [_contiguous(v) for v in value]
     return value
 
 
 def _shapes(values: Sequence[Any]) -> list[Any]:
-    return [getattr(v, "shape", None) for v in values]
+    return [[_shapes([e])[0] for e in v] if isinstance(v, list) else getattr(v, "shape", None) for v in values]
 
 
 def tensor_spec(vi: onnx.ValueInfoProto, role: str) -> TensorSpec:
     """The ``TensorSpec`` of a graph input or output (``role`` names which, for messages).
 
     Raises:
-        ModelLoadError: the value is not a dense tensor of a known element type.
+        ModelLoadError: the value is not a tensor, a sequence of tensors or an optional, or its
+            element type is undefined or unknown.
     """
-    return TensorSpec(vi.name, value_info_dtype(vi, f"{role} {vi.name!r}"), value_info_shape(vi))
+    containers, dtype, shape = value_info_type(vi, f"{role} {vi.name!r}")
+    return TensorSpec(vi.name, dtype, shape, containers)
 
 
-def check_input_arrays(specs: Sequence[TensorSpec], inputs: Sequence[Any]) -> list[NDArray[Any]]:
+def check_input_arrays(specs: Sequence[TensorSpec], inputs: Sequence[Any]) -> list[Any]:
     """``inputs`` checked against the graph inputs ``specs`` and cast (see ``NumpyModule.check_inputs``)."""
     if len(inputs) != len(specs):
         raise InputError(
@@ -389,29 +600,55 @@ def check_input_arrays(specs: Sequence[TensorSpec], inputs: Sequence[Any]) -> li
     checked = []
     sizes: dict[str, tuple[str, int, int]] = {}  # symbolic dim -> (input, axis, size) where first seen
     for spec, value in zip(specs, inputs):
+        if spec.containers:
+            checked.append(_structured_input(spec, value, spec.containers))
+            continue
         arr = _input_array(spec, value)
-        if spec.shape is not None:
-            if arr.ndim != len(spec.shape):
-                raise InputError(
-                    f"input {spec.name!r} must have rank {len(spec.shape)} (shape {_fmt(spec.shape)}), "
-                    f"got shape {arr.shape}"
-                )
-            for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
-                if isinstance(want, int) and want != got:
-                    raise InputError(
-                        f"input {spec.name!r} must have shape {_fmt(spec.shape)}, got {arr.shape} "
-                        f"(axis {axis}: expected {want})"
-                    )
-                if isinstance(want, str) and want:
-                    first, first_axis, size = sizes.setdefault(want, (spec.name, axis, got))
-                    if size != got:
-                        raise InputError(
-                            f"inputs {first!r} and {spec.name!r} share dimension {want!r}, which must have one "
-                            f"size: {first!r} has {want}={size} (axis {first_axis}), {spec.name!r} has "
-                            f"{want}={got} (axis {axis}); give them the same size"
-                        )
+        _check_shape(spec, arr, sizes)
         checked.append(arr)
     return checked
+
+
+def _structured_input(spec: TensorSpec, value: Any, containers: tuple[str, ...]) -> Any:
+    """A sequence input as a list of checked arrays, an optional one as ``None`` or its checked value."""
+    if not containers:
+        element = dataclasses.replace(spec, containers=())
+        arr = _input_array(element, value)
+        _check_shape(element, arr, None)
+        return arr
+    if containers[0] == "optional":
+        return None if value is None else _structured_input(spec, value, containers[1:])
+    if not isinstance(value, (list, tuple)):
+        got = "None" if value is None else type(value).__name__
+        raise InputError(f"input {spec.name!r} is a {spec.describe()}: pass a list of arrays, got {got}")
+    return [_structured_input(dataclasses.replace(spec, name=f"{spec.name}[{i}]"), item, containers[1:])
+            for i, item in enumerate(value)]
+
+
+def _check_shape(spec: TensorSpec, arr: NDArray[Any], sizes: dict[str, tuple[str, int, int]] | None) -> None:
+    """Refuse an array whose rank or fixed dims differ from ``spec``'s; symbolic dims shared by several
+    inputs must agree (``sizes`` remembers them; ``None`` for a sequence's elements, which may differ)."""
+    if spec.shape is None:
+        return
+    if arr.ndim != len(spec.shape):
+        raise InputError(
+            f"input {spec.name!r} must have rank {len(spec.shape)} (shape {_fmt(spec.shape)}), "
+            f"got shape {arr.shape}"
+        )
+    for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
+        if isinstance(want, int) and want != got:
+            raise InputError(
+                f"input {spec.name!r} must have shape {_fmt(spec.shape)}, got {arr.shape} "
+                f"(axis {axis}: expected {want})"
+            )
+        if isinstance(want, str) and want and sizes is not None:
+            first, first_axis, size = sizes.setdefault(want, (spec.name, axis, got))
+            if size != got:
+                raise InputError(
+                    f"inputs {first!r} and {spec.name!r} share dimension {want!r}, which must have one "
+                    f"size: {first!r} has {want}={size} (axis {first_axis}), {spec.name!r} has "
+                    f"{want}={got} (axis {axis}); give them the same size"
+                )
 
 
 def _input_array(spec: TensorSpec, value: Any) -> NDArray[Any]:

@@ -431,13 +431,18 @@ def sparse_to_dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
 def attribute_value(attr: onnx.AttributeProto, where: str) -> Any:
     """An attribute as a Python/numpy value: strings decoded, tensors as arrays, lists as lists.
 
+    A subgraph attribute (GRAPH) is returned as its ``GraphProto`` (the interpreter binds it), a
+    type attribute as its ``TypeProto``.
+
     Raises:
-        ModelLoadError: a subgraph, sparse tensor or function-reference attribute; an unknown
-            attribute type; a string that is not UTF-8; an invalid tensor. The message starts
-            with ``where`` and names the attribute.
+        ModelLoadError: a list of subgraphs, a sparse tensor or function-reference attribute; an
+            unknown attribute type; a string that is not UTF-8; an invalid tensor. The message
+            starts with ``where`` and names the attribute.
     """
-    if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-        raise ModelLoadError(f"{where}: attribute {attr.name!r} holds a subgraph, which is not supported")
+    if attr.type == onnx.AttributeProto.GRAPHS:
+        raise ModelLoadError(f"{where}: attribute {attr.name!r} holds a list of subgraphs, which is not supported")
+    if attr.type == onnx.AttributeProto.GRAPH:
+        return attr.g
     if attr.ref_attr_name:
         raise ModelLoadError(f"{where}: attribute {attr.name!r} refers to a function attribute")
     try:
@@ -460,9 +465,7 @@ def attribute_value(attr: onnx.AttributeProto, where: str) -> Any:
         return tensor_array(value, f"{where}: tensor attribute {attr.name!r}")
     if isinstance(value, onnx.SparseTensorProto):
         raise ModelLoadError(f"{where}: sparse tensor attribute {attr.name!r} is not supported")
-    if isinstance(value, (onnx.TypeProto,)):
-        raise ModelLoadError(f"{where}: type-proto attribute {attr.name!r} is not supported")
-    return value
+    return value  # numbers, and TypeProto values (Optional's ``type``) as they are
 
 
 def value_info_dtype(vi: onnx.ValueInfoProto, what: str) -> np.dtype[Any]:
@@ -480,9 +483,41 @@ def value_info_dtype(vi: onnx.ValueInfoProto, what: str) -> np.dtype[Any]:
     return tensor_dtype(vi.type.tensor_type.elem_type, what)
 
 
+def value_info_type(vi: onnx.ValueInfoProto, what: str) -> tuple[tuple[str, ...], np.dtype[Any],
+                                                                  tuple[int | str | None, ...] | None]:
+    """What a graph input or output holds: its containers, outermost first (``"sequence"``,
+    ``"optional"``; none for a plain tensor), and the element tensors' dtype and declared shape.
+
+    Raises:
+        ModelLoadError: naming ``what``, for a map, a sparse tensor, an untyped value, or an
+            undefined or unknown element type.
+    """
+    containers: list[str] = []
+    type_proto = vi.type
+    while True:
+        kind = type_proto.WhichOneof("value")
+        if kind == "sequence_type":
+            containers.append("sequence")
+            type_proto = type_proto.sequence_type.elem_type
+        elif kind == "optional_type":
+            containers.append("optional")
+            type_proto = type_proto.optional_type.elem_type
+        elif kind == "tensor_type":
+            tensor = type_proto.tensor_type
+            return tuple(containers), tensor_dtype(tensor.elem_type, what), _tensor_shape(tensor)
+        else:
+            described = {"map_type": "a map", "sparse_tensor_type": "a sparse tensor", None: "untyped"}.get(kind, kind)
+            inside = f" (inside {' of '.join(containers)})" if containers else ""
+            raise ModelLoadError(f"{what} is {described}{inside}; cml runs models whose inputs and outputs are "
+                                 "tensors, sequences of tensors or optional values")
+
+
 def value_info_shape(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
     """Declared shape: ints for fixed dims, names for symbolic ones, None for unknown; None if no shape."""
-    t = vi.type.tensor_type
+    return _tensor_shape(vi.type.tensor_type)
+
+
+def _tensor_shape(t: onnx.TypeProto.Tensor) -> tuple[int | str | None, ...] | None:
     if not t.HasField("shape"):
         return None
     dims: list[int | str | None] = []

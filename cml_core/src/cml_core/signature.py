@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -149,3 +149,20 @@ class StaticInput:
 #: optional one) and the node's attributes, defaults filled in. It raises ``ValueError`` with a
 #: message saying which value is wrong and what is allowed; the core adds the node's name.
 Validator = Callable[[Sequence[StaticInput | None], dict[str, Any]], None]
+
+
+class Subgraph(Protocol):
+    """What an implementation receives for a GRAPH attribute (If's branches, Loop's and Scan's body).
+
+    The interpreter binds the subgraph at load, like the main graph, and hands it over with the
+    outer-scope values it reads. Declare the attribute as a required keyword-only parameter
+    (``*, body: Subgraph``). Calling it with one value per subgraph input (arrays, lists for
+    sequences, ``None`` for an empty optional) runs it and returns its outputs as a tuple.
+    """
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    #: per output, the element dtype and shape the subgraph declares (``None`` where it does not)
+    output_types: tuple[tuple[np.dtype[Any] | None, tuple[int | str | None, ...] | None], ...]
+
+    def __call__(self, *inputs: Any) -> tuple[Any, ...]: ...

@@ -231,6 +231,8 @@ class QuantizedModule:
         self.snapped_inputs: set[str] = set()
         #: folded constants whose integers the graph states (DequantizeLinear of integer weights)
         self.stated_constants: dict[str, tuple[NDArray[Any], float]] = stated_constants_of(module)
+        #: tensors whose calibration values are all whole numbers: quantized exactly where their range fits
+        self.whole_numbers: frozenset[str] = frozenset()
         self._outputs: list[QValue] = []
         self._calibration_data: list[NDArray[Any]] = []  # the float calibration inputs
         self._calibration_samples: int | None = None  # None: the inputs cannot be split into samples
@@ -465,7 +467,8 @@ class QuantizedModule:
         """
         ctx = QuantContext(self.config, self.float_ranges, self.producers, self.sites, self.accumulators,
                            calibrating, calibration=calibration, stated=self.stated_quantizers,
-                           stated_constants=self.stated_constants, input_reads=self.input_reads)
+                           stated_constants=self.stated_constants, input_reads=self.input_reads,
+                           whole_numbers=self.whole_numbers)
         env: dict[str, QValue] = {name: QValue.constant(v, name) for name, v in self.numpy_module.constants.items()}
         for spec, qz, data in zip(self.numpy_module.inputs, self.input_quantizers, q_inputs):
             env[spec.name] = QValue.affine(data, qz.scale, qz.zero_point, spec.name)
@@ -560,6 +563,7 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
         OutOfMemoryError: calibration does not fit in memory (naming the node; lower
             ``calibration_chunk_size``).
     """
+    refuse_structured_values(module)
     config = parse_config(n_bits, rounding_threshold_bits)
     requested_chunk = calibration.check_chunk_size(calibration_chunk_size)
     inputs = _as_inputs(module, calibration_data, "calibration data")
@@ -575,12 +579,14 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     n_samples = calibration.sample_count(module, inputs)
     statistics = calibration.float_statistics(module, inputs, n_samples, producers)
     ranges = statistics.ranges
-    input_quantizers = [UniformQuantizer.fit(*ranges[s.name], config.model_inputs) for s in module.inputs]
+    input_quantizers = [input_quantizer(ranges[s.name], s.name in statistics.whole_numbers, config.model_inputs)
+                        for s in module.inputs]
     ops = [b.impl.quantized(b) for b in module.nodes]  # type: ignore[misc]
     has_weights = any(isinstance(op, LinearOp) for op in ops)
     for message in calibration.calibration_warnings(module, inputs, n_samples, ranges, config, has_weights):
         warnings.warn(CalibrationWarning(message), stacklevel=_user_stacklevel())
     qmodule = QuantizedModule(module, config, ranges, input_quantizers, ops, producers)
+    qmodule.whole_numbers = statistics.whole_numbers
     qmodule._calibration_data = inputs
     qmodule._calibration_samples = n_samples
     qmodule.calibration_chunk_size = calibration.chunk_size(requested_chunk, n_samples, statistics.peak_elements)
@@ -590,6 +596,48 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     for message in stated_conflicts(qmodule):
         warnings.warn(CalibrationWarning(message), stacklevel=_user_stacklevel())
     return qmodule
+
+
+def input_quantizer(float_range: tuple[float, float], whole_numbers: bool, n_bits: int) -> UniformQuantizer:
+    """A model input's quantizer: exact (scale 1) when its calibration values are whole numbers whose
+    range fits ``n_bits`` (token ids, counts, pixel levels), else fitted to its range."""
+    exact = UniformQuantizer.for_whole_numbers(*float_range, n_bits) if whole_numbers else None
+    return exact or UniformQuantizer.fit(*float_range, n_bits)
+
+
+def refuse_structured_values(module: NumpyModule) -> None:
+    """Refuse a model whose computation on its inputs runs control flow or holds sequences or optionals.
+
+    Nodes left after load-time folding all depend on the model's inputs (an If whose condition is
+    constant was replaced by its branch's nodes, and control flow or sequences on constants alone
+    were folded), so any such node here would have to run on encrypted values.
+
+    Raises:
+        QuantizationError: naming the node (or the graph input or output) and what to export instead.
+    """
+    kinds = getattr(module, "value_kinds", {})
+    for bound in module.nodes:
+        subgraphs = getattr(bound, "subgraphs", {})
+        if subgraphs:
+            raise QuantizationError(
+                f"{bound.where} cannot run on encrypted values: it runs its subgraph(s) {sorted(subgraphs)} on "
+                "values computed from the model's inputs, and the quantized program has no control flow. Export "
+                "the model without control flow: with a constant trip count (the exporter then unrolls the loop) "
+                "and conditions known at export (an If whose condition is a constant is replaced by its branch)")
+        held = [(n, kinds[n]) for n in (*bound.inputs, *bound.outputs) if n and n in kinds]
+        if held:
+            name, kind = held[0]
+            role = "input" if name in bound.inputs else "output"
+            raise QuantizationError(
+                f"{bound.where} cannot run on encrypted values: its {role} {name!r} is {kind}, which the quantized "
+                "program cannot hold. Export the computation on the model's inputs with plain tensors (Concat, "
+                "Split, Slice, Gather instead of sequence and optional ops)")
+    for role, specs in (("input", module.inputs), ("output", module.outputs)):
+        for spec in specs:
+            if spec.containers:
+                raise QuantizationError(
+                    f"model {role} {spec.name!r} is a {spec.describe()}: the quantized program cannot run on "
+                    "encrypted values of that kind; give the model tensor inputs and outputs")
 
 
 def snap_inputs(qmodule: QuantizedModule) -> bool:

@@ -13,7 +13,7 @@ A plugin author tests an op in a few lines::
 from __future__ import annotations
 
 from .checks import assert_close, check_op, tolerance
-from .models import ORT_MAX_IR_VERSION, make_node_model, run_cml, run_onnxruntime
+from .models import ORT_MAX_IR_VERSION, OptionalInput, make_node_model, run_cml, run_onnxruntime
 from .strategies import (
     Example,
     OpCase,
@@ -30,6 +30,7 @@ __all__ = [
     "ORT_MAX_IR_VERSION",
     "Example",
     "OpCase",
+    "OptionalInput",
     "assert_close",
     "broadcastable_shapes",
     "check_op",

@@ -50,7 +50,29 @@ def assert_close(actual: NDArray[Any], expected: NDArray[Any], *, what: str = "o
         np.testing.assert_allclose(actual, expected, rtol=r, atol=a, equal_nan=True, err_msg=what)
 
 
-def run_reference(model: Any, feeds: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
+def assert_same_value(actual: Any, expected: Any, *, what: str = "output", rtol: float | None = None,
+                      atol: Any = None) -> None:
+    """``assert_close`` for tensors, element by element for sequences (lists), and ``None`` (an empty
+    optional) only for ``None``."""
+    if expected is None or actual is None:
+        assert actual is None and expected is None, f"{what}: {_kind(actual)}, expected {_kind(expected)}"
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(actual, (list, tuple)), f"{what}: {_kind(actual)}, expected a sequence"
+        assert len(actual) == len(expected), f"{what}: a sequence of {len(actual)}, expected {len(expected)}"
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, what=f"{what}[{i}]", rtol=rtol, atol=atol)
+    else:
+        assert not isinstance(actual, (list, tuple)), f"{what}: a sequence, expected a tensor"
+        assert_close(actual, expected, what=what, rtol=rtol, atol=atol)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "an empty optional"
+    return "a sequence" if isinstance(value, (list, tuple)) else "a tensor"
+
+
+def run_reference(model: Any, feeds: dict[str, Any]) -> list[Any]:
     """onnxruntime's outputs; where it has no kernel for the op, type or opset, the ONNX reference
     evaluator's (both are independent of cml)."""
     try:
@@ -63,12 +85,24 @@ def run_reference(model: Any, feeds: dict[str, NDArray[Any]]) -> list[NDArray[An
             raise
     from onnx.reference import ReferenceEvaluator
 
-    return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds)]
+    values = ReferenceEvaluator(model).run(None, feeds)
+    return [_from_reference(v, out.type) for v, out in zip(values, model.graph.output)]
+
+
+def _from_reference(value: Any, declared: Any) -> Any:
+    """A reference evaluator output as cml gives it: its ``Optional`` op wraps a tensor in a list of
+    one (an empty optional in ``[None]``), where an optional tensor is the tensor itself or ``None``."""
+    if value is None:
+        return None
+    if (declared.WhichOneof("value") == "optional_type" and isinstance(value, list)
+            and declared.optional_type.elem_type.WhichOneof("value") == "tensor_type"):
+        return None if not value or value[0] is None else np.asarray(value[0])
+    return value if isinstance(value, list) else np.asarray(value)
 
 
 def check_op(
     op_type: str,
-    inputs: Sequence[NDArray[Any] | None],
+    inputs: Sequence[Any],
     attributes: dict[str, Any] | None = None,
     *,
     opset: int,
@@ -81,6 +115,9 @@ def check_op(
     atol: Any = None,
 ) -> list[NDArray[Any]]:
     """Run a one-node model through cml and a reference; assert the outputs agree.
+
+    ``inputs`` may hold lists of arrays (sequence inputs, see ``make_node_model``); sequence
+    outputs are compared element by element.
 
     The reference is onnxruntime unless ``reference`` is given (needed for custom domains): a
     callable receiving the same inputs and attributes and returning the expected outputs.
@@ -98,5 +135,5 @@ def check_op(
         expected = list(out) if isinstance(out, (tuple, list)) else [out]
     assert len(got) == len(expected), f"{op_type}: {len(got)} outputs, reference gave {len(expected)}"
     for i, (g, e) in enumerate(zip(got, expected)):
-        assert_close(g, e, what=f"{op_type} (opset {opset}) output {i}", rtol=rtol, atol=atol)
+        assert_same_value(g, e, what=f"{op_type} (opset {opset}) output {i}", rtol=rtol, atol=atol)
     return got

@@ -14,9 +14,13 @@ from numpy.typing import NDArray
 
 @dataclass
 class Example:
-    """One drawn test case of an op: its inputs, attributes and which inputs are initializers."""
+    """One drawn test case of an op: its inputs, attributes and which inputs are initializers.
 
-    inputs: list[NDArray[Any] | None]
+    An input is an array, ``None`` (omitted), a list of arrays (a sequence) or an
+    ``OptionalInput``; attributes may hold subgraphs (``onnx.GraphProto``).
+    """
+
+    inputs: list[Any]
     attributes: dict[str, Any] = field(default_factory=dict)
     constant_inputs: tuple[int, ...] = ()
     n_outputs: int = 1
