@@ -8,9 +8,12 @@ FLOATS = (np.float32, np.float64)
 
 
 @st.composite
-def _unary(draw, low=-10.0, high=10.0, attributes=None, dtypes=FLOATS):
+def _unary(draw, low=-10.0, high=10.0, attributes=None, dtypes=FLOATS, required=()):
+    """``required``: attribute names always drawn (the others are drawn or left out)."""
     dtype = draw(st.sampled_from(dtypes))
-    attrs = draw(st.fixed_dictionaries({}, optional=attributes or {}))
+    attributes = attributes or {}
+    attrs = draw(st.fixed_dictionaries({k: v for k, v in attributes.items() if k in required},
+                                       optional={k: v for k, v in attributes.items() if k not in required}))
     if np.dtype(dtype).kind == "i":
         return Example([draw(int_arrays(dtype=dtype))], attrs)
     return Example([draw(float_arrays(dtype=dtype, min_value=low, max_value=high))], attrs)
@@ -27,8 +30,14 @@ def _special_values(draw, attributes=None):
 
 
 @st.composite
-def _prelu(draw):
+def _prelu(draw, opset):
     x = draw(float_arrays(shapes(min_dims=1, max_dims=4)))
+    if opset < 7 and x.ndim >= 2 and x.shape.count(x.shape[1]) == 1 and x.shape[-1] not in (1, x.shape[1]) \
+            and draw(st.booleans()):
+        # before opset 7 a slope of the channel count's size applies per channel (axis 1); the oracle
+        # (the ONNX reference evaluator) does so where numpy's broadcasting fails
+        slope = draw(float_arrays((x.shape[1],), min_value=-2, max_value=2))
+        return Example([x, slope], constant_inputs=(1,))  # an encrypted slope would gain a batch axis
     # the slope broadcasts to x (unidirectional): a suffix of x's shape, with some dims 1
     rank = draw(st.integers(0, x.ndim))
     slope_shape = tuple(d if draw(st.booleans()) else 1 for d in x.shape[x.ndim - rank:])
@@ -40,11 +49,20 @@ def _alpha(low=-3.0, high=3.0):
     return float32s(low, high)
 
 
-def _case(op_type, quantizable=None, **kwargs):
+def _case(op_type, quantizable=None, opset_1=None, **kwargs):
     """A unary op's case; ``quantizable`` overrides ``_unary``'s arguments for the quantized twin's
-    examples (float dtypes, a domain the quantized inputs stay inside)."""
-    examples = None if quantizable is None else (lambda opset: _unary(**{**kwargs, **quantizable}))
-    return OpCase(op_type, lambda opset: _unary(**kwargs), quantizable=examples)
+    examples (float dtypes, a domain the quantized inputs stay inside). At opset 1 the op takes
+    floats only, and ``opset_1`` overrides the arguments there."""
+
+    def at(opset, overrides=None):
+        arguments = {**kwargs, **(overrides or {})}
+        if opset < 6:
+            arguments = {**arguments, "dtypes": tuple(d for d in arguments.get("dtypes", FLOATS)
+                                                      if np.dtype(d).kind == "f"), **(opset_1 or {})}
+        return _unary(**arguments)
+
+    examples = None if quantizable is None else (lambda opset: at(opset, quantizable))
+    return OpCase(op_type, lambda opset: at(opset), quantizable=examples)
 
 
 # quantized inputs move by up to half a step past the drawn values (at 4 bits, 1/30 of their
@@ -73,7 +91,10 @@ CASES = [
     # from 0.5 to 10, the lowest input is above half a step (its quantized value is never 0)
     _case("Log", low=-1.0, high=100.0, quantizable={"low": 0.5, "high": 10.0}),
     _case("Relu"),
-    _case("Selu", attributes={"alpha": _alpha(0.1, 3.0), "gamma": _alpha(0.1, 3.0)}),
+    # Selu-1's defaults (1.6732, 1.0507) differ from 6's, and the oracle at opset 1 (the ONNX reference
+    # evaluator) uses 6's: both attributes are given there
+    _case("Selu", attributes={"alpha": _alpha(0.1, 3.0), "gamma": _alpha(0.1, 3.0)},
+          opset_1={"required": ("alpha", "gamma")}),
     _case("Sigmoid", low=-50.0, high=50.0),
     _case("Sin"),
     _case("Sinh", low=-8.0, high=8.0),
@@ -96,6 +117,6 @@ CASES = [
     _case("HardSwish", dtypes=(np.float32,)),
     _case("Mish", dtypes=(np.float32,)),
     _case("Gelu", attributes={"approximate": st.sampled_from(["none", "tanh"])}, dtypes=(np.float32,)),
-    OpCase("PRelu", lambda opset: _prelu()),
+    OpCase("PRelu", _prelu),
     _case("Shrink", attributes={"bias": _alpha(), "lambd": _alpha(0.0, 3.0)}, dtypes=(np.float32,)),  # float64: no onnxruntime kernel
 ]

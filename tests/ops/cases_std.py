@@ -97,9 +97,18 @@ def _reshape(draw, opset, constant_shape=False):
 
 
 @st.composite
-def _flatten(draw):
+def _reshape_1(draw):
+    """Reshape at opset 1: the target shape is the ``shape`` attribute."""
+    example = draw(_reshape(5, constant_shape=True))
+    return Example([example.inputs[0]], {"shape": example.inputs[1].tolist()})
+
+
+@st.composite
+def _flatten(draw, opset):
     x = draw(float_arrays(shapes(min_dims=1, max_dims=4)))
-    return Example([x], {"axis": draw(st.integers(-x.ndim, x.ndim))})
+    if opset < 11 and draw(st.booleans()):
+        return Example([x])  # the default axis, 1
+    return Example([x], {"axis": draw(st.integers(-x.ndim if opset >= 11 else 0, x.ndim))})
 
 
 @st.composite
@@ -115,19 +124,24 @@ def _matmul(draw):
 
 
 @st.composite
-def _gemm(draw):
+def _gemm(draw, opset):
     m, k, n = (draw(st.integers(1, 5)) for _ in range(3))
     trans_a, trans_b = draw(st.integers(0, 1)), draw(st.integers(0, 1))
     a = draw(float_arrays((k, m) if trans_a else (m, k), min_value=-3, max_value=3))
     b = draw(float_arrays((n, k) if trans_b else (k, n), min_value=-3, max_value=3))
     attrs = {"transA": trans_a, "transB": trans_b}
     for name in ("alpha", "beta"):
-        if draw(st.booleans()):  # 0, or a magnitude a model would use, either sign
+        # before opset 7 the oracle (the ONNX reference evaluator) ignores alpha and beta: left out
+        if opset >= 7 and draw(st.booleans()):  # 0, or a magnitude a model would use, either sign
             attrs[name] = draw(st.just(0.0) | float32s(0.05, 2) | float32s(-2, -0.05))
     inputs = [a, b]
-    if draw(st.booleans()):
-        c_shape = draw(st.sampled_from([(m, n), (1, n), (n,), (m, 1), ()]))
-        inputs.append(draw(float_arrays(c_shape)))
+    if opset < 11 or draw(st.booleans()):  # C is a required input before opset 11
+        c_shapes = [(m, n), (1, n), (n,), (m, 1), ()]
+        if opset < 7:  # C broadcasts only with broadcast=1
+            broadcast = draw(st.integers(0, 1))
+            attrs["broadcast"] = broadcast
+            c_shapes = c_shapes if broadcast else [(m, n)]
+        inputs.append(draw(float_arrays(draw(st.sampled_from(c_shapes)))))
     constant = draw(st.sampled_from([(), (1,), (1, 2)]))
     return Example(inputs, attrs, constant_inputs=tuple(i for i in constant if i < len(inputs)))
 
@@ -183,38 +197,102 @@ def _constant(draw, opset):
     return Example([], {kind: value})
 
 
-def _floats_binary(op_type, **kwargs):
-    """A binary op on floats and integers; its quantized twin gets float inputs."""
-    return OpCase(op_type, lambda opset: _binary(**kwargs), quantizable=lambda opset: _float_binary())
+@st.composite
+def _legacy_binary(draw, dtypes=FLOATS, divisor=False, positive_a=False, broadcast=True):
+    """A binary op before opset 7: equal shapes (broadcast off), or ``broadcast=1`` with B a scalar,
+    a one-element tensor or A's trailing dims, sometimes placed there by an explicit ``axis``.
+
+    (An ``axis`` lining B up with dims other than A's trailing ones has no oracle here: onnxruntime
+    runs no opset below 7 and the ONNX reference evaluator ignores ``axis``.) Without ``broadcast``
+    the shapes are equal and the attributes left out (the reference evaluator's Pow takes none).
+    """
+    dtype = draw(st.sampled_from(dtypes))
+    a_shape = draw(shapes(min_dims=1))
+    mode = draw(st.sampled_from(["same", "scalar", "trailing", "axis"] if broadcast else ["same"]))
+    attrs = {}
+    if mode == "same":
+        b_shape = a_shape
+        if broadcast and draw(st.booleans()):
+            attrs["broadcast"] = 0
+    else:
+        attrs["broadcast"] = 1
+        if mode == "scalar":
+            b_shape = draw(st.sampled_from([(), (1,), (1,) * len(a_shape)]))
+        else:
+            k = draw(st.integers(1, len(a_shape)))
+            b_shape = a_shape[len(a_shape) - k:]
+            if mode == "axis":
+                attrs["axis"] = len(a_shape) - k
+    if np.dtype(dtype) == np.bool_:
+        a, b = draw(bool_arrays(a_shape)), draw(bool_arrays(b_shape))
+    else:
+        a = _values(draw, a_shape, dtype, 0.1, 4.0) if positive_a else _values(draw, a_shape, dtype)
+        b = _away_from_zero(draw, b_shape, dtype) if divisor else _values(draw, b_shape, dtype)
+        if positive_a:
+            b = _values(draw, b_shape, dtype, -3.0, 3.0)
+    # an encrypted B broadcast by the legacy rules is lined up with A as one sample: B is a constant then
+    constant = (1,) if mode != "same" else draw(st.sampled_from([(), (1,)]))
+    return Example([a, b], attrs, constant_inputs=constant)
+
+
+def _floats_binary(op_type, legacy_dtypes=FLOATS, **kwargs):
+    """A binary op on floats and integers; its quantized twin gets float inputs. Before opset 7 it
+    takes ``legacy_dtypes`` with the legacy broadcast rules."""
+
+    def examples(opset):
+        if opset < 7:
+            return _legacy_binary(legacy_dtypes)
+        return _binary(**{**kwargs, "dtypes": FLOATS}) if opset < 9 and op_type in ("Greater", "Less") else \
+            _binary(**kwargs)
+
+    def quantizable(opset):
+        return _legacy_binary() if opset < 7 else _float_binary()
+
+    return OpCase(op_type, examples, quantizable=quantizable)
+
+
+@st.composite
+def _clip_attributes(draw, opset):
+    """Clip before opset 11: the bounds are the ``min`` and ``max`` attributes."""
+    attrs = {}
+    if draw(st.booleans()):
+        attrs["min"] = draw(float32s(-5, 0))
+    if draw(st.booleans()):
+        attrs["max"] = draw(float32s(0, 5))
+    return Example([draw(float_arrays())], attrs)
 
 
 CASES = [
     _floats_binary("Add"),
     _floats_binary("Sub"),
     _floats_binary("Mul"),
-    OpCase("Div", lambda opset: _binary(nonzero_b=True), quantizable=lambda opset: _float_binary(divisor=True)),
-    OpCase("Equal", lambda opset: _binary((np.int64, np.float32) if opset >= 11 else (np.int64,)),
-           quantizable=lambda opset: _float_binary((np.float32,))),
+    OpCase("Div", lambda opset: _legacy_binary(divisor=True) if opset < 7 else _binary(nonzero_b=True),
+           quantizable=lambda opset: _legacy_binary(divisor=True) if opset < 7 else _float_binary(divisor=True)),
+    OpCase("Equal", lambda opset: _legacy_binary((np.int64, np.bool_)) if opset < 7 else
+           _binary((np.int64, np.float32) if opset >= 11 else (np.int64,)),
+           quantizable=lambda opset: _legacy_binary((np.int64,)) if opset < 7 else _float_binary((np.float32,))),
     _floats_binary("Greater"),
     _floats_binary("Less"),
     OpCase("Not", lambda opset: _not()),
-    OpCase("Clip", lambda opset: _clip()),
+    OpCase("Clip", lambda opset: _clip_attributes(opset) if opset < 11 else _clip()),
     OpCase("Identity", lambda opset: _identity()),
-    OpCase("Reshape", _reshape, quantizable=lambda opset: _reshape(opset, constant_shape=True)),
-    OpCase("Flatten", lambda opset: _flatten()),
+    OpCase("Reshape", lambda opset: _reshape_1() if opset < 5 else _reshape(opset),
+           quantizable=lambda opset: _reshape_1() if opset < 5 else _reshape(opset, constant_shape=True)),
+    OpCase("Flatten", _flatten),
     OpCase("MatMul", lambda opset: _matmul()),
-    OpCase("Gemm", lambda opset: _gemm()),
+    OpCase("Gemm", _gemm),
     OpCase("Conv", lambda opset: _conv()),
     OpCase("Constant", _constant),
 ]
 
 
 @st.composite
-def _variadic(draw, dtypes=FLOATS, encrypted=False):
-    """``encrypted``: at least one input is not a constant (for the quantized twins)."""
+def _variadic(draw, dtypes=FLOATS, encrypted=False, same_shape=False):
+    """``encrypted``: at least one input is not a constant (for the quantized twins). ``same_shape``:
+    no broadcasting (before opset 8)."""
     dtype = draw(st.sampled_from(dtypes))
     n = draw(st.integers(1, 4))
-    shapes_ = draw(broadcastable_shapes(n))
+    shapes_ = [draw(shapes())] * n if same_shape else draw(broadcastable_shapes(n))
     constant = draw(st.sampled_from([(), (0,)])) if n > 1 or not encrypted else ()
     return Example([_values(draw, s, dtype) for s in shapes_], constant_inputs=constant)
 
@@ -232,9 +310,9 @@ def _pow(draw):
 
 @st.composite
 def _mod(draw, quantizable=False):
-    """``quantizable``: float inputs (fmod=1) and a divisor that stays nonzero once quantized."""
-    fmod = 1 if quantizable else draw(st.integers(0, 1))
-    dtype = np.float32 if fmod else np.int64  # fmod=0 is defined for integers only
+    """``quantizable``: float inputs and a divisor that stays nonzero once quantized."""
+    fmod = draw(st.integers(0, 1))
+    dtype = np.float32 if fmod or quantizable else draw(st.sampled_from([np.int64, np.float32, np.float64]))
     sa, sb = draw(broadcastable_shapes(2))
     a = _values(draw, sa, dtype)
     if quantizable:
@@ -329,8 +407,13 @@ def _expand(draw):
 
 
 @st.composite
-def _tile(draw):
+def _tile(draw, opset):
     x = draw(float_arrays(shapes(min_dims=1, max_dims=3, max_side=3)))
+    if opset < 6:
+        # the last axis only: the ONNX reference evaluator (the oracle below opset 7) ignores ``axis``
+        axis = draw(st.sampled_from([x.ndim - 1, -1]))
+        return Example([x, np.array([draw(st.integers(1, 3))], np.int64), np.array([axis], np.int64)],
+                       constant_inputs=(1, 2))
     repeats = np.array([draw(st.integers(1, 3)) for _ in range(x.ndim)], np.int64)
     return Example([x, repeats], constant_inputs=(1,))
 
@@ -386,6 +469,26 @@ def _slice(draw, allow_empty=True):
 
 
 @st.composite
+def _slice_attributes(draw, allow_empty=True):
+    """Slice at opset 1: starts, ends and axes are attributes, steps are 1."""
+    example = draw(_slice(allow_empty))
+    x, starts, ends = example.inputs[:3]
+    axes = example.inputs[3] if len(example.inputs) > 3 else None
+    steps = example.inputs[4] if len(example.inputs) > 4 else np.ones_like(starts)
+    keep = steps == 1
+    if axes is not None:
+        keep &= axes >= 0  # non-negative axes at opset 1
+    if not keep.any():
+        return Example([x], {"starts": [0], "ends": [x.shape[0]]})
+    attrs = {"starts": starts[keep].tolist(), "ends": ends[keep].tolist()}
+    if axes is not None:
+        attrs["axes"] = axes[keep].tolist()
+    elif not keep.all() or draw(st.booleans()):
+        attrs["axes"] = np.flatnonzero(keep).tolist()
+    return Example([x], attrs)
+
+
+@st.composite
 def _gather(draw, elements=False):
     x = draw(float_arrays(shapes(min_dims=1)))
     axis = draw(st.integers(-x.ndim, x.ndim - 1))
@@ -422,15 +525,17 @@ def _split(draw, opset, single=False):
 
 
 @st.composite
-def _concat(draw):
-    base = list(draw(shapes(min_dims=1)))
-    axis = draw(st.integers(-len(base), len(base) - 1))
+def _concat(draw, opset):
+    base = list(draw(shapes(min_dims=2 if opset < 4 else 1)))
+    axis = draw(st.integers(-len(base) if opset >= 11 else 0, len(base) - 1))
+    omit_axis = False  # Concat-1's default axis 1: the ONNX reference evaluator (its oracle) requires the attribute
     inputs = []
     for _ in range(draw(st.integers(1, 3))):
         shape = list(base)
         shape[axis] = draw(st.integers(1, 3))
         inputs.append(draw(float_arrays(tuple(shape))))
-    return Example(inputs, {"axis": axis}, constant_inputs=draw(st.sampled_from([(), (0,)])) if len(inputs) > 1 else ())
+    return Example(inputs, {} if omit_axis else {"axis": axis},
+                   constant_inputs=draw(st.sampled_from([(), (0,)])) if len(inputs) > 1 else ())
 
 
 @st.composite
@@ -440,7 +545,14 @@ def _pad(draw, opset):
     mode = draw(st.sampled_from(modes))
     limit = 1 if mode in ("reflect", "wrap") else 2
     low = 0 if mode != "constant" else -1
+    if opset < 11:
+        low = 0 if opset < 2 else low  # removing elements (negative pads) from opset 2
     pads = [draw(st.integers(low, limit)) for _ in range(2 * x.ndim)]
+    if opset < 11:  # pads and value are attributes: ``paddings`` at opset 1
+        attrs = {"mode": mode, "paddings" if opset < 2 else "pads": pads}
+        if mode == "constant" and draw(st.booleans()):
+            attrs["value"] = draw(float32s(-3, 3))
+        return Example([x], attrs)
     inputs = [x, np.array(pads, np.int64)]
     if mode == "constant" and draw(st.booleans()):
         inputs.append(np.array(draw(float32s(-3, 3)), np.float32))
@@ -471,20 +583,24 @@ def _constant_of_shape(draw, constant_shape=False):
 
 
 CASES += [
-    OpCase("Pow", lambda opset: _pow()),
+    OpCase("Pow", lambda opset: _legacy_binary(positive_a=True, broadcast=False) if opset < 7 else _pow()),
     OpCase("Mod", lambda opset: _mod(), quantizable=lambda opset: _mod(quantizable=True)),
-    OpCase("Sum", lambda opset: _variadic(), quantizable=lambda opset: _variadic(encrypted=True)),
+    OpCase("Sum", lambda opset: _variadic(same_shape=opset < 8),
+           quantizable=lambda opset: _variadic(encrypted=True, same_shape=opset < 8)),
     # float64: no onnxruntime kernel, the fallback evaluator fails
-    OpCase("Mean", lambda opset: _variadic((np.float32,)), quantizable=lambda opset: _variadic((np.float32,), True)),
-    OpCase("Max", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,)),
-           quantizable=lambda opset: _variadic(FLOATS if opset >= 12 else (np.float32,), True)),
-    OpCase("Min", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,)),
-           quantizable=lambda opset: _variadic(FLOATS if opset >= 12 else (np.float32,), True)),
+    OpCase("Mean", lambda opset: _variadic((np.float32,), same_shape=opset < 8),
+           quantizable=lambda opset: _variadic((np.float32,), True, same_shape=opset < 8)),
+    OpCase("Max", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,),
+                                          same_shape=opset < 8),
+           quantizable=lambda opset: _variadic(FLOATS if opset >= 12 else (np.float32,), True, same_shape=opset < 8)),
+    OpCase("Min", lambda opset: _variadic((np.float32, np.float64, np.int64) if opset >= 12 else (np.float32,),
+                                          same_shape=opset < 8),
+           quantizable=lambda opset: _variadic(FLOATS if opset >= 12 else (np.float32,), True, same_shape=opset < 8)),
     _floats_binary("GreaterOrEqual"),
     _floats_binary("LessOrEqual"),
-    OpCase("And", lambda opset: _logical()),
-    OpCase("Or", lambda opset: _logical()),
-    OpCase("Xor", lambda opset: _logical()),
+    OpCase("And", lambda opset: _legacy_binary((np.bool_,)) if opset < 7 else _logical()),
+    OpCase("Or", lambda opset: _legacy_binary((np.bool_,)) if opset < 7 else _logical()),
+    OpCase("Xor", lambda opset: _legacy_binary((np.bool_,)) if opset < 7 else _logical()),
     OpCase("BitShift", lambda opset: _bit_shift()),
     OpCase("Where", lambda opset: _where()),
     OpCase("Cast", _cast, quantizable=lambda opset: _cast(opset, quantizable=True)),
@@ -494,12 +610,13 @@ CASES += [
     OpCase("Squeeze", _squeeze),
     OpCase("Unsqueeze", _unsqueeze),
     OpCase("Expand", lambda opset: _expand()),
-    OpCase("Tile", lambda opset: _tile()),
-    OpCase("Slice", lambda opset: _slice(), quantizable=lambda opset: _slice(allow_empty=False)),
+    OpCase("Tile", _tile),
+    OpCase("Slice", lambda opset: _slice_attributes() if opset < 10 else _slice(),
+           quantizable=lambda opset: _slice_attributes(False) if opset < 10 else _slice(allow_empty=False)),
     OpCase("Gather", lambda opset: _gather()),
     OpCase("GatherElements", lambda opset: _gather(elements=True)),
     OpCase("Split", _split, quantizable=lambda opset: _split(opset, single=True)),
-    OpCase("Concat", lambda opset: _concat()),
+    OpCase("Concat", _concat),
     OpCase("Pad", _pad),
     OpCase("Shape", _shape),
     OpCase("Size", lambda opset: _shape(1)),  # opset 1 draws no Shape attributes
@@ -509,10 +626,12 @@ CASES += [
 
 
 @st.composite
-def _pool(draw, opset, kind):
+def _pool(draw, opset, kind, n_outputs=(1,)):
+    """``n_outputs``: MaxPool's choices of outputs (Y, Indices) from opset 8."""
     rank = draw(st.integers(1, 3 if kind != "max" else 2))
     kernel = [draw(st.integers(1, 3)) for _ in range(rank)]
-    dilations = [draw(st.integers(1, 2)) for _ in range(rank)] if (kind == "max" or opset >= 19) else [1] * rank
+    dilated = opset >= 19 if kind == "average" else opset >= 10
+    dilations = [draw(st.integers(1, 2)) for _ in range(rank)] if dilated else [1] * rank
     strides = [draw(st.integers(1, 2)) for _ in range(rank)]
     spatial = [draw(st.integers((k - 1) * d + 1, (k - 1) * d + 4)) for k, d in zip(kernel, dilations)]
     x = draw(float_arrays((draw(st.integers(1, 2)), draw(st.integers(1, 3)), *spatial), min_value=-3, max_value=3))
@@ -520,9 +639,14 @@ def _pool(draw, opset, kind):
     if any(d != 1 for d in dilations):
         attrs["dilations"] = dilations
     auto_pad = draw(st.sampled_from(["NOTSET", "NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"]))
-    if auto_pad == "NOTSET":
+    if kind == "average" and opset < 7:
+        # the oracle below opset 7 (the ONNX reference evaluator) counts pads in the average, where
+        # AveragePool-1 (as 7 with its default count_include_pad=0) leaves them out: no padding
+        auto_pad = draw(st.sampled_from(["NOTSET", "VALID"]))
+        attrs["pads"] = [0] * (2 * rank)
+    elif auto_pad == "NOTSET":
         attrs["pads"] = [draw(st.integers(0, k - 1)) for k in kernel] * 2
-        if draw(st.booleans()):
+        if opset >= 10 and draw(st.booleans()):
             attrs["ceil_mode"] = 1
     else:
         attrs["auto_pad"] = auto_pad
@@ -531,9 +655,12 @@ def _pool(draw, opset, kind):
             # exceeds the kernel
             attrs.pop("dilations", None)
             attrs["strides"] = [min(st_, k) for st_, k in zip(strides, kernel)]
-    if kind == "average" and draw(st.booleans()):
+    if kind == "average" and opset >= 7 and draw(st.booleans()):
         attrs["count_include_pad"] = 1
-    return Example([x], attrs)
+    outputs = draw(st.sampled_from(n_outputs)) if kind == "max" and opset >= 8 else 1
+    if kind == "max" and opset >= 8 and draw(st.booleans()):
+        attrs["storage_order"] = draw(st.integers(0, 1))
+    return Example([x], attrs, n_outputs=outputs)
 
 
 @st.composite
@@ -543,17 +670,28 @@ def _global_pool(draw):
 
 @st.composite
 def _batch_norm(draw, opset):
+    """Inference. Before opset 9, ``spatial=0`` takes parameters per activation (shaped like one
+    sample), at opset 7 only: below it the oracle (the ONNX reference evaluator) knows per-channel
+    parameters only, and only in test mode (``is_test=1``)."""
     x = draw(float_arrays(shapes(min_dims=2, max_dims=4)))
-    c = x.shape[1]
-    params = [draw(float_arrays((c,), min_value=-2, max_value=2)) for _ in range(3)]
-    var = draw(float_arrays((c,), min_value=0.1, max_value=4))
     attrs = {"epsilon": draw(float32s(1e-6, 1e-2))} if draw(st.booleans()) else {}
+    spatial = 1
+    if opset < 9 and draw(st.booleans()):
+        spatial = 0 if opset == 7 else 1
+        attrs["spatial"] = spatial
+    if opset < 7:
+        attrs["is_test"] = 1
+    if opset < 6:
+        attrs["consumed_inputs"] = [0, 0, 0, 1, 1]
+    shape = (x.shape[1],) if spatial else x.shape[1:]
+    params = [draw(float_arrays(shape, min_value=-2, max_value=2)) for _ in range(3)]
+    var = draw(float_arrays(shape, min_value=0.1, max_value=4))
     return Example([x, params[0], params[1], params[2], var], attrs, constant_inputs=(1, 2, 3, 4))
 
 
 @st.composite
-def _reduce(draw, opset, axes_as_input, bound=10.0):
-    x = draw(float_arrays(shapes(min_dims=1), min_value=-bound, max_value=bound))
+def _reduce(draw, opset, axes_as_input, bound=10.0, low=None):
+    x = draw(float_arrays(shapes(min_dims=1), min_value=-bound if low is None else low, max_value=bound))
     attrs = {"keepdims": draw(st.integers(0, 1))}
     axes = draw(st.none() | st.lists(st.integers(-x.ndim, x.ndim - 1), min_size=1, max_size=x.ndim).filter(
         lambda a: len({v % x.ndim for v in a}) == len(a)))
@@ -570,7 +708,8 @@ def _reduce(draw, opset, axes_as_input, bound=10.0):
 
 CASES += [
     OpCase("AveragePool", lambda opset: _pool(opset, "average")),
-    OpCase("MaxPool", lambda opset: _pool(opset, "max")),
+    # the Indices output cannot be an encrypted output
+    OpCase("MaxPool", lambda opset: _pool(opset, "max", n_outputs=(1, 2)), quantizable=lambda opset: _pool(opset, "max")),
     OpCase("GlobalAveragePool", lambda opset: _global_pool()),
     OpCase("GlobalMaxPool", lambda opset: _global_pool()),
     OpCase("BatchNormalization", _batch_norm),
@@ -592,7 +731,14 @@ def _arg(draw, opset):
 
 @st.composite
 def _softmax(draw, opset):
+    """Before opset 11 (no onnxruntime kernel), the input is coerced to 2-D at ``axis`` only where
+    that is the last axis: the ONNX reference evaluator, the oracle there, knows the single-axis
+    form only (opset 11 has the same 2-D semantics and onnxruntime judges it)."""
     x = draw(float_arrays(shapes(min_dims=1), min_value=-20, max_value=20))
+    if opset < 11:
+        if x.ndim == 2 and draw(st.booleans()):
+            return Example([x])  # the default axis 1 is the last one
+        return Example([x], {"axis": draw(st.sampled_from([x.ndim - 1, -1]))})
     attrs = {"axis": draw(st.integers(-x.ndim, x.ndim - 1))} if draw(st.booleans()) else {}
     if not attrs and opset < 13 and x.ndim < 2:
         attrs = {"axis": 0}
@@ -610,6 +756,8 @@ CASES += [
     OpCase("ReduceL2", lambda opset: _reduce(opset, lambda v: v >= 18)),
     OpCase("ReduceSumSquare", lambda opset: _reduce(opset, lambda v: v >= 18)),
     OpCase("ReduceLogSumExp", lambda opset: _reduce(opset, lambda v: v >= 18)),
+    # positive sums: the logarithm of a negative sum is NaN
+    OpCase("ReduceLogSum", lambda opset: _reduce(opset, lambda v: v >= 18, low=0.5)),
     # |x| <= 1.2 keeps products finite: past overflow, inf * 0 depends on the multiplication order
     OpCase("ReduceProd", lambda opset: _reduce(opset, lambda v: v >= 18, bound=1.2)),
     OpCase("ArgMax", _arg),
@@ -651,7 +799,8 @@ def _lp_pool(draw, opset):
     if opset < 18:
         example.attributes.pop("ceil_mode", None)
         example.attributes.pop("dilations", None)
-    example.attributes["p"] = draw(st.integers(1, 3))
+    p = draw(st.integers(1, 3))
+    example.attributes["p"] = float(p) if opset < 2 else p  # a float at opset 1
     return example
 
 

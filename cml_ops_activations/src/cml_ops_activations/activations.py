@@ -20,9 +20,19 @@ def relu(x, /):
     return _same_type(x, np.maximum(x, _like(x, 0)))
 
 
+@OPS.op("Relu", since=1, quantized=ElementwiseOp)
+def relu_1(x, /, *, consumed_inputs=None):
+    return relu(x)
+
+
 @OPS.op("LeakyRelu", since=(6, 16), quantized=ElementwiseOp)
 def leaky_relu(x, /, *, alpha=0.01):
     return _same_type(x, np.where(x >= 0, x, x * _like(x, alpha)))
+
+
+@OPS.op("LeakyRelu", since=1, quantized=ElementwiseOp)
+def leaky_relu_1(x, /, *, alpha=0.01, consumed_inputs=None):
+    return leaky_relu(x, alpha=alpha)
 
 
 @OPS.op("ThresholdedRelu", since=(10, 22), quantized=ElementwiseOp)
@@ -33,6 +43,11 @@ def thresholded_relu(x, /, *, alpha=1.0):
 @OPS.op("Elu", since=(6, 22), quantized=ElementwiseOp)
 def elu(x, /, *, alpha=1.0):
     return _same_type(x, np.where(x >= 0, x, _like(x, alpha) * np.expm1(np.minimum(x, _like(x, 0)))))
+
+
+@OPS.op("Elu", since=1, quantized=ElementwiseOp)
+def elu_1(x, /, *, alpha=1.0, consumed_inputs=None):
+    return elu(x, alpha=alpha)
 
 
 @OPS.op("Celu", since=(12, 28), quantized=ElementwiseOp)
@@ -48,6 +63,12 @@ def selu(x, /, *, alpha=1.67326319217681884765625, gamma=1.050701022148132324218
     return _same_type(x, _like(x, gamma) * np.where(x > 0, x, negative))
 
 
+@OPS.op("Selu", since=1, quantized=ElementwiseOp)
+def selu_1(x, /, *, alpha=1.6732, consumed_inputs=None, gamma=1.0507):
+    """Selu at opset 1: the same function, with the rounded defaults of that version."""
+    return selu(x, alpha=alpha, gamma=gamma)
+
+
 @OPS.op("Sigmoid", since=(6, 13), quantized=ElementwiseOp)
 def sigmoid(x, /):
     # stable for large |x|: only exponentials of non-positive numbers
@@ -56,9 +77,19 @@ def sigmoid(x, /):
     return _same_type(x, np.where(x >= 0, one / (one + e), e / (one + e)))
 
 
+@OPS.op("Sigmoid", since=1, quantized=ElementwiseOp)
+def sigmoid_1(x, /, *, consumed_inputs=None):
+    return sigmoid(x)
+
+
 @OPS.op("HardSigmoid", since=(6, 22), quantized=ElementwiseOp)
 def hard_sigmoid(x, /, *, alpha=0.2, beta=0.5):
     return _same_type(x, np.clip(x * _like(x, alpha) + _like(x, beta), _like(x, 0), _like(x, 1)))
+
+
+@OPS.op("HardSigmoid", since=1, quantized=ElementwiseOp)
+def hard_sigmoid_1(x, /, *, alpha=0.2, beta=0.5, consumed_inputs=None):
+    return hard_sigmoid(x, alpha=alpha, beta=beta)
 
 
 @OPS.op("Softplus", since=(1, 22), quantized=ElementwiseOp)
@@ -70,6 +101,11 @@ def softplus(x, /):
 @OPS.op("Tanh", since=(6, 13), quantized=ElementwiseOp)
 def tanh(x, /):
     return _same_type(x, np.tanh(x))
+
+
+@OPS.op("Tanh", since=1, quantized=ElementwiseOp)
+def tanh_1(x, /, *, consumed_inputs=None):
+    return tanh(x)
 
 
 @OPS.op("Softsign", since=(1, 22), quantized=ElementwiseOp)
@@ -104,9 +140,30 @@ def gelu(x, /, *, approximate="none"):
     return _same_type(x, 0.5 * x64 * _erfc(-x64 / np.sqrt(2)))  # 1 + erf(z) = erfc(-z)
 
 
-@OPS.op("PRelu", since=(9, 16), quantized=ElementwiseOp)
+@OPS.op("PRelu", since=(7, 9, 16), quantized=ElementwiseOp)
 def prelu(x, slope, /):
     return _same_type(x, np.where(x < 0, x * slope, x))
+
+
+def _channel_slope(x, slope):
+    """The slope of PRelu before opset 7: one value shared by all, or one per channel (axis 1)
+    when its size is the channel count; otherwise it must broadcast to ``x``."""
+    slope = np.asarray(slope)
+    if slope.size == 1:
+        return slope.reshape(())
+    if x.ndim >= 2 and slope.size == x.shape[1] and slope.shape != x.shape[-slope.ndim:]:
+        return slope.reshape((-1,) + (1,) * (x.ndim - 2))
+    return slope
+
+
+@OPS.op("PRelu", since=6, quantized=ElementwiseOp)
+def prelu_6(x, slope, /):
+    return prelu(x, _channel_slope(x, slope))
+
+
+@OPS.op("PRelu", since=1, quantized=ElementwiseOp)
+def prelu_1(x, slope, /, *, consumed_inputs=None):
+    return prelu(x, _channel_slope(x, slope))
 
 
 @OPS.op("Shrink", since=9, quantized=ElementwiseOp)

@@ -8,17 +8,26 @@ from cml_core.quantization import ElementwiseOp
 from ._opset import OPS
 
 
-def _unary(name, since, function, quiet=True):
+def _unary(name, since, function, quiet=True, since_consumed=()):
+    """Register ``function`` as ``name``; at ``since_consumed`` (opset 1) with its ``consumed_inputs``
+    attribute, a legacy in-place hint that changes nothing."""
+
     def implementation(x, /):
         with np.errstate(all="ignore"):
             return np.asarray(function(x)).astype(np.asarray(x).dtype, copy=False)
 
+    def with_consumed_inputs(x, /, *, consumed_inputs=None):
+        return implementation(x)
+
     implementation.__name__ = implementation.__qualname__ = name.lower()
+    with_consumed_inputs.__name__ = with_consumed_inputs.__qualname__ = f"{name.lower()}_1"
     OPS.op(name, since=since, quantized=ElementwiseOp)(implementation)
+    if since_consumed:
+        OPS.op(name, since=since_consumed, quantized=ElementwiseOp)(with_consumed_inputs)
     return implementation
 
 
-abs_ = _unary("Abs", (6, 13), np.abs)
+abs_ = _unary("Abs", (6, 13), np.abs, since_consumed=(1,))
 acos = _unary("Acos", (7, 22), np.arccos)
 acosh = _unary("Acosh", (9, 22), np.arccosh)
 asin = _unary("Asin", (7, 22), np.arcsin)
@@ -30,8 +39,8 @@ cosh = _unary("Cosh", (9, 22), np.cosh)
 sin = _unary("Sin", (7, 22), np.sin)
 sinh = _unary("Sinh", (9, 22), np.sinh)
 tan = _unary("Tan", (7, 22), np.tan)
-exp = _unary("Exp", (6, 13), np.exp)
-log = _unary("Log", (6, 13), np.log)
+exp = _unary("Exp", (6, 13), np.exp, since_consumed=(1,))
+log = _unary("Log", (6, 13), np.log, since_consumed=(1,))
 
 _erf_scalar = np.frompyfunc(_math.erf, 1, 1)
 
@@ -50,12 +59,12 @@ def _erfc(x):
 
 erf = _unary("Erf", (9, 13), _erf)
 
-neg = _unary("Neg", (6, 13), np.negative)
-sqrt = _unary("Sqrt", (6, 13), np.sqrt)
-reciprocal = _unary("Reciprocal", (6, 13), np.reciprocal)
+neg = _unary("Neg", (6, 13), np.negative, since_consumed=(1,))
+sqrt = _unary("Sqrt", (6, 13), np.sqrt, since_consumed=(1,))
+reciprocal = _unary("Reciprocal", (6, 13), np.reciprocal, since_consumed=(1,))
 round_ = _unary("Round", (11, 22), np.round)  # halves to even, as ONNX specifies
-floor = _unary("Floor", (6, 13), np.floor)
-ceil = _unary("Ceil", (6, 13), np.ceil)
+floor = _unary("Floor", (6, 13), np.floor, since_consumed=(1,))
+ceil = _unary("Ceil", (6, 13), np.ceil, since_consumed=(1,))
 sign = _unary("Sign", (9, 13), np.sign)
 
 

@@ -67,7 +67,7 @@ def check_squeeze(inputs, attributes):
             raise ValueError(f"axis {axis} has size {size}: only axes of size 1 can be squeezed")
 
 
-@OPS.op("Squeeze", since=11, quantized=QuantizedSqueeze, validate=check_squeeze)
+@OPS.op("Squeeze", since=(1, 11), quantized=QuantizedSqueeze, validate=check_squeeze)
 def squeeze_11(data, /, *, axes=None):
     return _squeeze(data, axes)
 
@@ -85,7 +85,7 @@ def _unsqueeze(data, axes):
     return np.reshape(data, shape)
 
 
-@OPS.op("Unsqueeze", since=11, quantized=LayoutOp)
+@OPS.op("Unsqueeze", since=(1, 11), quantized=LayoutOp)
 def unsqueeze_11(data, /, *, axes):
     return _unsqueeze(data, axes)
 
@@ -106,7 +106,18 @@ def tile(data, repeats, /):
     return np.tile(data, [int(r) for r in np.asarray(repeats).reshape(-1)])
 
 
-@OPS.op("Slice", since=(11, 13), quantized=LayoutOp)
+@OPS.op("Tile", since=1, quantized=LayoutOp)
+def tile_1(data, tiles, axis, /):
+    """Tile at opset 1: ``tiles`` copies of the data along the one axis ``axis``."""
+    axis = int(np.asarray(axis).reshape(-1)[0])
+    if not -data.ndim <= axis < data.ndim:
+        raise ValueError(f"axis={axis} is outside the data's {data.ndim} axes")
+    repeats = [1] * data.ndim
+    repeats[axis] = int(np.asarray(tiles).reshape(-1)[0])
+    return np.tile(data, repeats)
+
+
+@OPS.op("Slice", since=(10, 11, 13), quantized=LayoutOp)
 def slice_(data, starts, ends, /, axes=None, steps=None):
     starts = np.asarray(starts).reshape(-1)
     ends = np.asarray(ends).reshape(-1)
@@ -126,6 +137,13 @@ def slice_(data, starts, ends, /, axes=None, steps=None):
             start, end = min(max(start, 0), size - 1), min(max(end, -1), size - 1)
         index[axis] = slice(start, None if end < 0 else end, step)
     return data[tuple(index)]
+
+
+@OPS.op("Slice", since=1, quantized=LayoutOp)
+def slice_1(data, /, *, axes=None, ends, starts):
+    if len(starts) != len(ends) or (axes is not None and len(axes) != len(starts)):
+        raise ValueError(f"starts ({len(starts)}), ends ({len(ends)}) and axes must have the same length")
+    return slice_(data, np.array(starts, np.int64), np.array(ends, np.int64), axes)
 
 
 class QuantizedGather(LayoutOp):
@@ -218,7 +236,14 @@ def _split(data, split, axis, count):
     return tuple(parts)
 
 
-@OPS.op("Split", since=11, quantized=LayoutOp)
+@OPS.op("Split", since=1, quantized=LayoutOp)
+def split_1(data, /, split_input=None, *, axis=None, split=None, _num_outputs):
+    """Split at opset 1: the lengths come from the optional second input or the ``split`` attribute."""
+    lengths = split_input if split_input is not None else split
+    return _split(data, lengths, 0 if axis is None else axis, _num_outputs)
+
+
+@OPS.op("Split", since=(2, 11), quantized=LayoutOp)
 def split_11(data, /, *, axis=0, split=None, _num_outputs):
     return _split(data, split, axis, _num_outputs)
 
@@ -240,7 +265,7 @@ class QuantizedConcat(QuantizedOp):
     """
 
     def encrypted_forward(self, ctx, inputs):
-        axis = int(self.attributes["axis"])
+        axis = int(self.attributes.get("axis", 1))  # no axis: Concat-1's default
         encrypted = [v for v in inputs if not v.is_constant]
         first = encrypted[0]
         shared = all(v.is_affine and (v.scale, v.zero_point) == (first.scale, first.zero_point) for v in encrypted)
@@ -262,9 +287,14 @@ class QuantizedConcat(QuantizedOp):
         return QValue.affine(np.concatenate(tuple(parts), axis=axis), scale, zero_point)
 
 
-@OPS.op("Concat", since=(11, 13), quantized=QuantizedConcat)
+@OPS.op("Concat", since=(4, 11, 13), quantized=QuantizedConcat)
 def concat(*inputs, axis):
     return np.concatenate(inputs, axis=axis)
+
+
+@OPS.op("Concat", since=1, quantized=QuantizedConcat)
+def concat_1(*inputs, axis=None):
+    return np.concatenate(inputs, axis=1 if axis is None else axis)
 
 
 class QuantizedPad(LayoutOp):
@@ -275,7 +305,10 @@ class QuantizedPad(LayoutOp):
         if mode != "constant":
             return super().encrypted_forward(ctx, inputs)
         source = ctx.requantize(inputs[0])
-        value = 0.0 if len(inputs) < 3 or inputs[2] is None else float(np.asarray(inputs[2].data).reshape(-1)[0])
+        if len(inputs) < 3 or inputs[2] is None:
+            value = float(self.attributes.get("value", 0.0))  # an attribute before opset 11
+        else:
+            value = float(np.asarray(inputs[2].data).reshape(-1)[0])
         q_value = int(np.rint(value / source.scale)) + source.zero_point
         if not np.isclose(source.scale * (q_value - source.zero_point), value, rtol=1e-9, atol=1e-12):
             # the pad value is off the input's grid: move to the output's quantization (one lookup)
@@ -292,7 +325,11 @@ class QuantizedPad(LayoutOp):
         return QValue.affine(padded, source.scale, source.zero_point)
 
     def _pads(self, shape, inputs):
-        pads = [int(p) for p in np.asarray(inputs[1].data if len(inputs) > 1 else self.attributes["pads"]).reshape(-1)]
+        if len(inputs) > 1:
+            given = inputs[1].data
+        else:  # an attribute before opset 11: ``paddings`` at opset 1, ``pads`` at 2
+            given = self.attributes["pads"] if "pads" in self.attributes else self.attributes["paddings"]
+        pads = [int(p) for p in np.asarray(given).reshape(-1)]
         axes = None if len(inputs) < 4 or inputs[3] is None else _axes(inputs[3].data, len(shape))
         return _pad_widths(pads, len(shape), axes)
 
@@ -326,6 +363,16 @@ def _pad(data, pads, constant_value, axes, mode):
     if mode in ("reflect", "edge", "wrap"):
         return np.pad(data, widths, mode=mode)
     raise ValueError(f"unknown Pad mode {mode!r}")
+
+
+@OPS.op("Pad", since=1, quantized=QuantizedPad)
+def pad_1(data, /, *, mode="constant", paddings, value=0.0):
+    return _pad(data, paddings, np.asarray(value, data.dtype), None, mode)
+
+
+@OPS.op("Pad", since=2, quantized=QuantizedPad)
+def pad_2(data, /, *, mode="constant", pads, value=0.0):
+    return _pad(data, pads, np.asarray(value, data.dtype), None, mode)
 
 
 @OPS.op("Pad", since=(11, 13), quantized=QuantizedPad)

@@ -9,7 +9,7 @@ from .conv import check_conv, conv_attributes, conv_nd
 from .quantized import QuantizedGemm, QuantizedMatMul
 
 
-@OPS.op("MatMul", since=(9, 13), quantized=QuantizedMatMul)
+@OPS.op("MatMul", since=(1, 9, 13), quantized=QuantizedMatMul)
 def matmul(a, b, /):
     return np.matmul(a, b)
 
@@ -24,6 +24,24 @@ def gemm(a, b, /, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: 
     if c is not None and beta != 0:
         y += c if beta == 1.0 else c * np.asarray(beta, dtype=c.dtype)
     return y.astype(a.dtype, copy=False)
+
+
+@OPS.op("Gemm", since=(7, 9), quantized=QuantizedGemm)
+def gemm_7(a, b, c, /, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N803  (ONNX names)
+    """Gemm at opsets 7 and 9: C is a required input, broadcast to the product's shape."""
+    return gemm(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB)
+
+
+@OPS.op("Gemm", since=(1, 6), quantized=QuantizedGemm)
+def gemm_1(a, b, c, /, *, alpha=1.0, beta=1.0, broadcast=0, transA=0, transB=0):  # noqa: N803  (ONNX names)
+    """Gemm before opset 7: C has the product's shape unless ``broadcast`` lets it broadcast."""
+    if not broadcast:
+        rows = a.shape[1] if transA else a.shape[0]
+        cols = b.shape[0] if transB else b.shape[1]
+        if tuple(np.shape(c)) != (rows, cols):
+            raise ValueError(f"C of shape {tuple(np.shape(c))} is not the product's shape {(rows, cols)} "
+                             "and broadcast=0")
+    return gemm(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB)
 
 
 class QuantizedConv(LinearOp):
@@ -63,7 +81,7 @@ class QuantizedConv(LinearOp):
         return self.accumulator(ctx, acc, scale if np.size(scale) == 1 else np.reshape(scale, channels), float_bias)
 
 
-@OPS.op("Conv", since=(11, 22), quantized=QuantizedConv, validate=check_conv)
+@OPS.op("Conv", since=(1, 11, 22), quantized=QuantizedConv, validate=check_conv)
 def conv(x, w, /, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
          strides=None):
     _, strides, dilations, pads = conv_attributes(x.shape, w.shape, auto_pad, dilations, kernel_shape, pads, strides)

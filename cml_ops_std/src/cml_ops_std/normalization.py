@@ -29,6 +29,10 @@ def conv_transpose_nd(x, w, b=None, *, strides, pads, dilations, group, output_p
             index += [slice(offset[i] * dilations[i], offset[i] * dilations[i] + (in_shape[i] - 1) * strides[i] + 1,
                             strides[i]) for i in range(n)]
             out[tuple(index)] += contribution
+    if any(p < 0 for p in pads):  # negative pads (an output_shape past the full output) add zeros
+        out = np.pad(out, [(0, 0), (0, 0)] + [(max(-pads[i], 0), max(-pads[i + n], 0)) for i in range(n)])
+        full = list(out.shape[2:])
+        pads = [max(p, 0) for p in pads]
     crop = tuple([slice(None), slice(None)] + [slice(pads[i], full[i] - pads[i + n]) for i in range(n)])
     out = out[crop]
     if b is not None:
@@ -77,7 +81,7 @@ class QuantizedConvTranspose(QuantizedConv):
                                  output_padding=self._output_padding)
 
 
-@OPS.op("ConvTranspose", since=(11, 22), quantized=QuantizedConvTranspose)
+@OPS.op("ConvTranspose", since=(1, 11, 22), quantized=QuantizedConvTranspose)
 def conv_transpose(x, w, /, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
                    output_padding=None, output_shape=None, pads=None, strides=None):
     strides, pads, dilations, output_padding = _conv_transpose_geometry(
@@ -120,7 +124,14 @@ class QuantizedLpPool(QuantizedOp):
         return QValue.lazy(acc, lambda v: np.power(np.maximum(scale * np.asarray(v, np.float64), 0), 1.0 / p), True)
 
 
-@OPS.op("LpPool", since=11, quantized=QuantizedLpPool)
+@OPS.op("LpPool", since=1, quantized=QuantizedLpPool)
+def lp_pool_1(x, /, *, auto_pad="NOTSET", kernel_shape=None, p=2.0, pads=None, strides=None):
+    if kernel_shape is None:
+        raise ValueError("LpPool without kernel_shape is not supported; give the kernel's size")
+    return _lp_pool(x, kernel_shape, strides, pads, None, auto_pad, 0, p)
+
+
+@OPS.op("LpPool", since=(2, 11), quantized=QuantizedLpPool)
 def lp_pool_11(x, /, *, auto_pad="NOTSET", kernel_shape, p=2, pads=None, strides=None):
     return _lp_pool(x, kernel_shape, strides, pads, None, auto_pad, 0, p)
 
@@ -259,6 +270,11 @@ class QuantizedLayerNormalization(QuantizedNormalization):
         data, out_q = self.normalize(ctx, x, tuple(range(axis, len(x.shape))), float(self.attributes.get("epsilon", 1e-5)))
         return self.finish(data, out_q, np.asarray(scale.data, np.float64),
                            None if bias is None else np.asarray(bias.data, np.float64))
+
+
+@OPS.op("InstanceNormalization", since=1, quantized=QuantizedInstanceNormalization)
+def instance_normalization_1(x, scale, b, /, *, consumed_inputs=None, epsilon=1e-5):
+    return instance_normalization(x, scale, b, epsilon=epsilon)
 
 
 @OPS.op("LayerNormalization", since=17, quantized=QuantizedLayerNormalization)

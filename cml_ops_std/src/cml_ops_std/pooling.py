@@ -73,7 +73,17 @@ class QuantizedAveragePool(LinearOp):
         return QValue.lazy(acc, lambda v: scale * np.asarray(v, dtype=np.float64), False)
 
 
-@OPS.op("AveragePool", since=11, quantized=QuantizedAveragePool)
+@OPS.op("AveragePool", since=1, quantized=QuantizedAveragePool)
+def average_pool_1(x, /, *, auto_pad="NOTSET", kernel_shape, pads=None, strides=None):
+    return _average_pool(x, kernel_shape, strides, pads, None, auto_pad, 0, 0)
+
+
+@OPS.op("AveragePool", since=7, quantized=QuantizedAveragePool)
+def average_pool_7(x, /, *, auto_pad="NOTSET", count_include_pad=0, kernel_shape, pads=None, strides=None):
+    return _average_pool(x, kernel_shape, strides, pads, None, auto_pad, 0, count_include_pad)
+
+
+@OPS.op("AveragePool", since=(10, 11), quantized=QuantizedAveragePool)
 def average_pool_11(x, /, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, kernel_shape, pads=None,
                     strides=None):
     return _average_pool(x, kernel_shape, strides, pads, None, auto_pad, ceil_mode, count_include_pad)
@@ -85,20 +95,36 @@ def average_pool(x, /, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, d
     return _average_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, count_include_pad)
 
 
-def _max_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, storage_order=0):
+def _max_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, storage_order=0, with_indices=False):
+    """MaxPool's output and, ``with_indices``, the Indices output: for each maximum, its position in
+    the flattened input (padding not counted), spatial dims in row-major order, or in column-major
+    order when ``storage_order`` is 1; the first maximum of a window wins."""
     n = len(kernel_shape)
     strides, dilations, pads, total = _pool_geometry(x.shape, kernel_shape, strides, pads, dilations, auto_pad,
                                                      ceil_mode)
     low = np.finfo(x.dtype).min if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     view = windows(x, kernel_shape, strides, dilations, total, pad_value=low)
-    return view.max(axis=tuple(range(-n, 0)))
+    y = view.max(axis=tuple(range(-n, 0)))
+    if not with_indices:
+        return y
+    out = y.shape[2:]
+    flat = view.reshape(view.shape[: 2 + n] + (-1,))
+    offsets = np.unravel_index(np.argmax(flat, axis=-1), tuple(kernel_shape))
+    grids = np.meshgrid(*(np.arange(o) for o in out), indexing="ij")
+    coordinates = [grids[i] * strides[i] + offsets[i] * dilations[i] - pads[i] for i in range(n)]
+    spatial = tuple(x.shape[2:])
+    coordinates = [np.clip(c, 0, size - 1) for c, size in zip(coordinates, spatial)]
+    position = np.ravel_multi_index(tuple(coordinates), spatial, order="F" if storage_order else "C")
+    planes = np.arange(x.shape[0] * x.shape[1], dtype=np.int64).reshape(x.shape[:2] + (1,) * n)
+    indices = planes * int(np.prod(spatial, dtype=np.int64)) + position
+    return y, indices.astype(np.int64)
 
 
 class QuantizedMaxPool(QuantizedOp):
     """MaxPool: requantized (monotone) integers, maximum over each window of encrypted values."""
 
     def encrypted_forward(self, ctx, inputs):
-        if len(self.bound.node.output) > 1 and self.bound.node.output[1]:
+        if len(self.bound.node.output) > 1 and any(self.bound.node.output[1:]):
             raise QuantizationError(f"{self.where}: the Indices output cannot be computed on encrypted values")
         q = ctx.requantize(inputs[0])
         a = self.attributes
@@ -111,10 +137,20 @@ class QuantizedMaxPool(QuantizedOp):
         return QValue.affine(data, q.scale, q.zero_point)
 
 
-@OPS.op("MaxPool", since=(11, 12, 22), quantized=QuantizedMaxPool)
+@OPS.op("MaxPool", since=1, quantized=QuantizedMaxPool)
+def max_pool_1(x, /, *, auto_pad="NOTSET", kernel_shape, pads=None, strides=None):
+    return _max_pool(x, kernel_shape, strides, pads, None, auto_pad, 0)
+
+
+@OPS.op("MaxPool", since=8, quantized=QuantizedMaxPool)
+def max_pool_8(x, /, *, auto_pad="NOTSET", kernel_shape, pads=None, storage_order=0, strides=None, _num_outputs):
+    return _max_pool(x, kernel_shape, strides, pads, None, auto_pad, 0, storage_order, _num_outputs > 1)
+
+
+@OPS.op("MaxPool", since=(10, 11, 12, 22), quantized=QuantizedMaxPool)
 def max_pool(x, /, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape, pads=None, storage_order=0,
-             strides=None):
-    return _max_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, storage_order)
+             strides=None, _num_outputs):
+    return _max_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, storage_order, _num_outputs > 1)
 
 
 class QuantizedGlobalAveragePool(LinearOp):
@@ -146,21 +182,81 @@ def global_max_pool(x, /):
     return np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
 
 
-def _batch_norm(x, scale, bias, mean, var, epsilon):
-    shape = (1, -1) + (1,) * (x.ndim - 2)
+def _batch_norm(x, scale, bias, mean, var, epsilon, spatial=True):
+    """Inference: ``(x - mean) / sqrt(var + epsilon) * scale + bias``, the parameters per channel
+    (``spatial``) or, with ``spatial`` false (before opset 9), per activation: shaped like one sample."""
+    shape = (1, -1) + (1,) * (x.ndim - 2) if spatial else (1,) + tuple(x.shape[1:])
     inv = (np.asarray(scale) / np.sqrt(np.asarray(var) + epsilon)).reshape(shape)
     return ((x - np.asarray(mean).reshape(shape)) * inv + np.asarray(bias).reshape(shape)).astype(x.dtype)
 
 
-@OPS.op("BatchNormalization", since=9, quantized=ElementwiseOp)
-def batch_normalization_9(x, scale, b, input_mean, input_var, /, *, epsilon=1e-5, momentum=0.9):
-    return _batch_norm(x, scale, b, input_mean, input_var, epsilon)
+def _batch_statistics(x, spatial=True):
+    """The batch's mean and (biased) variance per channel, or per activation without ``spatial``."""
+    axes = (0,) + tuple(range(2, x.ndim)) if spatial else (0,)
+    x64 = x.astype(np.float64)
+    return x64.mean(axis=axes), x64.var(axis=axes)
 
 
-@OPS.op("BatchNormalization", since=(14, 15), quantized=ElementwiseOp)
-def batch_normalization(x, scale, b, input_mean, input_var, /, *, epsilon=1e-5, momentum=0.9, training_mode=0):
+def _batch_norm_training(x, scale, bias, mean, var, epsilon, momentum, spatial=True):
+    """Training mode: Y normalized by the batch's statistics, the running mean and variance moved
+    toward them by ``1 - momentum``, and the batch's mean and variance."""
+    batch_mean, batch_var = _batch_statistics(x, spatial)
+    shape = np.shape(mean)
+    y = _batch_norm(x, scale, bias, batch_mean.reshape(shape), batch_var.reshape(shape), epsilon, spatial)
+    running_mean = np.asarray(mean) * momentum + batch_mean.reshape(shape) * (1 - momentum)
+    running_var = np.asarray(var) * momentum + batch_var.reshape(shape) * (1 - momentum)
+    dtype = np.asarray(mean).dtype
+    return (y, running_mean.astype(dtype), running_var.astype(dtype), batch_mean.reshape(shape).astype(dtype),
+            batch_var.reshape(shape).astype(dtype))
+
+
+class QuantizedBatchNormalization(ElementwiseOp):
+    """BatchNormalization in inference: an element-wise affine map. Training mode (batch statistics,
+    running outputs) depends on the whole batch and is refused."""
+
+    def encrypted_forward(self, ctx, inputs):
+        if self.attributes.get("training_mode", 0) or any(self.bound.node.output[1:]):
+            raise QuantizationError(f"{self.where}: BatchNormalization in training mode (batch statistics, "
+                                    "running mean and variance outputs) cannot run on encrypted values")
+        return super().encrypted_forward(ctx, inputs)
+
+
+def _batch_norm_legacy(x, scale, b, mean, var, epsilon, momentum, spatial, outputs):
+    """BatchNormalization before opset 14: inference when the node asks for Y only; with more
+    outputs, training mode (Y, running mean, running variance, batch mean, batch variance)."""
+    if outputs <= 1:
+        return _batch_norm(x, scale, b, mean, var, epsilon, bool(spatial))  # Y only: inference
+    return _batch_norm_training(x, scale, b, mean, var, epsilon, momentum, bool(spatial))[:outputs]
+
+
+@OPS.op("BatchNormalization", since=1, quantized=QuantizedBatchNormalization)
+def batch_normalization_1(x, scale, b, mean, var, /, *, consumed_inputs, epsilon=1e-5, is_test=0, momentum=0.9,
+                          spatial=1, _num_outputs):
+    return _batch_norm_legacy(x, scale, b, mean, var, epsilon, momentum, spatial, _num_outputs)
+
+
+@OPS.op("BatchNormalization", since=6, quantized=QuantizedBatchNormalization)
+def batch_normalization_6(x, scale, b, mean, var, /, *, epsilon=1e-5, is_test=0, momentum=0.9, spatial=1,
+                          _num_outputs):
+    return _batch_norm_legacy(x, scale, b, mean, var, epsilon, momentum, spatial, _num_outputs)
+
+
+@OPS.op("BatchNormalization", since=7, quantized=QuantizedBatchNormalization)
+def batch_normalization_7(x, scale, b, mean, var, /, *, epsilon=1e-5, momentum=0.9, spatial=1, _num_outputs):
+    return _batch_norm_legacy(x, scale, b, mean, var, epsilon, momentum, spatial, _num_outputs)
+
+
+@OPS.op("BatchNormalization", since=9, quantized=QuantizedBatchNormalization)
+def batch_normalization_9(x, scale, b, input_mean, input_var, /, *, epsilon=1e-5, momentum=0.9, _num_outputs):
+    return _batch_norm_legacy(x, scale, b, input_mean, input_var, epsilon, momentum, 1, _num_outputs)
+
+
+@OPS.op("BatchNormalization", since=(14, 15), quantized=QuantizedBatchNormalization)
+def batch_normalization(x, scale, b, input_mean, input_var, /, *, epsilon=1e-5, momentum=0.9, training_mode=0,
+                        _num_outputs):
     if training_mode:
-        raise ValueError("BatchNormalization in training mode is not supported; export the model in eval mode")
+        outputs = _batch_norm_training(x, scale, b, input_mean, input_var, epsilon, momentum)[:max(_num_outputs, 1)]
+        return outputs if len(outputs) > 1 else outputs[0]
     return _batch_norm(x, scale, b, input_mean, input_var, epsilon)
 
 

@@ -59,6 +59,10 @@ class QuantizedMapSum(QuantizedOp):
 
     power = 1
 
+    def g(self, levels):
+        """What each element's quantized level (an integer) adds to its group's sum."""
+        return np.abs(levels) ** self.power
+
     def h(self, total):
         return total
 
@@ -80,9 +84,8 @@ class QuantizedMapSum(QuantizedOp):
             def levels(q):
                 return quantizer.quant(to_float(q)) - zero_point
 
-        power = self.power
-        mapped = ctx.lookup(source, lambda q: np.abs(levels(q)) ** power, key=f"{self.bound.name}:g")
-        unit = scale**power
+        mapped = ctx.lookup(source, lambda q: self.g(levels(q)), key=f"{self.bound.name}:g")
+        unit = scale**self.power
         return QValue.lazy(self.sum(mapped, axes), lambda a: self.h(unit * np.asarray(a, np.float64)), True)
 
     def sum(self, mapped, axes):
@@ -100,6 +103,17 @@ class QuantizedReduceSumSquare(QuantizedMapSum):
 class QuantizedReduceL2(QuantizedReduceSumSquare):
     def h(self, total):
         return np.sqrt(np.maximum(total, 0))
+
+
+class QuantizedReduceLogSum(QuantizedMapSum):
+    """log(sum(x)): the sum of the quantized levels is exact; the logarithm joins the next lookup."""
+
+    def g(self, levels):
+        return levels
+
+    def h(self, total):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(total)
 
 
 def _group_exponentials(op, ctx, source, axes):
@@ -202,38 +216,56 @@ def _sum_square(x, axis, keepdims):
 
 
 def _log_sum_exp(x, axis, keepdims):
-    top = np.max(x, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0)
-    out = np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top
+    """An empty group gives log(0) = -inf, the identity of log-sum-exp."""
+    top = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    top = np.where(np.isfinite(top), top, 0).astype(x.dtype)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top
     return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def _log_sum(x, axis, keepdims):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.sum(x, axis=axis, keepdims=keepdims))
 
 
 def _prod(x, axis, keepdims):
     return np.prod(x, axis=axis, keepdims=keepdims)
 
 
+def _lowest(dtype):
+    """The identity of a maximum: -inf, the smallest integer, or False."""
+    dtype = np.dtype(dtype)
+    return -np.inf if dtype.kind == "f" else (False if dtype.kind == "b" else np.iinfo(dtype).min)
+
+
+def _highest(dtype):
+    """The identity of a minimum: inf, the largest integer, or True."""
+    dtype = np.dtype(dtype)
+    return np.inf if dtype.kind == "f" else (True if dtype.kind == "b" else np.iinfo(dtype).max)
+
+
 def _max(x, axis, keepdims):
     return np.max(x, axis=axis, keepdims=keepdims) if x.size else np.full(
-        np.sum(x, axis=axis, keepdims=keepdims).shape, -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min,
-        dtype=x.dtype)
+        np.sum(x, axis=axis, keepdims=keepdims).shape, _lowest(x.dtype), dtype=x.dtype)
 
 
 def _min(x, axis, keepdims):
     return np.min(x, axis=axis, keepdims=keepdims) if x.size else np.full(
-        np.sum(x, axis=axis, keepdims=keepdims).shape, np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).max,
-        dtype=x.dtype)
+        np.sum(x, axis=axis, keepdims=keepdims).shape, _highest(x.dtype), dtype=x.dtype)
 
 
-_register_reduction("ReduceSum", np.sum, (11,), (13,), QuantizedReduceSum)
-_register_reduction("ReduceMean", np.mean, (11, 13), (18,), QuantizedReduceMean)
-_register_reduction("ReduceMax", _max, (11, 12, 13), (18, 20), QuantizedReduceMax)
-_register_reduction("ReduceMin", _min, (11, 12, 13), (18, 20), QuantizedReduceMin)
-_register_reduction("ReduceL1", _l1, (11, 13), (18,), QuantizedReduceL1, np.abs)
-_register_reduction("ReduceL2", _l2, (11, 13), (18,), QuantizedReduceL2, np.abs)
-_register_reduction("ReduceSumSquare", _sum_square, (11, 13), (18,), QuantizedReduceSumSquare, np.square)
-_register_reduction("ReduceLogSumExp", _log_sum_exp, (11, 13), (18, 28), QuantizedReduceLogSumExp, lambda x: x)
+_register_reduction("ReduceSum", np.sum, (1, 11), (13,), QuantizedReduceSum)
+_register_reduction("ReduceMean", np.mean, (1, 11, 13), (18,), QuantizedReduceMean)
+_register_reduction("ReduceMax", _max, (1, 11, 12, 13), (18, 20), QuantizedReduceMax)
+_register_reduction("ReduceMin", _min, (1, 11, 12, 13), (18, 20), QuantizedReduceMin)
+_register_reduction("ReduceL1", _l1, (1, 11, 13), (18,), QuantizedReduceL1, np.abs)
+_register_reduction("ReduceL2", _l2, (1, 11, 13), (18,), QuantizedReduceL2, np.abs)
+_register_reduction("ReduceSumSquare", _sum_square, (1, 11, 13), (18,), QuantizedReduceSumSquare, np.square)
+_register_reduction("ReduceLogSumExp", _log_sum_exp, (1, 11, 13), (18, 28), QuantizedReduceLogSumExp, lambda x: x)
+_register_reduction("ReduceLogSum", _log_sum, (1, 11, 13), (18, 28), QuantizedReduceLogSum, np.log)
 # a product of encrypted values needs one multiplication per element, each doubling the bits
-_register_reduction("ReduceProd", _prod, (11, 13), (18,), ConstantOnlyOp)
+_register_reduction("ReduceProd", _prod, (1, 11, 13), (18,), ConstantOnlyOp)
 
 
 def _arg(function, data, axis, keepdims, select_last_index):
@@ -249,7 +281,7 @@ def _arg(function, data, axis, keepdims, select_last_index):
 
 # the position of an encrypted maximum would take a comparison tree per element: apply ArgMax to the
 # decrypted output instead (the op table says so)
-@OPS.op("ArgMax", since=11, quantized=ConstantOnlyOp)
+@OPS.op("ArgMax", since=(1, 11), quantized=ConstantOnlyOp)
 def arg_max_11(data, /, *, axis=0, keepdims=1):
     return _arg(np.argmax, data, axis, keepdims, 0)
 
@@ -259,7 +291,7 @@ def arg_max(data, /, *, axis=0, keepdims=1, select_last_index=0):
     return _arg(np.argmax, data, axis, keepdims, select_last_index)
 
 
-@OPS.op("ArgMin", since=11, quantized=ConstantOnlyOp)
+@OPS.op("ArgMin", since=(1, 11), quantized=ConstantOnlyOp)
 def arg_min_11(data, /, *, axis=0, keepdims=1):
     return _arg(np.argmin, data, axis, keepdims, 0)
 
@@ -339,7 +371,7 @@ def _softmax_family(op_type, log):
 
     old.__name__ = old.__qualname__ = f"{op_type.lower()}_11"
     new.__name__ = new.__qualname__ = op_type.lower()
-    OPS.op(op_type, since=11, quantized=Old)(old)
+    OPS.op(op_type, since=(1, 11), quantized=Old)(old)
     OPS.op(op_type, since=13, quantized=New)(new)
 
 
@@ -356,7 +388,7 @@ def _hardmax(x, axes):
     return out.reshape(x.shape)
 
 
-@OPS.op("Hardmax", since=11, quantized=ConstantOnlyOp)
+@OPS.op("Hardmax", since=(1, 11), quantized=ConstantOnlyOp)
 def hardmax_11(x, /, *, axis=1):
     return _hardmax(x, _softmax_axes(x, axis, 11))
 

@@ -19,6 +19,14 @@ def reshape_target(data_shape, shape, allowzero):
     return target
 
 
+@OPS.op("Reshape", since=1, quantized=LayoutOp)
+def reshape_1(data, /, *, consumed_inputs=None, shape=None):
+    """Reshape at opset 1: the target shape is the ``shape`` attribute."""
+    if shape is None:
+        raise ValueError("Reshape at opset 1 needs the shape attribute")
+    return np.reshape(data, reshape_target(data.shape, shape, 0))
+
+
 @OPS.op("Reshape", since=(5, 13), quantized=LayoutOp)
 def reshape_5(data, shape, /):
     return np.reshape(data, reshape_target(data.shape, shape, 0))
@@ -29,7 +37,7 @@ def reshape(data, shape, /, *, allowzero=0):
     return np.reshape(data, reshape_target(data.shape, shape, allowzero))
 
 
-@OPS.op("Flatten", since=(11, 13, 21, 23, 24, 25), quantized=LayoutOp)
+@OPS.op("Flatten", since=(1, 9, 11, 13, 21, 23, 24, 25), quantized=LayoutOp)
 def flatten(x, /, *, axis=1):
     if not -x.ndim <= axis <= x.ndim:
         raise ValueError(f"axis={axis} is outside [{-x.ndim}, {x.ndim}] for an input of rank {x.ndim}")
@@ -46,6 +54,11 @@ _CONSTANT_ATTRIBUTES = {
     "value_string": object,
     "value_strings": object,
 }
+
+
+@OPS.op("Constant", since=(1, 9), quantized=ConstantOnlyOp)
+def constant_1(*, value):
+    return np.asarray(value)
 
 
 @OPS.op("Constant", since=11, quantized=ConstantOnlyOp)
