@@ -36,7 +36,7 @@ def _resize(draw, opset, quantizable=False):
     if opset >= 18 and draw(st.booleans()):
         axes = draw(st.sampled_from([[2, 3], [3, 2], [3], [-1, -2]]))
         attrs["axes"] = axes
-    if opset >= 18 and mode != "nearest" and not quantizable and draw(st.booleans()):
+    if opset >= 18 and mode != "nearest" and draw(st.booleans()):
         attrs["antialias"] = 1
     n_axes = len(axes)
     roi = None

@@ -246,15 +246,24 @@ def _run_resize(x, plan, out_shape, extrapolation_value, mode):
 
 def _integer_matrix(matrix):
     """(integer matrix, divisor) with ``matrix == integers / divisor``: the smallest divisor up to 4096 that makes
-    the weights whole (they are, for the usual scales and modes), else 2**16 with the weights rounded to
-    multiples of 2**-16."""
+    the weights whole (they are for the usual scales and modes). Otherwise (antialiasing, exclude_outside with
+    renormalized rows) the weights are rounded to multiples of 2**-16, each row keeping its exact sum, so a constant
+    region stays exactly constant; a weight moves by at most 2**-16, far below the resolution of quantized weights
+    elsewhere (Conv, Gemm)."""
     for divisor in range(1, 4097):
         scaled = matrix * divisor
         whole = np.rint(scaled)
         if np.all(np.abs(scaled - whole) <= 1e-6):
             return whole.astype(np.int64), divisor
     divisor = 1 << 16
-    return np.rint(matrix * divisor).astype(np.int64), divisor
+    scaled = matrix * divisor
+    integers = np.floor(scaled)
+    # give the rounding remainders to the largest fractional parts, so each row sums to its rounded exact sum
+    shortfall = (np.rint(scaled.sum(axis=1)) - integers.sum(axis=1)).astype(np.int64)
+    order = np.argsort(-(scaled - integers), axis=1, kind="stable")
+    for row, count in enumerate(shortfall):
+        integers[row, order[row, :count]] += 1
+    return integers.astype(np.int64), divisor
 
 
 class QuantizedResize(LinearOp):
@@ -561,7 +570,33 @@ def _col2im(x, image_shape, block_shape, strides, pads, dilations):
     return out[crop]
 
 
-@OPS.op("Col2Im", since=18, quantized=ConstantOnlyOp)
+class QuantizedCol2Im(LinearOp):
+    """Col2Im with constant shapes: a sum of shifted copies of the centred integers (a linear map)."""
+
+    def encrypted_forward(self, ctx, inputs):
+        if self.encrypted_positions(inputs) != [0]:
+            raise QuantizationError(f"{self.where}: only the columns of a Col2Im may be encrypted; image_shape and "
+                                    "block_shape must be constants")
+        q = ctx.requantize(inputs[0])
+        return self.accumulator(ctx, _linear_map(self, q, inputs), q.scale)
+
+
+def _linear_map(op, q, inputs):
+    """The op's numpy implementation applied to the centred integers of ``q`` (other inputs as constants); on
+    traced integers, as a product with the matrix the implementation gives on basis vectors (it must be linear
+    and keep the batch axis)."""
+    rest = [None if v is None else v.data for v in inputs[1:]]
+    centered = op.centered(q)
+
+    def apply(values):
+        return op.call_numpy([values] + rest)
+
+    if backend.is_traced(centered):
+        return backend.by_selection_matrix(centered, apply)
+    return apply(np.asarray(centered, np.int64))
+
+
+@OPS.op("Col2Im", since=18, quantized=QuantizedCol2Im)
 def col2im(x, image_shape, block_shape, /, *, dilations=None, pads=None, strides=None):
     return _col2im(x, image_shape, block_shape, strides, pads, dilations)
 
@@ -716,14 +751,16 @@ class QuantizedMaxUnpool(LinearOp):
         q = ctx.requantize(inputs[0])
         rest = [None if v is None else v.data for v in inputs[1:]]
         centered = self.centered(q)
-
-        def layout(values):
-            return self.call_numpy([values] + rest)
-
-        if backend.is_traced(centered):
-            moved = backend.by_selection_matrix(centered, layout)
-        else:
-            moved = layout(np.asarray(centered, np.int64))
+        if not backend.is_traced(centered):
+            return self.accumulator(ctx, self.call_numpy([np.asarray(centered, np.int64)] + rest), q.scale)
+        # the indices address the whole tensor (batch included): one 0/1 matrix from every input position to
+        # its output position, found by unpooling the positions' numbers
+        size = int(np.prod(q.shape))
+        numbered = self.call_numpy([np.arange(1, size + 1, dtype=np.int64).reshape(q.shape)] + rest)
+        targets = np.flatnonzero(numbered)
+        matrix = np.zeros((size, numbered.size), dtype=np.int64)
+        matrix[numbered.reshape(-1)[targets] - 1, targets] = 1
+        moved = np.matmul(centered.reshape((1, size)), matrix).reshape(numbered.shape)
         return self.accumulator(ctx, moved, q.scale)
 
 
