@@ -529,3 +529,92 @@ def tree_ensemble(x: NDArray[Any], /, *, aggregate_function: int = 1, leaf_targe
     scores, scored = forest.aggregate(features, function, dtype.type)
     return finish_regression(scores, scored, function, forest.n_trees, None, TRANSFORM_CODES[post_transform],
                              dtype.type)
+
+
+@dataclass
+class TreeModel:
+    """A tree ensemble node read for its quantized twin: its forest and how its outputs follow from the
+    aggregated leaf weights (``finish(sums, scored)`` returns the node's outputs as a tuple)."""
+
+    forest: Forest
+    classifier: bool
+    aggregate_function: str
+    finish: Any
+    transform: str
+
+
+def tree_model(op_type: str, since: int, attributes: dict[str, Any], dtype: Any) -> TreeModel:
+    """The ``TreeModel`` of a tree ensemble node with these attributes (defaults filled in)."""
+    x = np.zeros((1, 1), dtype=dtype)
+    a = dict(attributes)
+    if op_type == "TreeEnsemble":
+        forest = forest_v5(x, leaf_targetids=a["leaf_targetids"], leaf_weights=a["leaf_weights"],
+                           membership_values=a.get("membership_values"), n_targets=a.get("n_targets"),
+                           nodes_falseleafs=a["nodes_falseleafs"], nodes_falsenodeids=a["nodes_falsenodeids"],
+                           nodes_featureids=a["nodes_featureids"],
+                           nodes_missing_value_tracks_true=a.get("nodes_missing_value_tracks_true"),
+                           nodes_modes=a["nodes_modes"], nodes_splits=a["nodes_splits"],
+                           nodes_trueleafs=a["nodes_trueleafs"], nodes_truenodeids=a["nodes_truenodeids"],
+                           tree_roots=a["tree_roots"])
+        function, transform = AGGREGATES[a["aggregate_function"]], TRANSFORM_CODES[a["post_transform"]]
+        out_type = np.dtype(dtype).type
+
+        def finish_v5(sums: NDArray[Any], scored: NDArray[np.bool_]) -> tuple[NDArray[Any], ...]:
+            return (finish_regression(sums.astype(out_type), scored, function, forest.n_trees, None, transform,
+                                      out_type),)
+
+        return TreeModel(forest, False, function, finish_v5, transform)
+    tensors = since >= 3
+
+    def pick(name: str) -> Any:
+        return _as_list(a.get(name), a.get(f"{name}_as_tensor") if tensors else None, name)
+
+    transform = check_transform(a["post_transform"])
+    nodes = {k: a.get(k) for k in ("nodes_falsenodeids", "nodes_featureids", "nodes_missing_value_tracks_true",
+                                   "nodes_modes", "nodes_nodeids", "nodes_treeids", "nodes_truenodeids")}
+    if op_type == "TreeEnsembleClassifier":
+        labels = list(a["classlabels_strings"]) if a.get("classlabels_strings") else list(a.get("classlabels_int64s") or [])
+        weights = pick("class_weights") or []
+        forest = classifier_forest(x, class_ids=a.get("class_ids"), class_nodeids=a.get("class_nodeids"),
+                                   class_treeids=a.get("class_treeids"), class_weights=weights,
+                                   n_classes=len(labels), nodes_values=pick("nodes_values"), **nodes)
+        all_positive, binary_case = _classifier_flags(a.get("class_ids") or [], weights, len(labels))
+        base = pick("base_values")
+
+        def finish_classifier(sums: NDArray[Any], scored: NDArray[np.bool_]) -> tuple[NDArray[Any], ...]:
+            flags = np.broadcast_to(scored, sums.shape)
+            return classifier_outputs(sums.astype(np.float32), flags, labels, base, transform, all_positive,
+                                      binary_case)
+
+        return TreeModel(forest, True, "SUM", finish_classifier, transform)
+    function = a["aggregate_function"]
+    targets = int(a["n_targets"]) if a.get("n_targets") else 1
+    forest = forest_from_nodes(
+        nodes_treeids=nodes["nodes_treeids"] or [], nodes_nodeids=nodes["nodes_nodeids"] or [],
+        nodes_featureids=nodes["nodes_featureids"] or [], nodes_values=pick("nodes_values") or [],
+        nodes_modes=nodes["nodes_modes"] or [], nodes_truenodeids=nodes["nodes_truenodeids"] or [],
+        nodes_falsenodeids=nodes["nodes_falsenodeids"] or [],
+        nodes_missing_value_tracks_true=nodes["nodes_missing_value_tracks_true"],
+        weight_treeids=a.get("target_treeids") or [], weight_nodeids=a.get("target_nodeids") or [],
+        weight_ids=a.get("target_ids") or [], weights=pick("target_weights") or [], n_targets=targets,
+        threshold_dtype=_threshold_dtype(x))
+    base = pick("base_values")
+
+    def finish_regressor(sums: NDArray[Any], scored: NDArray[np.bool_]) -> tuple[NDArray[Any], ...]:
+        flags = np.broadcast_to(scored, sums.shape)
+        return (finish_regression(sums.astype(np.float32), flags, function, forest.n_trees, base, transform,
+                                  np.float32),)
+
+    return TreeModel(forest, False, function, finish_regressor, transform)
+
+
+def compare(values: NDArray[Any], forest: Forest, nodes: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Whether split node ``nodes[j]`` sends the value ``values[..., j]`` (of its feature) to its true side."""
+    th, mode = forest.threshold[nodes], forest.mode[nodes]
+    with np.errstate(invalid="ignore"):
+        out = np.select([mode == 0, mode == 1, mode == 2, mode == 3, mode == 4, mode == 5],
+                        [values <= th, values < th, values >= th, values > th, values == th, values != th],
+                        default=False)
+    for j in np.flatnonzero(mode == 6):
+        out[..., j] = np.isin(values[..., j], list(forest.members[nodes[j]]))
+    return out | (forest.missing_true[nodes] & np.isnan(values))
