@@ -25,7 +25,8 @@ def _resize(draw, opset, quantizable=False):
                           np.float32)
         return Example([x, scales], {"mode": mode}, constant_inputs=(1,))
     mode = draw(st.sampled_from(["nearest", "linear", "cubic"]))
-    coordinate_mode = draw(st.sampled_from(COORDINATE_MODES + (["half_pixel_symmetric"] if opset >= 19 else [])))
+    coordinate_mode = draw(st.sampled_from(COORDINATE_MODES + (["half_pixel_symmetric"] if opset >= 19 else [])
+                                           + (["tf_half_pixel_for_nn"] if opset == 11 else [])))
     attrs = {"mode": mode, "coordinate_transformation_mode": coordinate_mode}
     if mode == "nearest":
         attrs["nearest_mode"] = draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))
@@ -62,8 +63,10 @@ def _resize(draw, opset, quantizable=False):
         sizes = None
     else:
         sizes = np.array([draw(st.integers(1, 6)) for _ in range(n_axes)], np.int64)
-        # the policy over every axis would rescale N and C too; onnxruntime ignores it with negative axes
-        if opset >= 18 and n_axes > 1 and "axes" in attrs and min(axes) >= 0:
+        # the policy over every axis would rescale N and C too; onnxruntime ignores it with negative axes; it makes
+        # a fractional target length (see align_corners above) and changes which lengths stay (see the roi below)
+        if opset >= 18 and n_axes > 1 and "axes" in attrs and min(axes) >= 0 \
+                and coordinate_mode not in ("align_corners", "tf_crop_and_resize"):
             attrs["keep_aspect_ratio_policy"] = draw(st.sampled_from(["stretch", "not_larger", "not_smaller"]))
         if "axes" not in attrs:
             full = np.array(x.shape, np.int64)

@@ -16,8 +16,10 @@ from ._opset import OPS
 
 # -- Resize / Upsample ---------------------------------------------------------------------------------
 
-_COORDINATE_MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
-                     "tf_half_pixel_for_nn", "tf_crop_and_resize"}
+_COORDINATE_MODES = {"half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_crop_and_resize"}
+# coordinate modes only some versions define: tf_half_pixel_for_nn in Resize-11, half_pixel_symmetric from Resize-19
+_COORDINATE_MODES_11 = _COORDINATE_MODES | {"tf_half_pixel_for_nn"}
+_COORDINATE_MODES_19 = _COORDINATE_MODES | {"half_pixel_symmetric"}
 _NEAREST_MODES = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"}
 
 
@@ -130,13 +132,15 @@ def _axis_resampling(in_len, out_len, scale, *, mode, coordinate_mode, nearest_m
 
 def _resize_plan(shape, roi, scales, sizes, *, mode="nearest", coordinate_mode="half_pixel",
                  nearest_mode="round_prefer_floor", cubic_coeff_a=-0.75, exclude_outside=0, antialias=0, axes=None,
-                 keep_aspect_ratio_policy="stretch", legacy_nearest=False):
-    """(output shape, {axis: _AxisResampling}) of a Resize; identity axes are left out."""
+                 keep_aspect_ratio_policy="stretch", legacy_nearest=False, coordinate_modes=_COORDINATE_MODES_19):
+    """(output shape, {axis: _AxisResampling}) of a Resize; identity axes are left out. ``coordinate_modes``: the
+    coordinate_transformation_mode values the op's version defines."""
     rank = len(shape)
     mode, coordinate_mode = _text(mode), _text(coordinate_mode)
     nearest_mode, keep_aspect_ratio_policy = _text(nearest_mode), _text(keep_aspect_ratio_policy)
-    if coordinate_mode not in _COORDINATE_MODES:
-        raise ValueError(f"unknown coordinate_transformation_mode {coordinate_mode!r}")
+    if coordinate_mode not in coordinate_modes:
+        raise ValueError(f"coordinate_transformation_mode {coordinate_mode!r} is not one of this Resize version's "
+                         f"{sorted(coordinate_modes)}")
     if axes is None:
         axes = list(range(rank))
     else:
@@ -321,6 +325,9 @@ class QuantizedUpsample7(QuantizedResize):
 
 class QuantizedResize11(QuantizedResize):
     def plan(self, shape, values):
+        since = self.bound.impl.since_version
+        coordinate_modes = (_COORDINATE_MODES_11 if since == 11 else _COORDINATE_MODES_19 if since >= 19
+                            else _COORDINATE_MODES)
         a = self.attributes
         values = list(values) + [None] * (4 - len(values))
         mode = _text(a.get("mode", "nearest"))
@@ -329,7 +336,7 @@ class QuantizedResize11(QuantizedResize):
             coordinate_mode=a.get("coordinate_transformation_mode", "half_pixel"),
             nearest_mode=a.get("nearest_mode", "round_prefer_floor"), cubic_coeff_a=a.get("cubic_coeff_a", -0.75),
             exclude_outside=a.get("exclude_outside", 0), antialias=a.get("antialias", 0), axes=a.get("axes"),
-            keep_aspect_ratio_policy=a.get("keep_aspect_ratio_policy", "stretch"))
+            keep_aspect_ratio_policy=a.get("keep_aspect_ratio_policy", "stretch"), coordinate_modes=coordinate_modes)
         return out_shape, plan, mode, a.get("extrapolation_value", 0.0)
 
 
@@ -365,12 +372,14 @@ def resize_10(x, scales, /, *, mode="nearest"):
 
 
 def _resize(x, roi, scales, sizes, *, mode, coordinate_transformation_mode, nearest_mode, cubic_coeff_a,
-            exclude_outside, extrapolation_value, antialias=0, axes=None, keep_aspect_ratio_policy="stretch"):
+            exclude_outside, extrapolation_value, antialias=0, axes=None, keep_aspect_ratio_policy="stretch",
+            coordinate_modes=_COORDINATE_MODES):
     mode = _text(mode)
     out_shape, plan = _resize_plan(x.shape, roi, scales, sizes, mode=mode,
                                    coordinate_mode=coordinate_transformation_mode, nearest_mode=nearest_mode,
                                    cubic_coeff_a=cubic_coeff_a, exclude_outside=exclude_outside,
-                                   antialias=antialias, axes=axes, keep_aspect_ratio_policy=keep_aspect_ratio_policy)
+                                   antialias=antialias, axes=axes, keep_aspect_ratio_policy=keep_aspect_ratio_policy,
+                                   coordinate_modes=coordinate_modes)
     return _run_resize(x, plan, out_shape, extrapolation_value, mode)
 
 
@@ -379,7 +388,7 @@ def resize_11(x, roi, scales, /, sizes=None, *, coordinate_transformation_mode="
               exclude_outside=0, extrapolation_value=0.0, mode="nearest", nearest_mode="round_prefer_floor"):
     return _resize(x, roi, scales, sizes, mode=mode, coordinate_transformation_mode=coordinate_transformation_mode,
                    nearest_mode=nearest_mode, cubic_coeff_a=cubic_coeff_a, exclude_outside=exclude_outside,
-                   extrapolation_value=extrapolation_value)
+                   extrapolation_value=extrapolation_value, coordinate_modes=_COORDINATE_MODES_11)
 
 
 @OPS.op("Resize", since=13, quantized=QuantizedResize11)
@@ -391,15 +400,34 @@ def resize_13(x, /, roi=None, scales=None, sizes=None, *, coordinate_transformat
                    extrapolation_value=extrapolation_value)
 
 
-@OPS.op("Resize", since=(18, 19), quantized=QuantizedResize11)
+def _resize_18(x, roi, scales, sizes, coordinate_modes, *, antialias, axes, coordinate_transformation_mode,
+               cubic_coeff_a, exclude_outside, extrapolation_value, keep_aspect_ratio_policy, mode, nearest_mode):
+    return _resize(x, roi, scales, sizes, mode=mode, coordinate_transformation_mode=coordinate_transformation_mode,
+                   nearest_mode=nearest_mode, cubic_coeff_a=cubic_coeff_a, exclude_outside=exclude_outside,
+                   extrapolation_value=extrapolation_value, antialias=antialias, axes=axes,
+                   keep_aspect_ratio_policy=keep_aspect_ratio_policy, coordinate_modes=coordinate_modes)
+
+
+@OPS.op("Resize", since=18, quantized=QuantizedResize11)
+def resize_18(x, /, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
+              coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75, exclude_outside=0,
+              extrapolation_value=0.0, keep_aspect_ratio_policy="stretch", mode="nearest",
+              nearest_mode="round_prefer_floor"):
+    return _resize_18(x, roi, scales, sizes, _COORDINATE_MODES, antialias=antialias, axes=axes,
+                      coordinate_transformation_mode=coordinate_transformation_mode, cubic_coeff_a=cubic_coeff_a,
+                      exclude_outside=exclude_outside, extrapolation_value=extrapolation_value,
+                      keep_aspect_ratio_policy=keep_aspect_ratio_policy, mode=mode, nearest_mode=nearest_mode)
+
+
+@OPS.op("Resize", since=19, quantized=QuantizedResize11)
 def resize(x, /, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
            coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75, exclude_outside=0,
            extrapolation_value=0.0, keep_aspect_ratio_policy="stretch", mode="nearest",
            nearest_mode="round_prefer_floor"):
-    return _resize(x, roi, scales, sizes, mode=mode, coordinate_transformation_mode=coordinate_transformation_mode,
-                   nearest_mode=nearest_mode, cubic_coeff_a=cubic_coeff_a, exclude_outside=exclude_outside,
-                   extrapolation_value=extrapolation_value, antialias=antialias, axes=axes,
-                   keep_aspect_ratio_policy=keep_aspect_ratio_policy)
+    return _resize_18(x, roi, scales, sizes, _COORDINATE_MODES_19, antialias=antialias, axes=axes,
+                      coordinate_transformation_mode=coordinate_transformation_mode, cubic_coeff_a=cubic_coeff_a,
+                      exclude_outside=exclude_outside, extrapolation_value=extrapolation_value,
+                      keep_aspect_ratio_policy=keep_aspect_ratio_policy, mode=mode, nearest_mode=nearest_mode)
 
 
 # -- GridSample / AffineGrid ---------------------------------------------------------------------------
