@@ -3,6 +3,7 @@
 import numpy as np
 from cml_core.testing import Example, OpCase, float32s, float_arrays
 from hypothesis import strategies as st
+from onnx import TensorProto, helper
 
 FLOATS = (np.float32, np.float64)
 
@@ -132,6 +133,104 @@ def _swiglu(draw, opset):
     return Example([a, b], attributes, constant_inputs=draw(st.sampled_from([(), (1,)])))
 
 
+@st.composite
+def _linear_attention(draw, opset):
+    """Each update rule with GQA/MQA heads, per-head or per-key decay, per-head or shared beta, an
+    optional past state, prefill or one decode step and an optional explicit scale; two outputs."""
+    dtype = np.float32
+    rule = draw(st.sampled_from(["linear", "gated", "delta", "gated_delta"]))
+    batch, steps = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    kv_heads = draw(st.integers(1, 2))
+    q_heads = kv_heads * draw(st.integers(1, 2))
+    key_size, value_size = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    query = draw(float_arrays((batch, steps, q_heads * key_size), dtype, -1.0, 1.0))
+    key = draw(float_arrays((batch, steps, kv_heads * key_size), dtype, -0.6, 0.6))
+    value = draw(float_arrays((batch, steps, kv_heads * value_size), dtype, -2.0, 2.0))
+    past = None
+    if draw(st.booleans()):
+        past = draw(float_arrays((batch, kv_heads, key_size, value_size), dtype, -1.0, 1.0))
+    decay = beta = None
+    if rule in ("gated", "gated_delta"):
+        width = kv_heads * draw(st.sampled_from([1, key_size]))
+        decay = draw(float_arrays((batch, steps, width), dtype, -2.0, 0.0))
+    if rule in ("delta", "gated_delta"):
+        beta = draw(float_arrays((batch, steps, draw(st.sampled_from([1, kv_heads]))), dtype, 0.0, 1.0))
+    attributes = draw(st.fixed_dictionaries(
+        {"q_num_heads": st.just(q_heads), "kv_num_heads": st.just(kv_heads)},
+        optional={"scale": float32s(0.1, 2.0), "chunk_size": st.integers(1, 4)}))
+    if rule != "gated_delta" or draw(st.booleans()):
+        attributes["update_rule"] = rule
+    inputs = [query, key, value, past, decay, beta]
+    while inputs[-1] is None:
+        inputs.pop()
+    return Example(inputs, attributes, n_outputs=2)
+
+
+@st.composite
+def _causal_conv_with_state(draw, opset):
+    """A depthwise kernel of 1 to 4 taps over inputs shorter or longer than the carry, with or
+    without bias, past state and SiLU/Swish; two outputs (the output and the present state)."""
+    dtype = draw(st.sampled_from([np.float32, np.float16]))
+    batch, channels, length = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    kernel = draw(st.integers(1, 4))
+    x = draw(float_arrays((batch, channels, length), dtype, -3.0, 3.0))
+    weight = draw(float_arrays((channels, 1, kernel), dtype, -1.0, 1.0))
+    bias = draw(float_arrays((channels,), dtype, -1.0, 1.0)) if draw(st.booleans()) else None
+    past = draw(float_arrays((batch, channels, kernel - 1), dtype, -3.0, 3.0)) if draw(st.booleans()) else None
+    inputs = [x, weight, bias, past]
+    while inputs[-1] is None:
+        inputs.pop()
+    attributes = draw(st.fixed_dictionaries({}, optional={"activation": st.sampled_from(["none", "silu", "swish"])}))
+    return Example(inputs, attributes, constant_inputs=(1,) if bias is None else (1, 2), n_outputs=2)
+
+
+def _modifier(kind, elem_type, name):
+    """A one-input score_mod / prob_mod subgraph: ``tanh`` soft-capping, ``causal`` masking (-inf above
+    the diagonal via Trilu) or ``scaled`` (multiplied by a constant)."""
+    x, y = f"{name}_in", f"{name}_out"
+    np_type = helper.tensor_dtype_to_np_dtype(elem_type)
+    if kind == "tanh":
+        cap = helper.make_tensor("cap", elem_type, [], [3.0])
+        nodes = [helper.make_node("Div", [x, "cap"], ["ratio"]), helper.make_node("Tanh", ["ratio"], ["capped"]),
+                 helper.make_node("Mul", ["capped", "cap"], [y])]
+        constants = [cap]
+    elif kind == "causal":
+        constants = [helper.make_tensor("minus_inf", elem_type, [], [float(np.finfo(np_type).min)])]
+        nodes = [helper.make_node("Trilu", [x], ["kept"], upper=0),
+                 helper.make_node("Equal", [x, "kept"], ["allowed"]),
+                 helper.make_node("Where", ["allowed", x, "minus_inf"], [y])]
+    else:
+        constants = [helper.make_tensor("factor", elem_type, [], [0.5])]
+        nodes = [helper.make_node("Mul", [x, "factor"], [y])]
+    return helper.make_graph(nodes, name, [helper.make_tensor_value_info(x, elem_type, None)],
+                             [helper.make_tensor_value_info(y, elem_type, None)], constants)
+
+
+@st.composite
+def _flex_attention(draw, opset):
+    """4-D Q, K, V with GQA and a value head size of its own, an optional scale and softmax precision,
+    and score_mod / prob_mod subgraphs."""
+    dtype = draw(st.sampled_from(FLOATS))
+    batch, kv_heads = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    q_heads = kv_heads * draw(st.integers(1, 2))
+    q_len, kv_len = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    head, v_head = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    inputs = [draw(float_arrays((batch, q_heads, q_len, head), dtype, -2.0, 2.0)),
+              draw(float_arrays((batch, kv_heads, kv_len, head), dtype, -2.0, 2.0)),
+              draw(float_arrays((batch, kv_heads, kv_len, v_head), dtype, -2.0, 2.0))]
+    attributes = draw(st.fixed_dictionaries({}, optional={"scale": float32s(0.1, 2.0)}))
+    elem_type = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
+    if draw(st.booleans()):
+        elem_type = draw(st.sampled_from([TensorProto.FLOAT, TensorProto.DOUBLE]))
+        attributes["softmax_precision"] = elem_type
+    score_kind = draw(st.sampled_from(["none", "tanh", "causal", "scaled"]))
+    if score_kind != "none":
+        attributes["score_mod"] = _modifier(score_kind, elem_type, "score_mod")
+    if draw(st.booleans()):
+        attributes["prob_mod"] = _modifier("scaled", elem_type, "prob_mod")
+    return Example(inputs, attributes)
+
+
 KNOWN_DISAGREEMENTS = {
     # onnxruntime divides by the standard deviation alone: a constant group gives 0 / 0 = NaN, where the
     # spec's function body divides by (std + 1e-9) and gives 0
@@ -152,4 +251,7 @@ CASES = [
     OpCase("MeanVarianceNormalization", _mean_variance_normalization),
     OpCase("Swish", _swish),
     OpCase("SwiGLU", _swiglu),
+    OpCase("LinearAttention", _linear_attention),
+    OpCase("CausalConvWithState", _causal_conv_with_state),
+    OpCase("FlexAttention", _flex_attention, domain="ai.onnx.preview"),
 ]

@@ -1,9 +1,10 @@
 """Transformer building blocks: Attention, RotaryEmbedding, RMS/Group/Lp/mean-variance normalization,
-Swish and SwiGLU."""
+Swish and SwiGLU, LinearAttention, CausalConvWithState and ai.onnx.preview FlexAttention."""
 
 import numpy as np
 from cml_core.errors import QuantizationError
 from cml_core.quantization import ConstantOnlyOp, ElementwiseOp, LinearOp, QValue, backend
+from cml_core.signature import Subgraph
 from onnx import helper
 
 from ._opset import OPS
@@ -495,3 +496,225 @@ def swiglu(a, b, /, *, alpha=1.0):
     if a.shape != b.shape:
         raise ValueError(f"A {a.shape} and B {b.shape} must have the same shape (SwiGLU does not broadcast)")
     return (_swish(a, alpha) * b.astype(np.float64)).astype(a.dtype)
+
+
+# -- LinearAttention ---------------------------------------------------------------------------------
+LINEAR_ATTENTION_RULES = ("linear", "gated", "delta", "gated_delta")
+
+
+def _per_token_heads(values, batch, steps, heads, width, what):
+    """A packed (B, T, heads * width) gate as (B, heads, T, width), float32."""
+    if values.ndim != 3 or values.shape[:2] != (batch, steps) or values.shape[2] != heads * width:
+        raise ValueError(f"{what} must have shape ({batch}, {steps}, {heads * width}), got {values.shape}")
+    return values.reshape(batch, steps, heads, width).transpose(0, 2, 1, 3).astype(np.float32)
+
+
+def _linear_attention_gates(decay, beta, batch, steps, kv_heads, key_size, update_rule):
+    """The decay (B, H_kv, T, 1 or d_k) and update rate (B, H_kv or 1, T, 1) the rule needs, float32;
+    a rule given a gate it does not use, or missing one it does, is refused."""
+    gated = update_rule in ("gated", "gated_delta")
+    corrected = update_rule in ("delta", "gated_delta")
+    if gated != (decay is not None):
+        raise ValueError(f"update_rule {update_rule!r} {'needs' if gated else 'takes no'} decay input")
+    if corrected != (beta is not None):
+        raise ValueError(f"update_rule {update_rule!r} {'needs' if corrected else 'takes no'} beta input")
+    if decay is not None:
+        per_key = decay.ndim == 3 and decay.shape[-1] == kv_heads * key_size and key_size != 1
+        decay = _per_token_heads(decay, batch, steps, kv_heads, key_size if per_key else 1, "decay (per head or "
+                                 f"per key dimension: last axis {kv_heads} or {kv_heads * key_size})")
+    if beta is not None:
+        rate_heads = beta.shape[-1] if beta.ndim == 3 and beta.shape[-1] == 1 else kv_heads
+        beta = _per_token_heads(beta, batch, steps, rate_heads, 1, "beta")
+    return decay, beta
+
+
+def _linear_attention(query, key, value, past_state, decay, beta, *, kv_num_heads, q_num_heads, scale,
+                      update_rule):
+    """The recurrence the spec defines, run token by token in float32: the state (B, H_kv, d_k, d_v)
+    decays by ``exp(decay)``, the value is corrected by what the state already recalls for the key
+    (delta rules, at rate ``beta``), the key-value outer product is added, and each query head reads
+    its key/value head's state. Returns (output in the query's dtype, present state in the past
+    state's dtype, or the query's without one)."""
+    if update_rule not in LINEAR_ATTENTION_RULES:
+        raise ValueError(f"update_rule {update_rule!r} is not one of {', '.join(LINEAR_ATTENTION_RULES)}")
+    if q_num_heads < 1 or kv_num_heads < 1 or q_num_heads % kv_num_heads:
+        raise ValueError(f"q_num_heads={q_num_heads} must be a positive multiple of kv_num_heads={kv_num_heads}")
+    if not (query.ndim == key.ndim == value.ndim == 3):
+        raise ValueError(f"query, key and value must be 3-D (B, T, heads * size), got ranks "
+                         f"{query.ndim}, {key.ndim}, {value.ndim}")
+    batch, steps = query.shape[:2]
+    if key.shape[:2] != (batch, steps) or value.shape[:2] != (batch, steps):
+        raise ValueError(f"query {query.shape}, key {key.shape} and value {value.shape} disagree on (B, T)")
+    q = _to_heads(query, q_num_heads, "query").astype(np.float32)
+    k = _to_heads(key, kv_num_heads, "key").astype(np.float32)
+    v = _to_heads(value, kv_num_heads, "value").astype(np.float32)
+    key_size, value_size = q.shape[3], v.shape[3]
+    if k.shape[3] != key_size:
+        raise ValueError(f"key's head size {k.shape[3]} differs from query's {key_size}")
+    decay, beta = _linear_attention_gates(decay, beta, batch, steps, kv_num_heads, key_size, update_rule)
+    state_shape = (batch, kv_num_heads, key_size, value_size)
+    if past_state is None:
+        state, state_dtype = np.zeros(state_shape, np.float32), query.dtype
+    else:
+        if past_state.shape != state_shape:
+            raise ValueError(f"past_state must have shape {state_shape}, got {past_state.shape}")
+        state, state_dtype = past_state.astype(np.float32), past_state.dtype
+    factor = np.float32(1 / np.sqrt(key_size) if not scale else scale)
+    group = q_num_heads // kv_num_heads
+    outputs = np.empty((batch, q_num_heads, steps, value_size), np.float32)
+    for t in range(steps):
+        if decay is not None:
+            state = state * np.exp(decay[:, :, t, :])[..., None]
+        k_t, v_t = k[:, :, t, :], v[:, :, t, :]
+        if beta is not None:
+            recalled = np.einsum("bhkv,bhk->bhv", state, k_t)
+            v_t = beta[:, :, t, :] * (v_t - recalled)
+        state = state + k_t[..., :, None] * v_t[..., None, :]
+        shared = np.repeat(state, group, axis=1) if group > 1 else state
+        outputs[:, :, t, :] = factor * np.einsum("bhk,bhkv->bhv", q[:, :, t, :], shared)
+    output = outputs.transpose(0, 2, 1, 3).reshape(batch, steps, q_num_heads * value_size)
+    return output.astype(query.dtype), state.astype(state_dtype)
+
+
+class QuantizedLinearAttention(ConstantOnlyOp):
+    """LinearAttention on encrypted values is refused: its recurrence multiplies encrypted values
+    together token after token."""
+
+    def encrypted_forward(self, ctx, inputs):
+        raise QuantizationError(
+            f"{self.where}: LinearAttention cannot run on encrypted values: its state is a running product "
+            "of encrypted keys, values and decays. Export the model's linear attention as primitive ops "
+            "(e.g. a torch model exported with opset 26 or lower, or the op's ONNX function body inlined), "
+            "or compute the attention outside the encrypted part of the model")
+
+
+@OPS.op("LinearAttention", since=27, quantized=QuantizedLinearAttention)
+def linear_attention(query, key, value, /, past_state=None, decay=None, beta=None, *, chunk_size=64, kv_num_heads,
+                     q_num_heads, scale=0.0, update_rule="gated_delta"):
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be positive")
+    return _linear_attention(query, key, value, past_state, decay, beta, kv_num_heads=kv_num_heads,
+                             q_num_heads=q_num_heads, scale=scale, update_rule=update_rule)
+
+
+# -- CausalConvWithState -----------------------------------------------------------------------------
+CAUSAL_CONV_ACTIVATIONS = ("none", "silu", "swish")
+
+
+def _causal_padded(x, weight, bias, past_state, activation):
+    """Checks the node's values and returns the input behind its carry, (B, C, k - 1 + L)."""
+    if activation not in CAUSAL_CONV_ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {', '.join(CAUSAL_CONV_ACTIVATIONS)}")
+    if x.ndim != 3:
+        raise ValueError(f"input must be 3-D (batch, channels, length), got shape {x.shape}")
+    batch, channels, _ = x.shape
+    if weight.ndim != 3 or weight.shape[:2] != (channels, 1) or weight.shape[2] < 1:
+        raise ValueError(f"weight must have shape ({channels}, 1, k) with k >= 1, got {weight.shape}")
+    if bias is not None and bias.shape != (channels,):
+        raise ValueError(f"bias must have shape ({channels},), got {bias.shape}")
+    carry = (batch, channels, weight.shape[2] - 1)
+    if past_state is None:
+        past_state = np.zeros(carry, x.dtype)
+    elif past_state.shape != carry:
+        raise ValueError(f"past_state must have shape {carry}, got {past_state.shape}")
+    return np.concatenate((past_state.astype(x.dtype, copy=False), x), axis=2)
+
+
+def _causal_windows(padded, kernel):
+    """(B, C, L, k): for each output position, the ``kernel`` inputs it sees (the last is its own)."""
+    return np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=2)
+
+
+class QuantizedCausalConvWithState(ConstantOnlyOp):
+    """CausalConvWithState on encrypted values is refused."""
+
+    def encrypted_forward(self, ctx, inputs):
+        raise QuantizationError(
+            f"{self.where}: CausalConvWithState cannot run on encrypted values; export it as Concat, Conv "
+            "(group = channels) and Slice nodes, whose quantized forms are supported")
+
+
+@OPS.op("CausalConvWithState", since=27, quantized=QuantizedCausalConvWithState)
+def causal_conv_with_state(input, weight, /, bias=None, past_state=None, *, activation="none"):  # noqa: A002
+    """A depthwise convolution of each channel with its own kernel over the carry and the input,
+    bias added, rounded to the input's dtype, then SiLU in float32 when asked; the present state is
+    the last k - 1 positions of carry and input."""
+    padded = _causal_padded(input, weight, bias, past_state, activation)
+    kernel = weight.shape[2]
+    windows = _causal_windows(padded, kernel).astype(np.float64)
+    conv = np.einsum("bclk,ck->bcl", windows, weight[:, 0, :].astype(np.float64))
+    if bias is not None:
+        conv = conv + bias.astype(np.float64)[:, None]
+    out = conv.astype(input.dtype)
+    if activation != "none":
+        out = _swish(out.astype(np.float32), 1.0).astype(np.float32).astype(input.dtype)
+    return out, padded[:, :, padded.shape[2] - (kernel - 1):]
+
+
+# -- FlexAttention (ai.onnx.preview) -----------------------------------------------------------------
+def _flex_softmax_dtype(dtype, softmax_precision):
+    """The scores' dtype: ``softmax_precision`` when given, else float32 (double for double inputs)."""
+    if softmax_precision is not None:
+        try:
+            chosen = np.dtype(helper.tensor_dtype_to_np_dtype(softmax_precision))
+        except (KeyError, ValueError, TypeError):
+            chosen = None
+        if chosen is None or chosen.kind != "f" and chosen.name != "bfloat16":
+            raise ValueError(f"softmax_precision={softmax_precision} is not a floating-point ONNX type")
+        return chosen
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _modified(modifier, values, what):
+    """``values`` through a score_mod / prob_mod subgraph: one tensor in, one of the same shape out
+    (held in the values' dtype)."""
+    if len(modifier.input_names) != 1 or len(modifier.output_names) != 1:
+        raise ValueError(f"{what} must take one input and return one output, it takes "
+                         f"{len(modifier.input_names)} and returns {len(modifier.output_names)}")
+    (result,) = modifier(values)
+    result = np.asarray(result)
+    if result.shape != values.shape:
+        raise ValueError(f"{what} must keep the shape {values.shape}, it returned {result.shape}")
+    return result.astype(values.dtype, copy=False)
+
+
+class QuantizedFlexAttention(ConstantOnlyOp):
+    """FlexAttention on encrypted values is refused: export the attention as primitive ops."""
+
+    def encrypted_forward(self, ctx, inputs):
+        raise QuantizationError(
+            f"{self.where}: FlexAttention cannot run on encrypted values as one fused node; export the "
+            "model's attention as MatMul, Softmax and MatMul nodes with the score and probability "
+            "modifications as ordinary nodes between them (e.g. torch.nn.functional.scaled_dot_product_attention "
+            "exported with opset 22 or lower), whose quantized forms are supported")
+
+
+@OPS.op("FlexAttention", since=1, domain="ai.onnx.preview", quantized=QuantizedFlexAttention)
+def flex_attention(q, k, v, /, *, prob_mod: Subgraph | None = None, scale=None, score_mod: Subgraph | None = None,
+                   softmax_precision=None):
+    """Q K^T (each scaled by sqrt(scale), in the inputs' dtype), ``score_mod``, a row softmax and
+    ``prob_mod`` in the softmax precision, then the product with V cast back to V's dtype."""
+    if not (q.ndim == k.ndim == v.ndim == 4):
+        raise ValueError(f"Q, K and V must be 4-D, got shapes {q.shape}, {k.shape}, {v.shape}")
+    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0]:
+        raise ValueError(f"K {k.shape} and V {v.shape} must agree on batch, heads and sequence, Q {q.shape} "
+                         "on the batch")
+    if q.shape[3] != k.shape[3]:
+        raise ValueError(f"Q's head size {q.shape[3]} differs from K's {k.shape[3]}")
+    heads_q, heads_kv = q.shape[1], k.shape[1]
+    if heads_q != heads_kv:
+        if heads_kv == 0 or heads_q % heads_kv:
+            raise ValueError(f"{heads_q} query heads cannot share {heads_kv} key/value heads")
+        k = np.repeat(k, heads_q // heads_kv, axis=1)
+        v = np.repeat(v, heads_q // heads_kv, axis=1)
+    if scale is None:
+        scale = 1 / np.sqrt(q.shape[3])
+    root = q.dtype.type(np.sqrt(np.float32(scale)))
+    precision = _flex_softmax_dtype(q.dtype, softmax_precision)
+    scores = _matmul(q * root, np.swapaxes(k * root, -1, -2)).astype(precision)
+    if score_mod is not None:
+        scores = _modified(score_mod, scores, "score_mod")
+    probabilities = _row_softmax(scores)
+    if prob_mod is not None:
+        probabilities = _modified(prob_mod, probabilities, "prob_mod")
+    return _matmul(probabilities, v.astype(precision)).astype(v.dtype)
