@@ -252,3 +252,43 @@ def test_map_ops_directly():
     vectorize = get_registry().resolve(ML, "DictVectorizer", 1).function
     np.testing.assert_array_equal(vectorize({"b": 2.0, "q": 1.0}, string_vocabulary=["a", "b"]),
                                   np.array([[0.0, 2.0]], np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_tree_ensemble_classifier_two_class_conventions(data):
+    """Two classes with weights on one class only (onnxruntime's binary case) or on classes some leaves skip,
+    with 0, 1 or 2 base values: the conventions onnxruntime applies to each."""
+    features = data.draw(st.integers(1, 3))
+    attrs = _forest_attributes(data, features, 1, "class")
+    weighted = data.draw(st.sampled_from([0, 1]))
+    attrs["class_ids"] = [weighted] * len(attrs["class_ids"])
+    if data.draw(st.booleans()):
+        attrs["class_weights"] = [abs(w) for w in attrs["class_weights"]]
+    attrs.update(classlabels_int64s=[0, 1], post_transform=data.draw(st.sampled_from(["NONE", "LOGISTIC"])))
+    bases = data.draw(st.integers(0, 2))
+    if bases:
+        attrs["base_values"] = data.draw(st.lists(floats, min_size=bases, max_size=bases))
+    x = _x(data, features)
+    impl = get_registry().resolve(ML, "TreeEnsembleClassifier", 1)
+    try:
+        impl.function(x, **attrs)
+    except ValueError:  # a second score onnxruntime leaves undefined: refused, nothing to compare
+        return
+    check_op("TreeEnsembleClassifier", [x], attrs, opset=1, domain=ML, n_outputs=2, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["LINEAR", "RBF", None])
+@pytest.mark.parametrize("transform", ["NONE", "SOFTMAX", "LOGISTIC"])
+def test_two_class_svm(kernel, transform):
+    """Two classes: one decision value (support vectors) or two linear scores (``kernel`` None)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(9, 3)).astype(np.float32)
+    if kernel is None:
+        attrs = {"kernel_params": [0.0, 0.0, 0.0], "coefficients": rng.normal(size=6).tolist(), "rho": [0.2]}
+    else:
+        attrs = {"kernel_type": kernel, "kernel_params": [0.3, 0.5, 2.0], "vectors_per_class": [2, 2],
+                 "support_vectors": rng.normal(size=12).tolist(), "coefficients": rng.normal(size=4).tolist(),
+                 "rho": [0.1]}
+    attrs.update(classlabels_ints=[3, 8], post_transform=transform)
+    check_op("SVMClassifier", [x], attrs, opset=1, domain=ML, n_outputs=2, atol=1e-5)

@@ -86,7 +86,7 @@ def two_class_scores(score: NDArray[Any], transform: str, expansion: str | None)
     """The score output for one score column ``score`` (shape (N,)).
 
     PROBIT transforms the score and keeps one column. Otherwise ``expansion`` decides:
-    ``COMPLEMENT`` gives ``[1 - s, s]``, ``SIGNED`` gives ``[logistic(-s), logistic(s)]`` under
+    ``COMPLEMENT`` gives ``[1 - s, s]`` (``s`` first through the logistic under LOGISTIC), ``SIGNED`` gives ``[logistic(-s), logistic(s)]`` under
     LOGISTIC and ``[-s, s]`` otherwise, ``None`` keeps the raw score as one column (the other
     transforms do not apply to a single score).
     """
@@ -94,7 +94,8 @@ def two_class_scores(score: NDArray[Any], transform: str, expansion: str | None)
     if transform == "PROBIT":
         return probit(score)[:, None]
     if expansion == COMPLEMENT:
-        return np.stack([np.float32(1) - score, score], axis=1).astype(np.float32)
+        positive = logistic(score) if transform == "LOGISTIC" else score
+        return np.stack([np.float32(1) - positive, positive], axis=1).astype(np.float32)
     if expansion == SIGNED:
         if transform == "LOGISTIC":
             return np.stack([logistic(-score), logistic(score)], axis=1)

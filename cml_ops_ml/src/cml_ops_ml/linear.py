@@ -13,7 +13,6 @@ from ._scores import (
     as_matrix,
     check_transform,
     labels_array,
-    logistic,
     probit,
     transform_columns,
     two_class_scores,
@@ -62,8 +61,7 @@ def linear_classifier_outputs(raw: NDArray[Any], labels: list[Any], post_transfo
             if post_transform == "PROBIT":
                 raise ValueError("PROBIT with one score column and two class labels leaves the second column "
                                  "undefined (onnxruntime writes no value there)")
-            positive_score = logistic(raw[:, 0]) if post_transform == "LOGISTIC" else raw[:, 0]
-            scores = two_class_scores(positive_score, "NONE", COMPLEMENT)
+            scores = two_class_scores(raw[:, 0], post_transform, COMPLEMENT)
         else:
             scores = probit(raw) if post_transform == "PROBIT" else raw
         return labels_array(chosen) if chosen else np.zeros(0, np.int64 if not strings else object), scores
