@@ -98,12 +98,15 @@ class BoundNode:
             )
         return out[:n]
 
-    def renamed(self, names: dict[str, str]) -> BoundNode:
-        """This node with its input and output names mapped through ``names`` (a copy)."""
+    def renamed(self, names: dict[str, str], node_name: str | None = None) -> BoundNode:
+        """This node with its input and output names mapped through ``names`` (a copy), and named
+        ``node_name`` when given."""
         node = onnx.NodeProto()
         node.CopyFrom(self.node)
         node.input[:] = [names.get(n, n) for n in node.input]
         node.output[:] = [names.get(n, n) for n in node.output]
+        if node_name is not None:
+            node.name = node_name
         return BoundNode(node, self.impl, self.attributes, self.index, self.scope)
 
 
@@ -181,10 +184,12 @@ class BoundGraph:
     subgraph's ``free_names`` are the values it reads from enclosing graphs.
     """
 
-    def __init__(self, graph: onnx.GraphProto, binding: _Binding, outer_shapes: dict[str, Any], where: str = "",
-                 constants: dict[str, NDArray[Any]] | None = None) -> None:
+    def __init__(self, graph: onnx.GraphProto, binding: _Binding, outer_shapes: dict[str, Any],
+                 where: str = "") -> None:
+        """Bind ``graph``; ``outer_shapes`` holds the static shapes of the enclosing graphs' values and
+        ``where`` says, for messages, which attribute of which node the graph is ("" for the main graph)."""
         self.where = where
-        self.constants: dict[str, Any] = dict(constants) if constants is not None else {
+        self.constants: dict[str, Any] = {
             init.name: tensor_array(init, f"initializer {init.name!r}" + (f" in {where}" if where else ""))
             for init in graph.initializer}
         self.input_names = [vi.name for vi in graph.input if vi.name not in self.constants]
@@ -229,7 +234,8 @@ class BoundGraph:
         for bound, dead in zip(self.nodes, self._dead_after):
             values = [env[name] for name in bound.inputs]
             try:
-                results = bound.call(values, {n: env[n] for n in bound.free_names} if bound.free_names else None)
+                results = bound.call(values, {n: env[n] for n in bound.free_names}) if bound.free_names \
+                    else bound.call(values)
             except CmlError:
                 raise
             except MemoryError as exc:
@@ -334,7 +340,8 @@ class BoundGraph:
     def _fold(self, bound: BoundNode) -> None:
         values = [self.constants[n] if n else None for n in bound.node.input]
         try:
-            results = bound.call(values, {n: self.constants[n] for n in bound.free_names})
+            results = bound.call(values, {n: self.constants[n] for n in bound.free_names}) if bound.free_names \
+                else bound.call(values)
         except CmlError:
             raise
         except MemoryError as exc:
@@ -360,7 +367,8 @@ class BoundGraph:
         condition = self.constants[bound.inputs[0]]
         if not isinstance(condition, np.ndarray) or condition.size != 1:
             return None
-        branch = bound.subgraphs.get("then_branch" if bool(condition.reshape(-1)[0]) else "else_branch")
+        taken = "then_branch" if bool(condition.reshape(-1)[0]) else "else_branch"
+        branch = bound.subgraphs.get(taken)
         if branch is None or len(branch.output_names) != len(bound.outputs):
             return None
         made_by_nodes = {n for b in branch.nodes for n in b.outputs if n}
@@ -381,7 +389,12 @@ class BoundGraph:
         self.constants.update(branch.constants)
         self.constants.update(constants)
         self.folded_from.update(branch.folded_from)
-        return [b.renamed(renames) if renames.keys() & {*b.inputs, *b.outputs} else b for b in branch.nodes]
+        inlined = []
+        for inner in branch.nodes:  # an unnamed node is named after the If (its "#index" is the branch's)
+            name = None if inner.node.name else f"{bound.name}/{taken}#{inner.index}"
+            touched = renames.keys() & {*inner.inputs, *inner.outputs}
+            inlined.append(inner.renamed(renames, name) if touched or name is not None else inner)
+        return inlined
 
     def _find_free_names(self) -> tuple[str, ...]:
         """The values this graph reads that it does not define (its inputs, constants, node outputs)."""
