@@ -291,7 +291,10 @@ class QuantizedResize(LinearOp):
         acc = self.centered(q)
         divisor = 1
         for axis, resampling in plan.items():
-            integers, axis_divisor = _integer_matrix(resampling.matrix)
+            key = f"integer weights of axis {axis} for shape {tuple(source.shape)}"
+            if key not in self.state:
+                self.state[key] = _integer_matrix(resampling.matrix)
+            integers, axis_divisor = self.state[key]
             acc = _apply_matrix(acc, integers, axis)
             divisor *= axis_divisor
         scale = q.scale / divisor
