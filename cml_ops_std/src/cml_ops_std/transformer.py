@@ -8,6 +8,7 @@ from cml_core.signature import Subgraph
 from onnx import helper
 
 from ._opset import OPS
+from .conv import conv_nd
 from .normalization import QuantizedNormalization
 
 
@@ -625,13 +626,90 @@ def _causal_windows(padded, kernel):
     return np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=2)
 
 
-class QuantizedCausalConvWithState(ConstantOnlyOp):
-    """CausalConvWithState on encrypted values is refused."""
+def _silu(values):
+    """x * sigmoid(x) of float values."""
+    return _swish(np.asarray(values, np.float64), 1.0)
+
+
+class QuantizedCausalConvWithState(LinearOp):
+    """CausalConvWithState with constant weight and bias: the carry and the input on one integer
+    grid, concatenated; the present state is their last k - 1 integers (a layout), the output an
+    integer depthwise convolution (Conv with group = channels), its bias folded in, and SiLU
+    composed into the next lookup.
+
+    The grid is the input's own when the carry is absent or constant (a constant carry is rounded
+    onto it); with an encrypted carry and input both are brought to one grid fitted on their joint
+    range (one lookup each, none when they already share a grid)."""
+
+    weight_inputs = ("weight",)
+
+    def sequence_grid(self, ctx, parts):
+        """(scale, zero point) the carry and the input share, and each part's integers on it."""
+        encrypted = [v for v in parts if v is not None and not v.is_constant]
+        if len(encrypted) == 1:
+            q = ctx.requantize(encrypted[0])
+            scale, zero_point = q.scale, q.zero_point
+            grid_of = {id(encrypted[0]): q.data}
+        else:
+            first, second = encrypted
+            if first.is_affine and second.is_affine and (first.scale, first.zero_point) == (
+                    second.scale, second.zero_point):
+                scale, zero_point = first.scale, first.zero_point
+                grid_of = {id(encrypted[0]): first.data, id(encrypted[1]): second.data}
+            else:
+                joint = None
+                if ctx.calibrating:
+                    joint = np.concatenate([v.float_value().reshape(-1) for v in encrypted])
+                grid = self.fitted_quantizer(ctx, "sequence", joint)
+                scale, zero_point = grid.scale, grid.zero_point
+                grid_of = {id(v): ctx.requantize_to(v, grid, key=f"{self.bound.name}:{i}")
+                           for i, v in enumerate(encrypted)}
+        integers = []
+        for v in parts:
+            if v is None:
+                integers.append(None)
+            elif v.is_constant:
+                integers.append((np.rint(np.asarray(v.data, np.float64) / scale) + zero_point).astype(np.int64))
+            else:
+                integers.append(grid_of[id(v)])
+        return scale, zero_point, integers
 
     def encrypted_forward(self, ctx, inputs):
-        raise QuantizationError(
-            f"{self.where}: CausalConvWithState cannot run on encrypted values; export it as Concat, Conv "
-            "(group = channels) and Slice nodes, whose quantized forms are supported")
+        x, weight = inputs[0], inputs[1]
+        bias = inputs[2] if len(inputs) > 2 else None
+        past = inputs[3] if len(inputs) > 3 else None
+        if not weight.is_constant or (bias is not None and not bias.is_constant):
+            raise QuantizationError(f"{self.where}: weight and bias must be constants; the input and "
+                                    "past_state may be encrypted")
+        activation = self.attributes.get("activation", "none")
+        if past is not None and past.is_constant and past.shape[0] != x.shape[0]:
+            raise QuantizationError(
+                f"{self.where}: the constant past_state holds {past.shape[0]} sample(s) but the input "
+                f"{x.shape[0]}; a circuit runs one sample at a time: give past_state as a model input")
+        _causal_padded(np.zeros(x.shape), np.asarray(weight.data), None if bias is None else np.asarray(bias.data),
+                       None if past is None else np.zeros(past.shape), activation)
+        scale, zero_point, (x_int, past_int) = self.sequence_grid(ctx, [x, past])
+        batch, channels, _ = x.shape
+        kernel = weight.shape[2]
+        if past_int is None:
+            past_int = np.full((batch, channels, kernel - 1), zero_point, np.int64)
+        padded = np.concatenate((past_int, x_int), axis=2)
+        present = QValue.affine(padded[:, :, padded.shape[2] - (kernel - 1):], scale, zero_point)
+        wq, w_scale = self.weights(ctx, "W", np.asarray(weight.data), weight.name, channel_axes=(0,))
+        acc_scale = scale * (w_scale if np.size(w_scale) == 1 else np.asarray(w_scale).reshape(-1))
+        integer_bias = self.integer_bias("B", None if bias is None else bias.data, acc_scale)
+        float_bias = None
+        if bias is not None and integer_bias is None:
+            float_bias = np.asarray(bias.data, np.float64).reshape(1, -1, 1)
+        centered = padded - zero_point if zero_point else padded
+        acc = backend.conv(centered, wq, integer_bias, pads=[0, 0], strides=[1], dilations=[1], group=channels,
+                           clear_conv=conv_nd)
+        out = self.accumulator(ctx, acc, acc_scale if np.size(acc_scale) == 1 else np.reshape(acc_scale, (1, -1, 1)),
+                               float_bias)
+        if activation != "none":
+            linear = out.to_float
+            out = QValue.lazy(out.data, lambda q: _silu(linear(q)), out.uniform)
+        return out, present
 
 
 @OPS.op("CausalConvWithState", since=27, quantized=QuantizedCausalConvWithState)
