@@ -81,6 +81,12 @@ class _AxisResampling:
 
 def _axis_resampling(in_len, out_len, scale, *, mode, coordinate_mode, nearest_mode, cubic_coeff_a,
                      exclude_outside, antialias, roi_pair):
+    """The resampling of one axis from ``in_len`` to ``out_len`` positions.
+
+    Nearest picks one input per output; linear and cubic weigh the taps around the source coordinate by their
+    kernel. With ``antialias`` and a shrinking scale the kernel is stretched by 1 / scale (more taps, each weighed
+    at its distance times the scale) and each row renormalized, a low-pass filter before the sampling. Taps past
+    the edges repeat the edge value, or with ``exclude_outside`` drop out (the row renormalized)."""
     x, outside = _source_coordinates(coordinate_mode, out_len, in_len, scale, roi_pair)
     # the left neighbour and the fraction past it, in (0, 1]: an exact coordinate counts as 1 past its left
     base = np.ceil(x) - 1
