@@ -108,6 +108,17 @@ SAME_WIDTH = {
 
 
 @st.composite
+def _bitcast_of_floats(draw, opset):
+    """Finite, non-empty float tensors read as integers (what an encrypted input could be)."""
+    source = np.dtype(draw(st.sampled_from([np.float16, np.float32, np.float64])))
+    target = np.dtype(draw(st.sampled_from([t for t in SAME_WIDTH[source.itemsize] if t not in (np.bool_, source.type)])))
+    from onnx import helper
+
+    x = draw(float_arrays(shapes(min_dims=1), source))
+    return Example([x], {"to": helper.np_dtype_to_tensor_dtype(target)})
+
+
+@st.composite
 def _bitcast(draw, opset):
     width = draw(st.sampled_from(sorted(SAME_WIDTH)))
     source = np.dtype(draw(st.sampled_from(SAME_WIDTH[width])))
@@ -129,7 +140,7 @@ OUTPUT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
 
 
 @st.composite
-def _window(draw, opset):
+def _window(draw, opset, constant=False):
     periodic = draw(st.sampled_from([0, 1]))
     size = np.array(draw(st.integers(1 if periodic else 2, 12)), dtype=draw(st.sampled_from([np.int32, np.int64])))
     attributes = {}
@@ -139,11 +150,11 @@ def _window(draw, opset):
         attributes["periodic"] = 0
     if draw(st.booleans()):
         attributes["output_datatype"] = draw(st.sampled_from(OUTPUT_TYPES))
-    return Example([size], attributes, constant_inputs=draw(st.sampled_from([(), (0,)])))
+    return Example([size], attributes, constant_inputs=(0,) if constant else draw(st.sampled_from([(), (0,)])))
 
 
 @st.composite
-def _mel(draw, opset):
+def _mel(draw, opset, constant=False):
     dtype = draw(st.sampled_from([np.int32, np.int64]))
     sample_rate = draw(st.sampled_from([8000, 16000, 22050]))
     length = draw(st.integers(8, 128))
@@ -155,7 +166,8 @@ def _mel(draw, opset):
     inputs = [np.array(draw(st.integers(1, 10)), dtype), np.array(length, dtype), np.array(sample_rate, dtype),
               np.array(lower, edge_type), np.array(upper, edge_type)]
     attributes = {"output_datatype": draw(st.sampled_from(OUTPUT_TYPES))} if draw(st.booleans()) else {}
-    return Example(inputs, attributes, constant_inputs=draw(st.sampled_from([(), (0, 1, 2, 3, 4)])))
+    everything = (0, 1, 2, 3, 4)
+    return Example(inputs, attributes, constant_inputs=everything if constant else draw(st.sampled_from([(), everything])))
 
 
 # -- DFT, STFT ----------------------------------------------------------------------------------
@@ -220,11 +232,11 @@ CASES = [
     OpCase("BitwiseOr", _bitwise),
     OpCase("BitwiseXor", _bitwise),
     OpCase("BitwiseNot", lambda opset: _bitwise(opset, unary=True)),
-    OpCase("BitCast", _bitcast),
-    OpCase("HannWindow", _window),
-    OpCase("HammingWindow", _window),
-    OpCase("BlackmanWindow", _window),
-    OpCase("MelWeightMatrix", _mel),
+    OpCase("BitCast", _bitcast, quantizable=_bitcast_of_floats),
+    OpCase("HannWindow", _window, quantizable=lambda opset: _window(opset, constant=True)),
+    OpCase("HammingWindow", _window, quantizable=lambda opset: _window(opset, constant=True)),
+    OpCase("BlackmanWindow", _window, quantizable=lambda opset: _window(opset, constant=True)),
+    OpCase("MelWeightMatrix", _mel, quantizable=lambda opset: _mel(opset, constant=True)),
     OpCase("DFT", _dft),
     OpCase("STFT", _stft),
 ]
