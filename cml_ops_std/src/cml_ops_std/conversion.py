@@ -85,7 +85,7 @@ def cast_array(x: Any, dtype: Any, saturate: int = 1, round_mode: str = "up") ->
     if dtype.kind in "iu" and is_float(x.dtype):
         with np.errstate(invalid="ignore"):
             return np.trunc(x).astype(dtype)
-    if dtype in ML_FLOATS and x.dtype.kind in "iub":
+    if dtype in ML_FLOATS and (x.dtype.kind in "iub" or x.dtype in SMALL_INTS):
         x = x.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         return x.astype(dtype)
