@@ -592,8 +592,7 @@ class QuantizedLinearAttention(ConstantOnlyOp):
 @OPS.op("LinearAttention", since=27, quantized=QuantizedLinearAttention)
 def linear_attention(query, key, value, /, past_state=None, decay=None, beta=None, *, chunk_size=64, kv_num_heads,
                      q_num_heads, scale=0.0, update_rule="gated_delta"):
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} must be positive")
+    """``chunk_size`` only tunes chunk-parallel kernels; the recurrence runs token by token."""
     return _linear_attention(query, key, value, past_state, decay, beta, kv_num_heads=kv_num_heads,
                              q_num_heads=q_num_heads, scale=scale, update_rule=update_rule)
 
@@ -619,11 +618,6 @@ def _causal_padded(x, weight, bias, past_state, activation):
     elif past_state.shape != carry:
         raise ValueError(f"past_state must have shape {carry}, got {past_state.shape}")
     return np.concatenate((past_state.astype(x.dtype, copy=False), x), axis=2)
-
-
-def _causal_windows(padded, kernel):
-    """(B, C, L, k): for each output position, the ``kernel`` inputs it sees (the last is its own)."""
-    return np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=2)
 
 
 def _silu(values):
@@ -718,9 +712,10 @@ def causal_conv_with_state(input, weight, /, bias=None, past_state=None, *, acti
     bias added, rounded to the input's dtype, then SiLU in float32 when asked; the present state is
     the last k - 1 positions of carry and input."""
     padded = _causal_padded(input, weight, bias, past_state, activation)
-    kernel = weight.shape[2]
-    windows = _causal_windows(padded, kernel).astype(np.float64)
-    conv = np.einsum("bclk,ck->bcl", windows, weight[:, 0, :].astype(np.float64))
+    kernel, length = weight.shape[2], input.shape[2]
+    taps = weight[:, 0, :].astype(np.float64)
+    sequence = padded.astype(np.float64)
+    conv = sum(taps[:, j, None] * sequence[:, :, j:j + length] for j in range(kernel))
     if bias is not None:
         conv = conv + bias.astype(np.float64)[:, None]
     out = conv.astype(input.dtype)
@@ -792,7 +787,9 @@ def flex_attention(q, k, v, /, *, prob_mod: Subgraph | None = None, scale=None, 
     scores = _matmul(q * root, np.swapaxes(k * root, -1, -2)).astype(precision)
     if score_mod is not None:
         scores = _modified(score_mod, scores, "score_mod")
-    probabilities = _row_softmax(scores)
+    with np.errstate(invalid="ignore"):  # a row the score_mod masks entirely is NaN, as ONNX Softmax makes it
+        exps = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
+        probabilities = exps / np.sum(exps, axis=-1, keepdims=True)
     if prob_mod is not None:
         probabilities = _modified(prob_mod, probabilities, "prob_mod")
     return _matmul(probabilities, v.astype(precision)).astype(v.dtype)
