@@ -435,6 +435,7 @@ def _model_files(qmodule: QuantizedModule, program: Program, model_id: str) -> d
         "float_ranges": {k: [float(a).hex(), float(b).hex()] for k, (a, b) in qmodule.float_ranges.items()},
         "input_quantizers": [_quantizer_json(q) for q in qmodule.input_quantizers],
         "snapped_inputs": sorted(qmodule.snapped_inputs),
+        "whole_numbers": sorted(qmodule.whole_numbers),
         "sites": {k: asdict(s) for k, s in qmodule.sites.items()},
         "accumulators": {k: asdict(a) for k, a in qmodule.accumulators.items()},
         "ops": states,
@@ -509,6 +510,7 @@ def load_quantized(path: str | os.PathLike[str]) -> QuantizedModule:
                               producers)
     qmodule.sites.update({k: LookupSite(**s) for k, s in saved["sites"].items()})
     qmodule.snapped_inputs.update(saved.get("snapped_inputs", []))
+    qmodule.whole_numbers = frozenset(saved.get("whole_numbers", []))
     qmodule.accumulators.update({k: AccumulatorRecord(**a) for k, a in saved["accumulators"].items()})
     inputs = [IntegerSpec.from_json(i) for i in saved["program"]["inputs"]]
     outputs = [IntegerSpec.from_json(o) for o in saved["program"]["outputs"]]

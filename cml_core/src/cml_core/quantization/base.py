@@ -274,8 +274,13 @@ class LinearOp(QuantizedOp):
 
     @staticmethod
     def weight_quantizer(value: NDArray[Any], n_bits: int) -> UniformQuantizer:
-        """The quantizer of a constant weight tensor: signed, symmetric, ``n_bits`` bits."""
+        """The quantizer of a constant weight tensor: signed, symmetric, ``n_bits`` bits; scale 1 when
+        the weights are whole numbers that fit (a 0/1 selection or a -1/0/1 path matrix stays exact and
+        keeps the accumulator as small as its true values)."""
         arr = np.asarray(value, dtype=np.float64)
+        bound = float(np.max(np.abs(arr), initial=0.0))
+        if arr.size and bound >= 1 and np.array_equal(arr, np.round(arr)) and bound <= 2 ** (n_bits - 1) - 1:
+            return UniformQuantizer(n_bits, 1.0, 0, True, True)
         return UniformQuantizer.fit(float(arr.min()), float(arr.max()), n_bits, is_signed=True, is_symmetric=True)
 
     def weights(self, ctx: QuantContext, key: str, value: NDArray[Any], name: str = "",

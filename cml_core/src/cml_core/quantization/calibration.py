@@ -138,6 +138,8 @@ class FloatStatistics:
 
     ranges: dict[str, tuple[float, float]]
     peak_elements: int
+    #: tensors whose every calibration value is a whole number (booleans, integers, counts held as floats)
+    whole_numbers: frozenset[str] = frozenset()
 
 
 def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samples: int | None,
@@ -153,6 +155,7 @@ def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samp
     """
     lows: dict[str, float] = {}
     highs: dict[str, float] = {}
+    fractional: set[str] = set()  # tensors with a value that is not a whole number
     position = {name: step for step, b in enumerate(module.nodes) for name in b.node.output if name}
     schedule = release_schedule(module.nodes, set(module.output_names) | set(module.input_names))
     counter = {"live": 0, "peak": 0, "released": 0}
@@ -170,6 +173,8 @@ def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samp
                 f"node {node!r} ({op}) produces NaN or infinity in tensor {name!r} on {where}; check the "
                 "inputs' domain for this op (e.g. Log of non-positive values)"
             )
+        if arr.dtype.kind == "f" and name not in fractional and not np.array_equal(arr, np.round(arr)):
+            fractional.add(name)
         if name in lows:
             lows[name], highs[name] = min(lows[name], float(low)), max(highs[name], float(high))
         else:
@@ -205,7 +210,7 @@ def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samp
                 if n_samples is None else "even on one sample at a time: the model needs more memory than is free"
             raise OutOfMemoryError(f"calibration ran out of memory in the float model {how}: {exc}") from exc
     ranges = {name: (lows[name], highs[name]) for name in lows}
-    return FloatStatistics(ranges, counter["peak"])
+    return FloatStatistics(ranges, counter["peak"], frozenset(set(lows) - fractional))
 
 
 def calibration_warnings(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samples: int | None,

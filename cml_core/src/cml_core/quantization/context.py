@@ -283,6 +283,8 @@ class QuantContext:
     stated_constants: dict[str, tuple[NDArray[Any], float]] = field(default_factory=dict)
     #: the model inputs of this pass: id of their integer data -> (input name, its quantizer)
     inputs: dict[int, tuple[str, UniformQuantizer]] = field(default_factory=dict)
+    #: tensors whose calibration values are all whole numbers (see ``quantizer_for``)
+    whole_numbers: frozenset[str] = frozenset()
     #: per model input, the quantizers of what requantized its integers (None: used as they are)
     input_reads: dict[str, set[UniformQuantizer | None]] = field(default_factory=dict)
     _materialized: dict[str, QValue] = field(default_factory=dict)
@@ -319,14 +321,17 @@ class QuantContext:
             self.rounding_stated.add(tensor)
 
     def quantizer_for(self, tensor: str, n_bits: int | None = None) -> UniformQuantizer:
-        """The quantizer the graph states for ``tensor``, else an unsigned one fitted to its
-        calibrated float range (``n_bits``, default ``op_inputs``)."""
+        """The quantizer the graph states for ``tensor``, else an unsigned one for its calibrated float
+        range (``n_bits``, default ``op_inputs``): exact (scale 1) when every calibration value is a
+        whole number and the range fits, fitted to the range otherwise."""
         if tensor in self.stated:
             return self.stated[tensor]
         if tensor not in self.float_ranges:
             raise QuantizationError(f"{self.where}: no calibration statistics for tensor {tensor!r}")
         low, high = self.float_ranges[tensor]
-        return UniformQuantizer.fit(low, high, n_bits or self.config.op_inputs)
+        bits = n_bits or self.config.op_inputs
+        exact = UniformQuantizer.for_whole_numbers(low, high, bits) if tensor in self.whole_numbers else None
+        return exact or UniformQuantizer.fit(low, high, bits)
 
     def requantize(self, value: QValue, n_bits: int | None = None) -> QValue:
         """``value`` as small affine integers (``op_inputs`` bits), applying one lookup if needed.

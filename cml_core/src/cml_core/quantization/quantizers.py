@@ -80,6 +80,20 @@ class UniformQuantizer:
         zero_point = int(round(q_low - low / scale))
         return cls(n_bits, scale, zero_point, is_signed, False)
 
+    @classmethod
+    def for_whole_numbers(cls, low: float, high: float, n_bits: int) -> UniformQuantizer | None:
+        """The exact quantizer of a tensor whose values are whole numbers in [low, high]: scale 1, each
+        value its own integer, as few bits as the span needs; ``None`` when the span needs more than
+        ``n_bits`` (the tensor is then fitted like any other).
+
+        Booleans, counts and indices computed inside a model stay exact this way: a comparison
+        feeding a matrix product, or a path count compared for equality, keeps its values."""
+        check_n_bits(n_bits)
+        span = int(high) - int(low)
+        if low != int(low) or high != int(high) or span >= 2**n_bits:
+            return None
+        return cls(max(1, span.bit_length()), 1.0, -int(low), False, False)
+
     def quant(self, values: Any) -> NDArray[Any]:
         """Integers (int64) representing ``values``, clipped to the quantizer's range."""
         q = np.rint(np.asarray(values, dtype=np.float64) / self.scale) + self.zero_point
