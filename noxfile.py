@@ -4,7 +4,7 @@ import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 PACKAGES = ["-e", "cml_core[fhe,serve,testing]", "-e", "cml_ops_std[image]", "-e", "cml_ops_activations", "-e",
-            "cml_ops_qonnx"]
+            "cml_ops_qonnx", "-e", "cml_ops_ml[sklearn]"]
 
 
 def install(session: nox.Session, *extra: str) -> None:
@@ -25,7 +25,8 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "cml_core", "cml_ops_std", "cml_ops_activations", "cml_ops_qonnx", "examples", "tests",
+    session.run("ruff", "check", "cml_core", "cml_ops_std", "cml_ops_activations", "cml_ops_qonnx", "cml_ops_ml", "examples",
+                "tests",
                 "scripts")
 
 

@@ -85,16 +85,38 @@ def render() -> str:
 KNOWN = Path(__file__).resolve().parent.parent / "cml_core" / "src" / "cml_core" / "known_plugins.py"
 
 
+#: every first-party distribution, for the install-hint tables
+HINTED = ("cml-ops-std", "cml-ops-activations", "cml-ops-qonnx", "cml-ops-ml")
+
+
 def render_known_plugins() -> str:
-    """known_plugins.py with its table rebuilt from what the first-party plugins register."""
+    """known_plugins.py with its two tables rebuilt from what the first-party plugins register: standard-domain
+    ops by op type, other domains' ops by domain."""
     import textwrap
 
     registry = get_registry()
     text = KNOWN.read_text()
-    start, end = text.index("KNOWN_PLUGINS"), text.index("\n\n\ndef install_hint")
-    body = "KNOWN_PLUGINS: dict[str, frozenset[str]] = {\n"
-    for dist in sorted(FIRST_PARTY, reverse=True):
-        ops = sorted({i.op_type for i in registry if i.provider.distribution == dist})
+    start, end = text.index("DOMAIN_PLUGINS: dict"), text.index("\n\n\ndef install_hint")
+    body = "DOMAIN_PLUGINS: dict[str, dict[str, frozenset[str]]] = {\n"
+    for dist in sorted(HINTED):
+        domains: dict[str, set[str]] = {}
+        for i in registry:
+            if i.provider.distribution == dist and i.domain not in ("", "ai.onnx"):
+                domains.setdefault(i.domain, set()).add(i.op_type)
+        if not domains:
+            continue
+        body += f'    "{dist}": {{\n'
+        for domain in sorted(domains):
+            lines = textwrap.wrap(" ".join(sorted(domains[domain])), 90)
+            body += f'        "{domain}": frozenset(\n'
+            body += "".join(f'            "{line} "\n' for line in lines[:-1])
+            body += f'            "{lines[-1]}".split()\n        ),\n'
+        body += "    },\n"
+    body += "}\n\nKNOWN_PLUGINS: dict[str, frozenset[str]] = {\n"
+    for dist in sorted(HINTED, reverse=True):
+        ops = sorted({i.op_type for i in registry if i.provider.distribution == dist and i.domain in ("", "ai.onnx")})
+        if not ops:
+            continue
         lines = textwrap.wrap(" ".join(ops), 100)
         body += f'    "{dist}": frozenset(\n'
         body += "".join(f'        "{line} "\n' for line in lines[:-1])

@@ -40,9 +40,6 @@ UNMATCHABLE = {
         "test_bernoulli", "test_bernoulli_double", "test_bernoulli_seed")},
     **{name: "RandomUniformLike (Bernoulli's expansion) draws random values" for name in (
         "test_bernoulli_expanded", "test_bernoulli_double_expanded", "test_bernoulli_seed_expanded")},
-    **{name: "Dropout in training mode with a ratio above 0 drops random elements" for name in (
-        "test_training_dropout", "test_training_dropout_default", "test_training_dropout_mask",
-        "test_training_dropout_default_mask")},
 }
 
 

@@ -158,8 +158,10 @@ def test_every_onnx_since_version_is_covered(capsys):
 
 
 def _defined(op_type, opset):
+    """Whether ONNX defines ``op_type`` at ``opset`` in a version a model may use: the ONNX checker refuses
+    deprecated versions (Scatter-11, Upsample-10, GroupNormalization-18), and Upsample-1 is experimental."""
     try:
-        onnx.defs.get_schema(op_type, opset)
-        return True
+        schema = onnx.defs.get_schema(op_type, opset)
     except onnx.defs.SchemaError:
         return False
+    return not schema.deprecated and schema.support_level == onnx.defs.OpSchema.SupportType.COMMON

@@ -945,6 +945,12 @@ def _global_lp_pool(x, p):
     return np.power(powered.sum(axis=tuple(range(2, x.ndim)), keepdims=True), 1.0 / p).astype(x.dtype)
 
 
+@OPS.op("GlobalLpPool", since=1, quantized=ConstantOnlyOp)
+def global_lp_pool_1(x, /, *, p=2.0):
+    """GlobalLpPool-1: ``p`` is a float attribute (an int from 2 on)."""
+    return _global_lp_pool(x, float(p))
+
+
 @OPS.op("GlobalLpPool", since=(2, 22), quantized=ConstantOnlyOp)
 def global_lp_pool(x, /, *, p=2):
     return _global_lp_pool(x, p)

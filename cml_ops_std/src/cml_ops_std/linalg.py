@@ -11,7 +11,9 @@ from .quantized import QuantizedGemm, QuantizedMatMul
 
 @OPS.op("MatMul", since=(1, 9, 13), quantized=QuantizedMatMul)
 def matmul(a, b, /):
-    return np.matmul(a, b)
+    out = np.matmul(a, b)
+    # ml_dtypes' bfloat16 multiplies into float32: the result keeps the inputs' type
+    return out if out.dtype == a.dtype else out.astype(a.dtype)
 
 
 @OPS.op("Gemm", since=(11, 13), quantized=QuantizedGemm)

@@ -373,10 +373,6 @@ class QuantizedGroupNormalization(QuantizedNormalization):
                            _per_channel(bias.data, shape, groups, self.per_group))
 
 
-class QuantizedGroupNormalization18(QuantizedGroupNormalization):
-    per_group = True
-
-
 def _group_normalization(x, scale, bias, num_groups, epsilon, per_group, dtype):
     """The spec's function body in ``dtype`` (float32 for stash_type=1): a group's variance is
     E[x*x] - E[x]**2, its deviations are divided by sqrt(variance + epsilon)."""
@@ -389,11 +385,7 @@ def _group_normalization(x, scale, bias, num_groups, epsilon, per_group, dtype):
     return (y + _per_channel(bias, x.shape, num_groups, per_group).astype(dtype)).astype(x.dtype)
 
 
-@OPS.op("GroupNormalization", since=18, quantized=QuantizedGroupNormalization18)
-def group_normalization_18(x, scale, bias, /, *, epsilon=1e-5, num_groups):
-    return _group_normalization(x, scale, bias, num_groups, epsilon, True, x.dtype)
-
-
+# GroupNormalization-18 (scale and bias per group) is deprecated: the ONNX checker refuses models using it
 @OPS.op("GroupNormalization", since=21, quantized=QuantizedGroupNormalization)
 def group_normalization(x, scale, bias, /, *, epsilon=1e-5, num_groups, stash_type=1):
     if stash_type != 1:
@@ -631,9 +623,9 @@ class QuantizedCausalConvWithState(LinearOp):
     integer depthwise convolution (Conv with group = channels), its bias folded in, and SiLU
     composed into the next lookup.
 
-    The grid is the input's own when the carry is absent or constant (a constant carry is rounded
-    onto it); with an encrypted carry and input both are brought to one grid fitted on their joint
-    range (one lookup each, none when they already share a grid)."""
+    The grid is the input's own when the carry is absent; with an encrypted carry and input both are
+    brought to one grid fitted on their joint range (one lookup each, none when they already share a
+    grid). A constant carry is refused."""
 
     weight_inputs = ("weight",)
 
@@ -662,8 +654,6 @@ class QuantizedCausalConvWithState(LinearOp):
         for v in parts:
             if v is None:
                 integers.append(None)
-            elif v.is_constant:
-                integers.append((np.rint(np.asarray(v.data, np.float64) / scale) + zero_point).astype(np.int64))
             else:
                 integers.append(grid_of[id(v)])
         return scale, zero_point, integers
@@ -676,10 +666,12 @@ class QuantizedCausalConvWithState(LinearOp):
             raise QuantizationError(f"{self.where}: weight and bias must be constants; the input and "
                                     "past_state may be encrypted")
         activation = self.attributes.get("activation", "none")
-        if past is not None and past.is_constant and past.shape[0] != x.shape[0]:
+        if past is not None and past.is_constant:
+            # on the input's grid a constant carry outside the input's calibrated range would be clipped away
             raise QuantizationError(
-                f"{self.where}: the constant past_state holds {past.shape[0]} sample(s) but the input "
-                f"{x.shape[0]}; a circuit runs one sample at a time: give past_state as a model input")
+                f"{self.where}: past_state is a constant while the input is encrypted; give past_state as a "
+                "model input (it is then quantized with the input on one grid fitted to both), or export the "
+                "model without a carried state")
         _causal_padded(np.zeros(x.shape), np.asarray(weight.data), None if bias is None else np.asarray(bias.data),
                        None if past is None else np.zeros(past.shape), activation)
         scale, zero_point, (x_int, past_int) = self.sequence_grid(ctx, [x, past])

@@ -74,19 +74,66 @@ def _kind(value: Any) -> str:
 
 def run_reference(model: Any, feeds: dict[str, Any]) -> list[Any]:
     """onnxruntime's outputs; where it has no kernel for the op, type or opset, the ONNX reference
-    evaluator's (both are independent of cml)."""
+    evaluator's; where neither runs the op at the model's opset, onnxruntime's (or the evaluator's) on the
+    model converted by ONNX's version converter to the nearest opset where the op is defined anew (all
+    three are independent of cml).
+    """
     try:
         return run_onnxruntime(model, feeds)
     except Exception as exc:  # onnxruntime's NotImplemented / invalid-graph errors have no common base
-        text = str(exc)
-        # a type it has no kernel for can also surface as a type error on a Cast onnxruntime inserts itself
-        # (DequantizeLinear of float4 codes to float16, seen under a random seed)
-        if "NOT_IMPLEMENTED" not in text and "opset" not in text.lower() and "InsertedPrecisionFreeCast" not in text:
+        if not _no_kernel(str(exc)):
             raise
+    try:
+        return _run_reference_evaluator(model, feeds)
+    except Exception as exc:  # noqa: BLE001  (no implementation of this version: try an equivalent model)
+        first = exc
+    for converted in _converted_models(model):
+        for run in (run_onnxruntime, _run_reference_evaluator):
+            try:
+                return run(converted, feeds)
+            except Exception:  # noqa: BLE001, S112  (this conversion does not run either: try the next)
+                continue
+    raise first
+
+
+def _no_kernel(text: str) -> bool:
+    """Whether an onnxruntime error says it cannot run the op (rather than that the values are wrong)."""
+    # a type it has no kernel for can also surface as a type error on a Cast onnxruntime inserts itself
+    # (DequantizeLinear of float4 codes to float16, seen under a random seed); ops of domains its default
+    # build leaves out (ai.onnx.preview, ai.onnx.preview.training) are "not a registered function/op"
+    return ("NOT_IMPLEMENTED" in text or "opset" in text.lower() or "InsertedPrecisionFreeCast" in text
+            or "is not a registered function/op" in text)
+
+
+def _run_reference_evaluator(model: Any, feeds: dict[str, Any]) -> list[Any]:
     from onnx.reference import ReferenceEvaluator
 
     values = ReferenceEvaluator(model).run(None, feeds)
     return [_from_reference(v, out.type) for v, out in zip(values, model.graph.output)]
+
+
+def _converted_models(model: Any) -> Any:
+    """``model`` converted to the other opsets where its (single standard) op has a since-version: later
+    ones first, nearest first, then earlier ones; conversions ONNX's converter refuses are skipped."""
+    import onnx
+    from onnx import version_converter
+
+    ops = {(n.domain or "", n.op_type) for n in model.graph.node}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if len(ops) != 1 or opset is None or next(iter(ops))[0] != "":
+        return
+    op_type = next(iter(ops))[1]
+    versions = sorted({s.since_version for s in onnx.defs.get_all_schemas_with_history()
+                       if s.name == op_type and s.domain == "" and not s.deprecated})
+    since = max([v for v in versions if v <= opset], default=opset)
+    for target in [v for v in versions if v > since] + [v for v in reversed(versions) if v < since]:
+        try:
+            converted = version_converter.convert_version(model, target)
+        except Exception:  # noqa: BLE001, S112  (no adapter between these versions)
+            continue
+        if [n.op_type for n in converted.graph.node] == [op_type]:
+            converted.ir_version = min(converted.ir_version, model.ir_version)
+            yield converted
 
 
 def _from_reference(value: Any, declared: Any) -> Any:

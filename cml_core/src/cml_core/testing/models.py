@@ -110,19 +110,24 @@ def make_node_model(
         else:
             untyped.append(out)
     if untyped:
-        # data-dependent output shapes (e.g. Reshape by a non-constant shape) or custom domains:
-        # declare rank and type as ONNX's reference evaluator (or, for a custom domain, the
-        # registered implementation) computes them, leaving every dim symbolic
-        if domain:
-            from ..plugins import get_registry
-
-            impl = get_registry().resolve(domain, op_type, opset)
-            out = impl.function(*[None if v is None else _feed(v) for v in inputs], **(attributes or {}))
-            values = list(out) if isinstance(out, tuple) else [out]
-        else:
+        # data-dependent output shapes (e.g. Reshape by a non-constant shape), custom domains, or old
+        # versions whose schemas infer nothing: declare rank and type as ONNX's reference evaluator (or,
+        # where it has no implementation, the registered one) computes them, leaving every dim symbolic
+        values = None
+        if not domain:
             from onnx.reference import ReferenceEvaluator
 
-            values = list(ReferenceEvaluator(model).run(None, feeds_of(model, inputs)))
+            try:
+                values = list(ReferenceEvaluator(model).run(None, feeds_of(model, inputs)))
+            except Exception:  # noqa: BLE001  (no implementation of this version in the evaluator)
+                values = None
+        if values is None:
+            from ..plugins import get_registry
+
+            impl = get_registry().resolve(domain or "", op_type, opset)
+            context = {"_num_outputs": n_outputs} if "_num_outputs" in impl.signature.context else {}
+            out = impl.function(*[None if v is None else _feed(v) for v in inputs], **(attributes or {}), **context)
+            values = list(out) if isinstance(out, tuple) else [out]
         for out, value in zip(model.graph.output, values):
             if out in untyped:
                 elem = helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype)
