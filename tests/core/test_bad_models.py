@@ -93,13 +93,14 @@ def test_unknown_tensor_data_type():
 @pytest.mark.parametrize("make,match", [
     (lambda: _vi("x", [2], elem=0), r"graph input 'x' has no element type \(UNDEFINED\)"),
     (lambda: _vi("x", [2], elem=123), r"graph input 'x' has element type 123"),
-    (lambda: helper.make_value_info("x", helper.make_map_type_proto(T.INT64, helper.make_tensor_type_proto(F, [2]))),
-     r"graph input 'x' is a map"),
+    (lambda: helper.make_value_info("x", helper.make_map_type_proto(T.FLOAT, helper.make_tensor_type_proto(F, [2]))),
+     r"graph input 'x' is a map with float32 keys"),
     (lambda: helper.make_sparse_tensor_value_info("x", F, [2]), r"graph input 'x' is a sparse tensor"),
     (lambda: helper.make_value_info("x", onnx.TypeProto()), r"graph input 'x' is untyped"),
 ])
 def test_graph_inputs_that_are_not_dense_tensors(make, match):
-    # (sequences and optionals are values the interpreter runs: tests/core/test_control_flow.py)
+    # (sequences and optionals are values the interpreter runs: tests/core/test_control_flow.py; maps
+    # with integer or string keys too: tests/ml/test_map_values.py)
     model = _model([helper.make_node("Identity", ["x"], ["y"])], [make()], [_vi("y", [2])])
     with pytest.raises(ModelLoadError, match=match):
         load_model(model)

@@ -10,7 +10,7 @@ from cml_core.testing.models import feeds_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cml_core import get_registry
+from cml_core import get_registry, load_model
 
 ML = "ai.onnx.ml"
 IMPLS = [i for i in get_registry() if i.provider.distribution == "cml-ops-ml"]
@@ -240,11 +240,17 @@ def test_feature_vectorizer():
 
 
 def test_map_ops_directly():
+    """The map ops called as functions; ZipMap also in a model against onnxruntime (CastMap and
+    DictVectorizer run in models taking map inputs in test_map_values.py)."""
     impl = get_registry().resolve(ML, "ZipMap", 1)
     rows = impl.function(np.array([[0.25, 0.75], [1.0, 0.0]], np.float32), classlabels_int64s=[3, 7])
     assert rows == [{3: 0.25, 7: 0.75}, {3: 1.0, 7: 0.0}]
     rows = impl.function(np.array([[0.5, 0.5]], np.float32), classlabels_strings=["a", "b"])
     assert rows == [{"a": 0.5, "b": 0.5}]
+    for scores, labels in ((np.array([[0.25, 0.75], [1.0, 0.0]], np.float32), {"classlabels_int64s": [3, 7]}),
+                           (np.array([[0.5, 0.5]], np.float32), {"classlabels_strings": ["a", "b"]})):
+        model = make_node_model("ZipMap", [scores], labels, opset=1, domain=ML)
+        assert load_model(model)(scores) == run_onnxruntime(model, feeds_of(model, [scores]))[0]
     cast = get_registry().resolve(ML, "CastMap", 1).function
     np.testing.assert_array_equal(cast({2: 1.5, 0: 3.0}), np.array([[3.0, 1.5]], np.float32))
     np.testing.assert_array_equal(cast({2: 1.5, 0: 3.0}, map_form="SPARSE", max_map=4),

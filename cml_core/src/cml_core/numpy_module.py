@@ -6,7 +6,7 @@ import dataclasses
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,14 @@ from .errors import (
     UnsupportedOpError,
 )
 from .known_plugins import install_hint
-from .onnx_utils import attribute_value, read_model, tensor_array, value_info_shape, value_info_type
+from .onnx_utils import (
+    attribute_value,
+    read_model,
+    tensor_array,
+    value_info_map_key,
+    value_info_shape,
+    value_info_type,
+)
 from .plugins import get_registry
 from .registry import OpImpl, OpRegistry, normalize_domain
 from .signature import REQUIRED, StaticInput
@@ -116,22 +123,34 @@ class TensorSpec:
 
     ``containers`` says what holds the tensors, outermost first: ``()`` for a tensor,
     ``("sequence",)`` for a list of tensors, ``("optional",)`` for a tensor or ``None``,
-    ``("optional", "sequence")`` for a list or ``None``; ``dtype`` and ``shape`` are then the
-    element tensors'.
+    ``("optional", "sequence")`` for a list or ``None``, ``("map",)`` for a dict from ``key_dtype``
+    keys to values, ``("sequence", "map")`` for a list of such dicts; ``dtype`` and ``shape`` are
+    then the element tensors' (a map's values').
     """
 
     name: str
     dtype: np.dtype[Any]
     shape: tuple[int | str | None, ...] | None
     containers: tuple[str, ...] = ()
+    #: the keys' dtype when the value is or holds a map (int64, or object for strings)
+    key_dtype: np.dtype[Any] | None = None
 
     @property
     def is_tensor(self) -> bool:
         return not self.containers
 
     def describe(self) -> str:
-        """The type in words: ``float32``, ``sequence of float32``, ``optional sequence of int64``."""
-        return " ".join([*(c if c == "optional" else f"{c} of" for c in self.containers), str(self.dtype)])
+        """The type in words: ``float32``, ``sequence of float32``, ``optional sequence of int64``,
+        ``sequence of map(int64 -> float32)`` (string keys and values read ``string``)."""
+        words = [c if c == "optional" else f"{c} of" for c in self.containers if c != "map"]
+        element = _dtype_word(self.dtype)
+        if "map" in self.containers:
+            element = f"map({_dtype_word(self.key_dtype)} -> {element})"
+        return " ".join([*words, element])
+
+
+def _dtype_word(dtype: np.dtype[Any] | None) -> str:
+    return "string" if dtype is not None and dtype.kind == "O" else str(dtype)
 
 
 def _declared_type(vi: onnx.ValueInfoProto) -> tuple[np.dtype[Any] | None, tuple[int | str | None, ...] | None]:
@@ -428,8 +447,9 @@ class NumpyModule:
     """An ONNX model ready to run as numpy.
 
     Build it with ``load_model``. Calling it with one value per graph input (an array; a list of
-    arrays for a sequence input; ``None`` or the value for an optional one) returns one value, or
-    a tuple when the graph has several outputs.
+    arrays for a sequence input; ``None`` or the value for an optional one; a dict for a map, a
+    list of dicts for a sequence of maps) returns one value, or a tuple when the graph has several
+    outputs (a ZipMap output is a list of dicts, as onnxruntime gives it).
     """
 
     def __init__(self, model: onnx.ModelProto, registry: OpRegistry | None = None) -> None:
@@ -438,8 +458,8 @@ class NumpyModule:
         Raises:
             ModelLoadError: the ONNX checker or shape inference rejects the model, an op's load-time
                 check rejects a node, a tensor or attribute is inconsistent, or a graph input or
-                output is neither a tensor, a sequence of tensors nor an optional; the message names
-                the node or tensor.
+                output is neither a tensor, a sequence, an optional nor a map (of integer or string
+                keys to tensors); the message names the node or tensor.
             UnsupportedOpError: one error listing every op no installed plugin provides.
             OutOfMemoryError: a constant or folded value does not fit in memory.
         """
@@ -466,10 +486,10 @@ class NumpyModule:
         if binding.missing:
             raise _missing_ops_error(binding.missing, self.registry)
         graph = self.onnx_model.graph
-        #: values of the main graph known (declared or inferred) to be sequences or optionals: name -> kind
-        self.value_kinds = {vi.name: {"sequence_type": "a sequence", "optional_type": "an optional"}[kind]
-                            for vi in [*graph.input, *graph.value_info, *graph.output]
-                            if (kind := vi.type.WhichOneof("value")) in ("sequence_type", "optional_type")}
+        #: values of the main graph known (declared or inferred) to be sequences, optionals or maps: name -> kind
+        kinds = {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map"}
+        self.value_kinds = {vi.name: kinds[kind] for vi in [*graph.input, *graph.value_info, *graph.output]
+                            if (kind := vi.type.WhichOneof("value")) in kinds}
         self._producers = {name: bound.where for bound in self.nodes for name in bound.outputs if name}
 
     @property
@@ -546,15 +566,19 @@ class NumpyModule:
         ``300``, NaN or infinity). A symbolic dimension named by several axes (``"N"`` in two
         inputs) must have one size in the call. A sequence input takes a list (or tuple) of
         arrays, each checked like a tensor input of the element type and rank; an optional input
-        takes ``None`` or its value.
+        takes ``None`` or its value; a map input takes a dict whose keys are ints (in the range
+        of the key type) or strs, as the model declares, and whose values are single values,
+        each checked like a tensor input of the value type.
 
         Returns:
-            One value per graph input: an array of the declared dtype, a list of them, or ``None``.
+            One value per graph input: an array of the declared dtype, a list of them, a dict, or
+            ``None``.
 
         Raises:
             InputError: naming the input and what is wrong: count, rank, a fixed or shared
                 dimension, a dtype that cannot be converted, a value out of range, nested lists
-                that are not rectangular, or a sequence input that is not a list.
+                that are not rectangular, a sequence input that is not a list, a map input that is
+                not a dict, or a map key of the wrong type or out of range.
         """
         return check_input_arrays(self.inputs, inputs)
 
@@ -590,18 +614,20 @@ def _contiguous(value: Any) -> Any:
 
 
 def _shapes(values: Sequence[Any]) -> list[Any]:
-    return [[_shapes([e])[0] for e in v] if isinstance(v, list) else getattr(v, "shape", None) for v in values]
+    return [[_shapes([e])[0] for e in v] if isinstance(v, list) else f"map of {len(v)}" if isinstance(v, dict)
+            else getattr(v, "shape", None) for v in values]
 
 
 def tensor_spec(vi: onnx.ValueInfoProto, role: str) -> TensorSpec:
     """The ``TensorSpec`` of a graph input or output (``role`` names which, for messages).
 
     Raises:
-        ModelLoadError: the value is not a tensor, a sequence of tensors or an optional, or its
+        ModelLoadError: the value is not a tensor, a sequence, an optional or a map of tensors, or its
             element type is undefined or unknown.
     """
-    containers, dtype, shape = value_info_type(vi, f"{role} {vi.name!r}")
-    return TensorSpec(vi.name, dtype, shape, containers)
+    what = f"{role} {vi.name!r}"
+    containers, dtype, shape = value_info_type(vi, what)
+    return TensorSpec(vi.name, dtype, shape, containers, value_info_map_key(vi, what))
 
 
 def check_input_arrays(specs: Sequence[TensorSpec], inputs: Sequence[Any]) -> list[Any]:
@@ -623,7 +649,8 @@ def check_input_arrays(specs: Sequence[TensorSpec], inputs: Sequence[Any]) -> li
 
 
 def _structured_input(spec: TensorSpec, value: Any, containers: tuple[str, ...]) -> Any:
-    """A sequence input as a list of checked arrays, an optional one as ``None`` or its checked value."""
+    """A sequence input as a list of checked values, an optional one as ``None`` or its checked value,
+    a map as a dict of checked keys and values."""
     if not containers:
         element = dataclasses.replace(spec, containers=())
         arr = _input_array(element, value)
@@ -631,11 +658,50 @@ def _structured_input(spec: TensorSpec, value: Any, containers: tuple[str, ...])
         return arr
     if containers[0] == "optional":
         return None if value is None else _structured_input(spec, value, containers[1:])
+    if containers[0] == "map":
+        return _map_input(spec, value)
     if not isinstance(value, (list, tuple)):
         got = "None" if value is None else type(value).__name__
-        raise InputError(f"input {spec.name!r} is a {spec.describe()}: pass a list of arrays, got {got}")
-    return [_structured_input(dataclasses.replace(spec, name=f"{spec.name}[{i}]"), item, containers[1:])
-            for i, item in enumerate(value)]
+        items = "dicts" if containers[1:] == ("map",) else "arrays"
+        raise InputError(f"input {spec.name!r} is a {spec.describe()}: pass a list of {items}, got {got}")
+    return [_structured_input(dataclasses.replace(spec, name=f"{spec.name}[{i}]", containers=containers[1:]), item,
+                              containers[1:]) for i, item in enumerate(value)]
+
+
+def _map_input(spec: TensorSpec, value: Any) -> dict[Any, Any]:
+    """A map input as a dict whose keys are Python ints or strs and whose values have the declared
+    dtype (a numpy scalar, a str for strings, an array when the values' shape is declared non-scalar)."""
+    if not isinstance(value, Mapping):
+        got = "None" if value is None else type(value).__name__
+        raise InputError(f"input {spec.name!r} is a {spec.describe()}: pass a dict, got {got}")
+    element = dataclasses.replace(spec, containers=())
+    checked: dict[Any, Any] = {}
+    for key, item in value.items():
+        checked_key = _map_key(spec, key)
+        at = dataclasses.replace(element, name=f'{spec.name}["{key}"]' if isinstance(key, str) else f"{spec.name}[{key}]")
+        arr = _input_array(at, item)
+        if spec.shape is None and arr.ndim:
+            raise InputError(f"input {at.name!r}: the values of a {spec.describe()} are single values, got shape "
+                             f"{arr.shape}")
+        _check_shape(at, arr, None)
+        checked[checked_key] = arr[()] if arr.ndim == 0 else arr
+    return checked
+
+
+def _map_key(spec: TensorSpec, key: Any) -> Any:
+    """A map input's key as a Python str (string keys) or int (integer keys, within the key dtype's range)."""
+    key_dtype = spec.key_dtype
+    where = f"input {spec.name!r} ({spec.describe()})"
+    if key_dtype is None or key_dtype.kind == "O":
+        if not isinstance(key, str):
+            raise InputError(f"{where} has string keys, got the key {key!r} ({type(key).__name__})")
+        return str(key)
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
+        raise InputError(f"{where} has {key_dtype} keys, got the key {key!r} ({type(key).__name__})")
+    info = np.iinfo(key_dtype)
+    if not info.min <= int(key) <= info.max:
+        raise InputError(f"{where} got the key {key}, outside the {key_dtype} range [{info.min}, {info.max}]")
+    return int(key)
 
 
 def _check_shape(spec: TensorSpec, arr: NDArray[Any], sizes: dict[str, tuple[str, int, int]] | None) -> None:

@@ -486,11 +486,13 @@ def value_info_dtype(vi: onnx.ValueInfoProto, what: str) -> np.dtype[Any]:
 def value_info_type(vi: onnx.ValueInfoProto, what: str) -> tuple[tuple[str, ...], np.dtype[Any],
                                                                   tuple[int | str | None, ...] | None]:
     """What a graph input or output holds: its containers, outermost first (``"sequence"``,
-    ``"optional"``; none for a plain tensor), and the element tensors' dtype and declared shape.
+    ``"optional"``, ``"map"``; none for a plain tensor), and the element tensors' dtype and declared
+    shape (a map's values'; ``value_info_map_key`` gives its keys' dtype).
 
     Raises:
-        ModelLoadError: naming ``what``, for a map, a sparse tensor, an untyped value, or an
-            undefined or unknown element type.
+        ModelLoadError: naming ``what``, for a sparse tensor, an untyped value, a map whose keys are
+            not integers or strings or whose values are not tensors, or an undefined or unknown
+            element type.
     """
     containers: list[str] = []
     type_proto = vi.type
@@ -502,14 +504,48 @@ def value_info_type(vi: onnx.ValueInfoProto, what: str) -> tuple[tuple[str, ...]
         elif kind == "optional_type":
             containers.append("optional")
             type_proto = type_proto.optional_type.elem_type
+        elif kind == "map_type":
+            _map_key_dtype(type_proto.map_type, what)
+            containers.append("map")
+            type_proto = type_proto.map_type.value_type
+            if type_proto.WhichOneof("value") != "tensor_type":
+                raise ModelLoadError(f"{what} is a map whose values are not tensors; cml runs maps from integer or "
+                                     "string keys to tensor values")
         elif kind == "tensor_type":
             tensor = type_proto.tensor_type
             return tuple(containers), tensor_dtype(tensor.elem_type, what), _tensor_shape(tensor)
         else:
-            described = {"map_type": "a map", "sparse_tensor_type": "a sparse tensor", None: "untyped"}.get(kind, kind)
+            described = {"sparse_tensor_type": "a sparse tensor", None: "untyped"}.get(kind, kind)
             inside = f" (inside {' of '.join(containers)})" if containers else ""
             raise ModelLoadError(f"{what} is {described}{inside}; cml runs models whose inputs and outputs are "
-                                 "tensors, sequences of tensors or optional values")
+                                 "tensors, sequences, optional values or maps")
+
+
+def value_info_map_key(vi: onnx.ValueInfoProto, what: str) -> np.dtype[Any] | None:
+    """dtype of the keys of the map a graph input or output is or holds (inside sequences or
+    optionals); ``None`` when it holds no map.
+
+    Raises:
+        ModelLoadError: naming ``what``, for keys that are neither integers nor strings.
+    """
+    type_proto = vi.type
+    while True:
+        kind = type_proto.WhichOneof("value")
+        if kind == "sequence_type":
+            type_proto = type_proto.sequence_type.elem_type
+        elif kind == "optional_type":
+            type_proto = type_proto.optional_type.elem_type
+        elif kind == "map_type":
+            return _map_key_dtype(type_proto.map_type, what)
+        else:
+            return None
+
+
+def _map_key_dtype(map_type: onnx.TypeProto.Map, what: str) -> np.dtype[Any]:
+    key = tensor_dtype(map_type.key_type, f"the keys of {what}")
+    if key.kind not in "iuO":
+        raise ModelLoadError(f"{what} is a map with {key} keys; ONNX map keys are integers or strings")
+    return key
 
 
 def value_info_shape(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:

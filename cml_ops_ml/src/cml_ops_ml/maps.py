@@ -53,7 +53,7 @@ def cast_map(x: dict[int, Any], /, *, cast_to: str = "TO_FLOAT", map_form: str =
         values = [v for _, v in items]
     if cast_to == "TO_STRING":
         out = np.empty((1, len(values)), dtype=object)
-        out[0, :] = [v if isinstance(v, str) else f"{float(v):g}" for v in values]
+        out[0, :] = [v if isinstance(v, str) else f"{float(v):f}" for v in values]
         return out
     numbers = np.asarray([float(v) for v in values], dtype=np.float32)
     if cast_to == "TO_INT64":
@@ -66,15 +66,23 @@ def dict_vectorizer(x: dict[Any, Any], /, *, int64_vocabulary: list[int] | None 
                     string_vocabulary: list[str] | None = None) -> NDArray[Any]:
     """The map's values at the vocabulary's positions (absent keys give 0), shape (1, vocabulary).
 
-    A sequence of maps gives one row per map."""
+    A sequence of maps gives one row per map. The output has the values' dtype: numpy scalars (as a
+    model's map input holds them) keep theirs; Python ints give int64, other numbers float32."""
     vocabulary: list[Any] = list(string_vocabulary) if string_vocabulary else [int(v) for v in int64_vocabulary or []]
     if not vocabulary:
         raise ValueError("DictVectorizer needs int64_vocabulary or string_vocabulary")
     maps = x if isinstance(x, list) else [x]
     values = [v for m in maps for v in dict(m).values()]
     strings = any(isinstance(v, str) for v in values)
-    dtype: Any = object if strings else (np.int64 if values and all(isinstance(v, (int, np.integer)) for v in values)
-                                         else np.float32)
+    dtype: Any
+    if strings:
+        dtype = object
+    elif values and all(isinstance(v, np.generic) for v in values):
+        dtype = np.result_type(*{v.dtype for v in values})
+    elif values and all(isinstance(v, (int, np.integer)) for v in values):
+        dtype = np.int64
+    else:
+        dtype = np.float32
     out = np.zeros((len(maps), len(vocabulary)), dtype=dtype)
     if strings:
         out[:] = ""

@@ -606,14 +606,15 @@ def input_quantizer(float_range: tuple[float, float], whole_numbers: bool, n_bit
 
 
 def refuse_structured_values(module: NumpyModule) -> None:
-    """Refuse a model whose computation on its inputs runs control flow or holds sequences or optionals.
+    """Refuse a model whose computation on its inputs runs control flow or holds sequences, optionals or maps.
 
     Nodes left after load-time folding all depend on the model's inputs (an If whose condition is
     constant was replaced by its branch's nodes, and control flow or sequences on constants alone
     were folded), so any such node here would have to run on encrypted values.
 
     Raises:
-        QuantizationError: naming the node (or the graph input or output) and what to export instead.
+        QuantizationError: naming the node (or the graph input or output) and what to export instead
+            (for a ZipMap, the skl2onnx option that leaves it out).
     """
     kinds = getattr(module, "value_kinds", {})
     for bound in module.nodes:
@@ -624,6 +625,12 @@ def refuse_structured_values(module: NumpyModule) -> None:
                 "values computed from the model's inputs, and the quantized program has no control flow. Export "
                 "the model without control flow: with a constant trip count (the exporter then unrolls the loop) "
                 "and conditions known at export (an If whose condition is a constant is replaced by its branch)")
+        if bound.impl.op_type == "ZipMap" and bound.impl.domain == "ai.onnx.ml":
+            raise QuantizationError(
+                f"{bound.where} cannot run on encrypted values: it turns the class scores into a list of dicts "
+                "(label -> probability), which the quantized program cannot hold. Export the classifier without "
+                "it: with skl2onnx, to_onnx(model, X, options={id(model): {\"zipmap\": False}}) gives the "
+                "probabilities as a (samples, classes) tensor (the class order is model.classes_)")
         held = [(n, kinds[n]) for n in (*bound.inputs, *bound.outputs) if n and n in kinds]
         if held:
             name, kind = held[0]
