@@ -72,7 +72,7 @@ def _inputs(kind, rng, batch):
     return {"input_features": rng.standard_normal((batch, 16, 32)).astype(np.float32)}
 
 
-def _export(name, dynamo, folder):
+def _export(name, dynamo, folder, opset=None):
     torch.manual_seed(0)
     model, kind = MODELS[name]()
     model.eval()
@@ -81,8 +81,8 @@ def _export(name, dynamo, folder):
     path = folder / f"{name}-{'dynamo' if dynamo else 'legacy'}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        options = {"dynamo": True, "opset_version": 18, "external_data": False} if dynamo else \
-            {"dynamo": False, "opset_version": 17}
+        options = {"dynamo": True, "opset_version": opset or 18, "external_data": False} if dynamo else \
+            {"dynamo": False, "opset_version": opset or 17}
         torch.onnx.export(model, args, str(path), input_names=list(example), output_names=["hidden"],
                           dynamic_axes={n: {0: "batch"} for n in [*example, "hidden"]}, **options)
     return model, kind, path
@@ -154,3 +154,17 @@ def test_an_infinite_attention_mask_is_refused_at_calibration_naming_the_node(tm
     calibration = _inputs(kind, np.random.default_rng(2), 4)
     with pytest.raises(QuantizationError, match=r"\(Where\) produces NaN or infinity"):
         module.quantize(tuple(calibration[n] for n in module.input_names), n_bits=8)
+
+
+def test_a_fused_attention_export_runs_and_quantizes_through_its_function_body(tmp_path):
+    """At opset 23 the dynamo exporter writes ViT's attention as one Attention node: it runs like onnxruntime
+    and quantizes as its ONNX function body (MatMul, Softmax, MatMul), converging like the opset-18 export."""
+    _, kind, path = _export("vit", True, tmp_path, opset=23)
+    module = load_model(path)
+    assert "Attention" in {b.node.op_type for b in module.nodes}
+    feeds = _inputs(kind, np.random.default_rng(1), 3)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+    np.testing.assert_allclose(_run(module, feeds), expected, rtol=1e-4, atol=1e-4)
+    errors = {n: _quantized_error(module, kind, n) for n in (8, 12)}
+    assert errors[8] < 0.1 and errors[12] < errors[8] / 8, errors

@@ -73,7 +73,7 @@ STATED = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinea
 # variances): their error is not bounded by the output step alone; tested for convergence below
 INTERNAL_REQUANTIZATION = {"ReduceLogSumExp", "Softmax", "LogSoftmax", "LpPool", "LRN", "InstanceNormalization",
                            "LayerNormalization", "RMSNormalization", "GroupNormalization", "LpNormalization",
-                           "MeanVarianceNormalization"}
+                           "MeanVarianceNormalization", "Attention"}
 # ops whose 12-bit error is not bounded by the output's scale; only convergence is checked:
 # - LpPool and LRN (a known limit, docs/quantization.md) quantize |x|**p and squares with one quantizer
 #   per tensor, so a window whose values are far smaller than the others' is resolved coarsely;

@@ -3,7 +3,7 @@ Swish and SwiGLU, LinearAttention, CausalConvWithState and ai.onnx.preview FlexA
 
 import numpy as np
 from cml_core.errors import QuantizationError
-from cml_core.quantization import ConstantOnlyOp, ElementwiseOp, LinearOp, QValue, backend
+from cml_core.quantization import ConstantOnlyOp, ElementwiseOp, FunctionBodyOp, LinearOp, QValue, backend
 from cml_core.signature import Subgraph
 from onnx import helper
 
@@ -149,18 +149,7 @@ def _attention(q, k, v, attn_mask, past_key, past_value, nonpad_kv_seqlen, *, is
     return y, present_key, present_value, exposed
 
 
-class QuantizedAttention(ConstantOnlyOp):
-    """Attention on encrypted values is refused: export the model's attention as primitive ops."""
-
-    def encrypted_forward(self, ctx, inputs):
-        raise QuantizationError(
-            f"{self.where}: this op cannot run on encrypted values as one fused Attention node; export the "
-            "model with opset 22 or lower (torch.onnx.export(..., opset_version=22)), which writes attention as "
-            "MatMul, Softmax and MatMul nodes, whose quantized forms (encrypted products and the row softmax) "
-            "are supported")
-
-
-@OPS.op("Attention", since=23, quantized=QuantizedAttention)
+@OPS.op("Attention", since=23, quantized=FunctionBodyOp)
 def attention_23(q, k, v, /, attn_mask=None, past_key=None, past_value=None, *, is_causal=0, kv_num_heads=None,
                  q_num_heads=None, qk_matmul_output_mode=0, scale=None, softcap=0.0, softmax_precision=None):
     return _attention(q, k, v, attn_mask, past_key, past_value, None, is_causal=is_causal,
@@ -169,7 +158,7 @@ def attention_23(q, k, v, /, attn_mask=None, past_key=None, past_value=None, *, 
                       softmax_precision=softmax_precision)
 
 
-@OPS.op("Attention", since=24, quantized=QuantizedAttention)
+@OPS.op("Attention", since=24, quantized=FunctionBodyOp)
 def attention_24(q, k, v, /, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, *, is_causal=0,
                  kv_num_heads=None, q_num_heads=None, qk_matmul_output_mode=0, scale=None, softcap=0.0,
                  softmax_precision=None):
@@ -179,7 +168,7 @@ def attention_24(q, k, v, /, attn_mask=None, past_key=None, past_value=None, non
                       softmax_precision=softmax_precision)
 
 
-@OPS.op("Attention", since=25, quantized=QuantizedAttention)
+@OPS.op("Attention", since=25, quantized=FunctionBodyOp)
 def attention(q, k, v, /, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, *, is_causal=0,
               kv_num_heads=None, left_window_size=-1, q_num_heads=None, qk_matmul_output_mode=0,
               right_window_size=-1, scale=None, softcap=0.0, softmax_precision=None):

@@ -2,6 +2,7 @@
 
 from .base import ConstantOnlyOp, ElementwiseOp, LayoutOp, LinearOp, QuantizedOp, ShapeOp
 from .context import QuantContext
+from .function_body import FunctionBodyOp
 from .module import BitWidthReport, QuantizedModule, quantize_module
 from .quantizers import QuantizedArray, UniformQuantizer
 from .values import QValue
@@ -10,6 +11,7 @@ __all__ = [
     "BitWidthReport",
     "ConstantOnlyOp",
     "ElementwiseOp",
+    "FunctionBodyOp",
     "LayoutOp",
     "LinearOp",
     "QValue",
