@@ -148,7 +148,8 @@ def slice_1(data, /, *, axes=None, ends, starts):
 
 class QuantizedGather(LayoutOp):
     """Gather: encrypted data at constant indices moves integers (a layout); a constant table read at
-    encrypted indices is a table lookup on the indices' integers.
+    encrypted indices is a table lookup on the indices' integers; encrypted data at encrypted indices is
+    a sum of two-input lookups, one per position the indices can name (``_select_encrypted``).
 
     The encrypted indices stand for exact integers (a Cast to an integer type, integer arithmetic,
     an integer model input): their float mapping gives each index, and the table value at that
@@ -163,10 +164,7 @@ class QuantizedGather(LayoutOp):
         if indices.is_constant:
             return super().encrypted_forward(ctx, inputs)
         if not data.is_constant:
-            from cml_core.errors import QuantizationError
-
-            raise QuantizationError(f"{self.where}: both the data and the indices are encrypted; a Gather reads "
-                                    "encrypted values at constant indices, or a constant table at encrypted indices")
+            return _select_encrypted(self, ctx, data, indices, self._candidate_parts)
         table = np.asarray(data.data)
         if table.dtype.kind == "f":
             table = table.astype(np.float64)
@@ -198,6 +196,142 @@ class QuantizedGather(LayoutOp):
         return QValue.lazy(source, to_float, indices.uniform and not before and not after)
 
 
+    def _candidate_parts(self, data, index_data, position):
+        """Gather of encrypted data at encrypted indices: the output's shape, the indices' integers spread over
+        it, and for a candidate position ``j`` along the axis the data there spread over it."""
+        axis = int(self.attributes.get("axis", 0))
+        axis = axis + len(data.shape) if axis < 0 else axis
+        before, after = tuple(data.shape[:axis]), tuple(data.shape[axis + 1:])
+        index_shape = tuple(index_data.shape)
+        shape = before + index_shape + after
+        spread_index = backend.broadcast(
+            index_data.reshape((1,) * len(before) + index_shape + (1,) * len(after)), shape)
+        keep = [slice(None)] * len(data.shape)
+        keep[axis] = slice(position, position + 1)
+        column = data.data[tuple(keep)].reshape(before + (1,) * len(index_shape) + after)
+        return spread_index, backend.broadcast(column, shape), int(data.shape[axis])
+
+
+def _index_candidates(op, ctx, indices, size):
+    """The positions along an axis of ``size`` that the encrypted ``indices`` can name, and a map from the
+    indices' integers to one of them.
+
+    Every integer of the indices' calibrated range stands for an index (negative ones count from the end,
+    the rest are clipped to the axis); those indices are the candidates. An integer outside that range
+    (one calibration never saw) reads the nearest candidate, so exactly one candidate is always selected.
+    """
+    if "index range" not in op.state:
+        if not ctx.calibrating:
+            from cml_core.errors import QuantizationError
+
+            raise QuantizationError(f"{op.where}: the range of the encrypted indices was not calibrated")
+        raw = np.asarray(indices.data)
+        low, high = ctx.calibrated_range(f"{op.where}:index range@{id(op):x}", float(raw.min()), float(raw.max()))
+        op.state["index range"] = (int(low), int(high))
+    low, high = op.state["index range"]
+    index_of = indices.to_float
+
+    def index_at(q):
+        index = np.asarray(index_of(np.asarray(q, dtype=np.int64)))
+        if index.dtype.kind == "f":
+            index = np.rint(index)
+        index = index.astype(np.int64)
+        return np.clip(np.where(index < 0, index + size, index), 0, size - 1)
+
+    candidates = np.unique(index_at(np.arange(low, high + 1)))
+
+    def selected(q):
+        index = index_at(q)
+        nearest = np.abs(index[..., None] - candidates).argmin(axis=-1)
+        return candidates[nearest]
+
+    return [int(c) for c in candidates], selected
+
+
+def _select_encrypted(op, ctx, data, indices, spread):
+    """Encrypted ``data`` read at encrypted integer ``indices``: the sum over the candidate positions ``j``
+    of a two-input lookup giving the data's integer where the index is ``j`` and 0 elsewhere.
+
+    Exactly one candidate matches each element, so the sum is the selected integer itself and keeps the
+    data's float mapping. The indices must stand for integers (a whole-number tensor quantizes with scale
+    1); their float mapping is read inside the lookups, so indices computed by a chain of element-wise ops
+    cost no lookup of their own. ``spread(data, index_integers, j)`` gives the output's shape, the index
+    integers and the data at position ``j``, both spread over the output.
+    """
+    if not data.uniform:  # a per-position float mapping cannot follow moved elements
+        data = ctx.requantize(data)
+    if not indices.uniform:
+        indices = ctx.requantize(indices)
+    *_, size = spread(data, indices.data, 0)
+    candidates, selected = _index_candidates(op, ctx, indices, size)
+    out_name = op.bound.node.output[0]
+    total = None
+    for j in candidates:
+        index_part, data_part, _ = spread(data, indices.data, j)
+        if len(candidates) == 1:
+            return data.with_data(data_part, name="")
+
+        def pick(q_index, q_data, j=j):
+            return np.where(selected(q_index) == j, np.asarray(q_data, dtype=np.int64), 0)
+
+        part = backend.multi_lookup(pick, index_part, data_part)
+        ctx.record_multi_lookup(f"{out_name}[candidate {j}]", [index_part, data_part])
+        total = part if total is None else total + part
+    return data.with_data(total, name="")
+
+
+class QuantizedGatherElements(LayoutOp):
+    """GatherElements: encrypted data at constant indices moves integers (a layout); encrypted data at
+    encrypted indices is a sum of two-input lookups, one per position the indices can name
+    (``_select_encrypted``); a constant table at encrypted indices reads the table inside the indices'
+    float mapping (a lookup where a later op needs integers), as Gather does."""
+
+    def encrypted_forward(self, ctx, inputs):
+        data, indices = inputs[0], inputs[1]
+        if indices.is_constant:
+            return super().encrypted_forward(ctx, inputs)
+        if data.is_constant:
+            return self._constant_table(indices, np.asarray(data.data))
+        return _select_encrypted(self, ctx, data, indices, self._candidate_parts)
+
+    def _axis(self, ndim):
+        axis = int(self.attributes.get("axis", 0))
+        return axis + ndim if axis < 0 else axis
+
+    def _candidate_parts(self, data, index_data, position):
+        """The indices' integers, and the data at ``position`` along the axis spread over the indices'
+        shape (the data cut to it along the other axes)."""
+        axis = self._axis(len(data.shape))
+        shape = tuple(index_data.shape)
+        cut = [slice(0, n) for n in shape]
+        cut[axis] = slice(position, position + 1)
+        column = data.data[tuple(cut)]
+        return index_data, backend.broadcast(column, shape), int(data.shape[axis])
+
+    def _constant_table(self, indices, table):
+        if table.dtype.kind == "f":
+            table = table.astype(np.float64)
+        axis = self._axis(table.ndim)
+        size = table.shape[axis]
+        index_of = indices.to_float
+        shape = tuple(indices.shape)
+
+        def to_float(q):
+            """The table at the indices the integers stand for, position by position."""
+            q = np.asarray(q)
+            if q.shape != shape:  # a one-element probe of the value type
+                q = np.broadcast_to(q.reshape(-1)[:1].reshape((1,) * len(shape)), shape)
+            index = np.asarray(index_of(q))
+            if index.dtype.kind == "f":
+                index = np.rint(index)
+            index = index.astype(np.int64)
+            index = np.clip(np.where(index < 0, index + size, index), 0, size - 1)
+            cut = [slice(0, n) for n in shape]
+            cut[axis] = slice(None)
+            return np.take_along_axis(table[tuple(cut)], index, axis=axis)
+
+        return QValue.lazy(indices.data, to_float, False)
+
 @OPS.op("Gather", since=(1, 11, 13), quantized=QuantizedGather)
 def gather(data, indices, /, *, axis=0):
     axis = axis + data.ndim if axis < 0 else axis
@@ -210,7 +344,7 @@ def gather(data, indices, /, *, axis=0):
     return np.take(data, indices, axis=axis)
 
 
-@OPS.op("GatherElements", since=(11, 13), quantized=LayoutOp)
+@OPS.op("GatherElements", since=(11, 13), quantized=QuantizedGatherElements)
 def gather_elements(data, indices, /, *, axis=0):
     axis = axis + data.ndim if axis < 0 else axis
     indices = np.asarray(indices)
