@@ -1,7 +1,8 @@
 """Ops that select, move or copy elements: transposes, slices, gathers, concatenation, padding."""
 
 import numpy as np
-from cml_core.quantization import ConstantOnlyOp, LayoutOp, QuantizedOp, QValue, ShapeOp, backend
+from cml_core.quantization import ConstantOnlyOp, LayoutOp, QuantizedOp, QValue, ShapeOp, UniformQuantizer, backend
+from cml_core.quantization.context import bits_for_range
 
 from ._opset import OPS
 
@@ -195,7 +196,6 @@ class QuantizedGather(LayoutOp):
             source = backend.broadcast(source, shape)
         return QValue.lazy(source, to_float, indices.uniform and not before and not after)
 
-
     def _candidate_parts(self, data, index_data, position):
         """Gather of encrypted data at encrypted indices: the output's shape, the indices' integers spread over
         it, and for a candidate position ``j`` along the axis the data there spread over it."""
@@ -245,7 +245,24 @@ def _index_candidates(op, ctx, indices, size):
         nearest = np.abs(index[..., None] - candidates).argmin(axis=-1)
         return candidates[nearest]
 
-    return [int(c) for c in candidates], selected
+    return [int(c) for c in candidates], selected, bits_for_range(low, high)
+
+
+def _candidate_slots(ctx, indices, candidates, selected, key):
+    """The indices as the rank of their candidate (0, 1, ...), by one lookup: fewer bits for the two-input
+    lookups that follow when the indices' integers span more values than there are candidates."""
+    ranks = np.asarray(candidates)
+
+    def rank_of(q):
+        return np.searchsorted(ranks, selected(q)).astype(np.float64)
+
+    slots = UniformQuantizer(bits_for_range(0, len(candidates) - 1), 1.0, 0)
+    data = ctx.requantize_to(QValue.lazy(indices.data, rank_of, True, indices.name), slots, key)
+
+    def candidate_of(q):
+        return ranks[np.clip(np.asarray(q, dtype=np.int64), 0, len(ranks) - 1)]
+
+    return data, candidate_of
 
 
 def _select_encrypted(op, ctx, data, indices, spread):
@@ -255,19 +272,23 @@ def _select_encrypted(op, ctx, data, indices, spread):
     Exactly one candidate matches each element, so the sum is the selected integer itself and keeps the
     data's float mapping. The indices must stand for integers (a whole-number tensor quantizes with scale
     1); their float mapping is read inside the lookups, so indices computed by a chain of element-wise ops
-    cost no lookup of their own. ``spread(data, index_integers, j)`` gives the output's shape, the index
-    integers and the data at position ``j``, both spread over the output.
+    cost no lookup of their own, unless their integers span more bits than the candidates need: then one
+    lookup first gives each index the rank of its candidate. ``spread(data, index_integers, j)`` gives the
+    index integers and the data at position ``j``, both spread over the output, and the axis' size.
     """
     if not data.uniform:  # a per-position float mapping cannot follow moved elements
         data = ctx.requantize(data)
     if not indices.uniform:
         indices = ctx.requantize(indices)
     *_, size = spread(data, indices.data, 0)
-    candidates, selected = _index_candidates(op, ctx, indices, size)
+    candidates, selected, index_bits = _index_candidates(op, ctx, indices, size)
     out_name = op.bound.node.output[0]
+    index_data = indices.data
+    if len(candidates) > 1 and index_bits > bits_for_range(0, len(candidates) - 1):
+        index_data, selected = _candidate_slots(ctx, indices, candidates, selected, f"{out_name}[candidate rank]")
     total = None
     for j in candidates:
-        index_part, data_part, _ = spread(data, indices.data, j)
+        index_part, data_part, _ = spread(data, index_data, j)
         if len(candidates) == 1:
             return data.with_data(data_part, name="")
 
@@ -331,6 +352,7 @@ class QuantizedGatherElements(LayoutOp):
             return np.take_along_axis(table[tuple(cut)], index, axis=axis)
 
         return QValue.lazy(indices.data, to_float, False)
+
 
 @OPS.op("Gather", since=(1, 11, 13), quantized=QuantizedGather)
 def gather(data, indices, /, *, axis=0):
