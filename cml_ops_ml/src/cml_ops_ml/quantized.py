@@ -4,7 +4,7 @@
   of the requantized features with the quantized coefficients, intercepts folded in as integers.
 - ``QuantizedTreeEnsemble``: every distinct (feature, comparison, threshold) of the forest is one lookup
   on the quantized feature (the threshold compared on the feature's own integer grid, so a comparison is
-  exact for the quantized feature); a clear 0/±1 matrix product counts, per leaf, the conditions of its
+  exact for the quantized feature; an input quantized per feature is compared on each column's own grid); a clear 0/±1 matrix product counts, per leaf, the conditions of its
   path that hold; an equality lookup per leaf marks the leaf reached; the leaves' quantized weights are
   summed as integers (one clear matrix product).
 
@@ -126,10 +126,17 @@ class _LinearModel(LinearOp):
             raise QuantizationError(f"{self.where}: the quantized model takes a (samples, features) input, "
                                     f"got shape {x.shape}")
         weights = np.asarray(coefficients, dtype=np.float64).reshape(n_outputs, -1)
-        w_int, w_scale = self.weights(ctx, "coefficients", weights)
-        q = ctx.requantize(x)
-        acc = self.centered(q) @ np.transpose(w_int)
-        scale = float(q.scale) * float(w_scale)
+        if x.is_per_feature and x.feature_scales is not None and x.feature_scales.size == weights.shape[1]:
+            # (q - z) @ (W * s).T: each feature's scale folded into its coefficients, no lookup
+            ctx.read_per_feature(x)
+            w_int, w_scale = self.weights(ctx, "coefficients per feature", weights * x.feature_scales[None, :])
+            acc = (x.data - x.feature_zero_points) @ np.transpose(w_int)
+            scale = float(w_scale)
+        else:
+            w_int, w_scale = self.weights(ctx, "coefficients", weights)
+            q = ctx.requantize(x)
+            acc = self.centered(q) @ np.transpose(w_int)
+            scale = float(q.scale) * float(w_scale)
         float_bias = None
         if intercepts:
             bias = self.integer_bias("intercepts", np.asarray(intercepts, dtype=np.float64), scale)
@@ -217,19 +224,29 @@ class QuantizedTreeEnsemble(LinearOp):
         model = self._model(x)
         forest = model.forest
         splits, path, depth = self._structure(forest)
-        q = ctx.requantize(x)
         if len(forest.feature) and forest.feature.max() >= x.shape[1]:
             raise QuantizationError(f"{self.where}: a node reads feature {forest.feature.max()}, the input has "
                                     f"{x.shape[1]}")
-        q_float = q.to_float
-        assert q_float is not None
         features = forest.feature[splits]
         selection = np.zeros((x.shape[1], len(splits)), dtype=np.int64)
         selection[features, np.arange(len(splits))] = 1
+        split_float: Callable[[NDArray[Any]], NDArray[Any]]
+        if x.is_per_feature:
+            # each comparison on its feature's own grid: the codes of column j are feature features[j]'s
+            q = ctx.read_per_feature(x)
+            assert x.feature_scales is not None and x.feature_zero_points is not None
+            split_scales, split_zero_points = x.feature_scales[features], x.feature_zero_points[features]
+
+            def split_float(codes: NDArray[Any]) -> NDArray[Any]:
+                return split_scales * (np.asarray(codes, dtype=np.float64) - split_zero_points)
+        else:
+            q = ctx.requantize(x)
+            assert q.to_float is not None
+            split_float = q.to_float
         columns = q.data @ selection
 
         def decisions(codes: NDArray[Any]) -> NDArray[Any]:
-            values = np.asarray(q_float(codes), dtype=np.float64)
+            values = np.asarray(split_float(codes), dtype=np.float64)
             return compare(values, forest, splits).astype(np.int64)
 
         comparisons = ctx.lookup(QValue.lazy(columns, lambda c: c, False, name=f"{self.bound.name}:features"),

@@ -2,7 +2,9 @@
 
 Inputs arrive as ``QValue``s; encrypted ones are requantized to small integers, constant weights
 are quantized symmetrically, and the result is an integer accumulator whose float value is
-``scale * acc``. Biases are folded into the accumulator as integers.
+``scale * acc``. Biases are folded into the accumulator as integers. A model input quantized per
+feature that a constant weight reduces over its feature axis is read as it is: its per-feature
+scales are folded into the weight, its zero points subtracted as clear constants.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ def _pad(inputs: Sequence[QValue | None], n: int) -> list[QValue | None]:
 class _MatrixProduct(LinearOp):
     """Shared by Gemm and MatMul: an integer product where one or both factors are encrypted."""
 
-    def product(self, ctx: QuantContext, a: QValue, b: QValue, trans_a: bool, trans_b: bool) -> tuple[Any, Any]:
+    def product(self, ctx: QuantContext, a: QValue, b: QValue, trans_a: bool, trans_b: bool,
+                per_column: bool = True) -> tuple[Any, Any]:
         """(integer product, its scale): one number, or per output row/column when a constant factor
-        has per-channel scales along the axis the product keeps (rows of A, columns of B)."""
+        has per-channel scales along the axis the product keeps (rows of A, columns of B), or when a
+        per-feature ``a`` has its scales folded into ``b`` and ``per_column`` allows it."""
+        if self._folds_features(a, b, trans_a, trans_b):
+            return self._per_feature_product(ctx, a, b, trans_b, per_column)
         factors = []
         scale: Any = 1.0
         for key, value, trans in (("A", a, trans_a), ("B", b, trans_b)):
@@ -43,6 +49,33 @@ class _MatrixProduct(LinearOp):
             scale = scale * (float(s) if np.size(s) == 1 else np.asarray(s))
         return np.matmul(factors[0], factors[1]), scale
 
+    @staticmethod
+    def _folds_features(a: QValue, b: QValue, trans_a: bool, trans_b: bool) -> bool:
+        """Whether ``a`` is a per-feature input whose feature axis the constant ``b`` reduces."""
+        if not a.is_per_feature or trans_a or not b.is_constant or np.ndim(b.data) < 2 or len(a.shape) < 2:
+            return False
+        assert a.feature_scales is not None
+        reduced = np.shape(b.data)[-1 if trans_b else -2]
+        return bool(reduced == a.shape[-1] == a.feature_scales.size)
+
+    def _per_feature_product(self, ctx: QuantContext, a: QValue, b: QValue, trans_b: bool,
+                             per_column: bool) -> tuple[Any, Any]:
+        """``a @ b`` for a per-feature ``a``: ``(q - z) @ (diag(s) @ B)``, so every feature keeps its own
+        resolution (no lookup puts ``a`` on one grid). The folded weight is quantized per output column
+        when ``per_column`` (the product's scale is then per column), else with one scale."""
+        ctx.read_per_feature(a)
+        assert a.feature_scales is not None and a.feature_zero_points is not None
+        weight = np.asarray(b.data, dtype=np.float64)
+        if trans_b:
+            weight = np.swapaxes(weight, -1, -2)
+        folded = weight * a.feature_scales[:, None]
+        if per_column:
+            data, scale = self.weights_per_column(ctx, "B per feature", folded)
+        else:
+            data, scale = self.weights(ctx, "B per feature, one scale", folded)
+        centered = a.data - a.feature_zero_points if np.any(a.feature_zero_points) else a.data
+        return np.matmul(centered, data), np.array(scale)  # a copy: callers scale it in place (alpha)
+
 
 class QuantizedGemm(_MatrixProduct):
     """Gemm: ``alpha * A' @ B' + beta * C`` in integers, C folded into the accumulator."""
@@ -56,8 +89,9 @@ class QuantizedGemm(_MatrixProduct):
         beta = float(self.attributes.get("beta", 1.0))
         if alpha == 0:
             return self._without_product(a, b, c, beta)
+        encrypted_c = c is not None and beta != 0 and not c.is_constant
         acc, scale = self.product(ctx, a, b, bool(self.attributes.get("transA", 0)),
-                                  bool(self.attributes.get("transB", 0)))
+                                  bool(self.attributes.get("transB", 0)), per_column=not encrypted_c)
         scale *= alpha
         float_bias = None
         if c is not None and beta != 0:

@@ -274,15 +274,30 @@ def _output_map(value: Any, spec: IntegerSpec, name: str) -> OutputMap:
 
 
 def _quantizer_json(q: Any) -> dict[str, Any]:
+    """A quantizer as JSON: one scale and zero point, or (``per_feature``) one of each per feature."""
+    from ..quantization.quantizers import PerFeatureQuantizer
+
+    if isinstance(q, PerFeatureQuantizer):
+        return {"n_bits": q.n_bits, "per_feature": True, "scales": [float(v).hex() for v in q.scales],
+                "zero_points": list(q.zero_points)}
     return {"n_bits": q.n_bits, "scale": q.scale, "zero_point": q.zero_point, "is_signed": q.is_signed,
             "is_symmetric": q.is_symmetric}
 
 
 def _quantizer(data: dict[str, Any]) -> Any:
-    from ..quantization.quantizers import UniformQuantizer
+    from ..quantization.quantizers import PerFeatureQuantizer, UniformQuantizer
 
+    if data.get("per_feature"):
+        return PerFeatureQuantizer(int(data["n_bits"]), tuple(float.fromhex(v) for v in data["scales"]),
+                                   tuple(int(v) for v in data["zero_points"]))
     return UniformQuantizer(int(data["n_bits"]), float(data["scale"]), int(data["zero_point"]),
                             bool(data["is_signed"]), bool(data["is_symmetric"]))
+
+
+def _zero_codes(quantizer: Any, spec: IntegerSpec) -> NDArray[np.int64]:
+    """One sample of a model input's zero points (per feature along its last axis), within its integers."""
+    zero_point = getattr(quantizer, "zero_point_array", getattr(quantizer, "zero_point", 0))
+    return np.broadcast_to(np.asarray(zero_point, np.int64), (1, *spec.sample_shape)).clip(spec.low, spec.high)
 
 
 def _dtype_name(dtype: np.dtype[Any]) -> str:
@@ -514,8 +529,7 @@ def load_quantized(path: str | os.PathLike[str]) -> QuantizedModule:
     qmodule.accumulators.update({k: AccumulatorRecord(**a) for k, a in saved["accumulators"].items()})
     inputs = [IntegerSpec.from_json(i) for i in saved["program"]["inputs"]]
     outputs = [IntegerSpec.from_json(o) for o in saved["program"]["outputs"]]
-    zero = [np.full((1, *spec.sample_shape), qz.zero_point, np.int64).clip(spec.low, spec.high)
-            for spec, qz in zip(inputs, qmodule.input_quantizers)]
+    zero = [_zero_codes(qz, spec) for spec, qz in zip(inputs, qmodule.input_quantizers)]
     qmodule.restore_outputs(zero)
     client = _read_zip(client_zip, CLIENT_ZIP)
     qmodule.attach_program(LoadedProgram(server_zip, client["client.specs.json"], inputs, outputs))

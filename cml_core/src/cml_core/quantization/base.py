@@ -304,6 +304,20 @@ class LinearOp(QuantizedOp):
                 self.state[key] = (q.quant(value), q.scale)
         return self.state[key]  # type: ignore[no-any-return]
 
+    def weights_per_column(self, ctx: QuantContext, key: str, value: NDArray[Any]) -> tuple[NDArray[Any], Any]:
+        """(integers, scales) of a constant weight tensor quantized per column (its last axis, which the
+        product keeps): signed, symmetric, ``op_weights`` bits, one scale per column (shaped to broadcast
+        against the weight and the product). For weights computed at quantization time whose columns
+        differ in magnitude, such as a weight with per-feature input scales folded in."""
+        if key not in self.state:
+            arr = np.asarray(value, dtype=np.float64)
+            bounds = np.max(np.abs(arr), axis=tuple(range(arr.ndim - 1)), keepdims=True)
+            levels = 2 ** (ctx.config.op_weights - 1) - 1 or 1
+            scales = np.where(bounds > 0, bounds / levels, 1.0)
+            integers = np.clip(np.rint(arr / scales), -levels, levels).astype(np.int64)
+            self.state[key] = (integers, scales)
+        return self.state[key]  # type: ignore[no-any-return]
+
     #: largest bias, in accumulator units, folded into the integers (beyond it, float precision is lost)
     MAX_BIAS_UNITS = 2.0**40
 

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from ..errors import QuantizationError
 from . import backend
-from .quantizers import UniformQuantizer
+from .quantizers import InputQuantizer, UniformQuantizer
 from .values import QValue
 
 MAX_LOOKUP_BITS = 16
@@ -249,10 +249,10 @@ def _widen(span: list[int], low: int, high: int) -> None:
     span[0], span[1] = min(span[0], low), max(span[1], high)
 
 
-def _maps_onto_itself(value: QValue, given: UniformQuantizer, wanted: UniformQuantizer) -> bool:
+def _maps_onto_itself(value: QValue, given: InputQuantizer, wanted: UniformQuantizer) -> bool:
     """Whether requantizing ``value`` (whose integers are a model input's, quantized by ``given``)
     to ``wanted`` leaves every integer as it is: same grid, and a mapping that keeps each code."""
-    if not value.uniform or (given.scale, given.zero_point, given.q_min, given.q_max) != (
+    if not value.uniform or not isinstance(given, UniformQuantizer) or (given.scale, given.zero_point, given.q_min, given.q_max) != (
             wanted.scale, wanted.zero_point, wanted.q_min, wanted.q_max):
         return False
     codes = np.arange(given.q_min, given.q_max + 1, dtype=np.int64)
@@ -282,11 +282,13 @@ class QuantContext:
     #: folded constants the graph states as integers: tensor -> (integers, scale), see ``LinearOp.weights``
     stated_constants: dict[str, tuple[NDArray[Any], float]] = field(default_factory=dict)
     #: the model inputs of this pass: id of their integer data -> (input name, its quantizer)
-    inputs: dict[int, tuple[str, UniformQuantizer]] = field(default_factory=dict)
+    inputs: dict[int, tuple[str, InputQuantizer]] = field(default_factory=dict)
     #: tensors whose calibration values are all whole numbers (see ``quantizer_for``)
     whole_numbers: frozenset[str] = frozenset()
     #: per model input, the quantizers of what requantized its integers (None: used as they are)
     input_reads: dict[str, set[UniformQuantizer | None]] = field(default_factory=dict)
+    #: per model input quantized per feature, the nodes that requantized its codes to one grid (a lookup)
+    input_regrids: dict[str, set[str]] = field(default_factory=dict)
     _materialized: dict[str, QValue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -346,6 +348,8 @@ class QuantContext:
             if source is not None:
                 self.input_reads.setdefault(source[0], set()).add(None)
             return value
+        if source is not None and value.is_per_feature:
+            self.input_regrids.setdefault(source[0], set()).add(self.node_name)
         key = value.name
         if key in self._materialized:
             return self._materialized[key]
@@ -367,6 +371,15 @@ class QuantContext:
         out = QValue.affine(data, quantizer.scale, quantizer.zero_point, value.name)
         self._materialized[key] = out
         return out
+
+    def read_per_feature(self, value: QValue) -> QValue:
+        """``value``, a per-feature input, read as it is by an op that folds its scales and zero points
+        (into weights, or into thresholds on each feature's grid): no lookup."""
+        assert value.is_per_feature
+        source = self.inputs.get(id(value.data))
+        if source is not None:
+            self.input_reads.setdefault(source[0], set()).add(None)
+        return value
 
     def requantize_to(self, value: QValue, quantizer: UniformQuantizer, key: str) -> Any:
         """Integers of ``value`` under ``quantizer`` (one lookup, recorded under ``key``)."""

@@ -33,13 +33,21 @@ from .context import (
     QuantConfig,
     QuantContext,
 )
-from .quantizers import UniformQuantizer, check_n_bits
+from .quantizers import InputQuantizer, PerFeatureQuantizer, UniformQuantizer, check_n_bits
 from .values import QValue
 
 if TYPE_CHECKING:
     from ..numpy_module import NumpyModule
 
 N_BITS_KEYS = ("model_inputs", "op_inputs", "op_weights", "model_outputs")
+
+#: ``per_feature_inputs="auto"`` quantizes a (samples, features) input per feature when its whole range
+#: is more than this many times its narrowest varying column's range: one quantizer for the tensor would
+#: give that column under 1% of the codes (two or three at 8 bits). Not for less: a column's own range is
+#: narrower than the tensor's, so values beyond what calibration saw in it are clipped sooner
+PER_FEATURE_RANGE_RATIO = 100.0
+#: ... and when calibration has at least this many samples (column ranges of fewer say too little)
+PER_FEATURE_MIN_SAMPLES = 32
 
 
 def is_exact_rounding(method: str, where: str = "") -> bool:
@@ -119,7 +127,7 @@ def _check_input_dtypes(specs: Sequence[TensorSpec], items: Sequence[Any], what:
             )
 
 
-def quantize_inputs(specs: Sequence[TensorSpec], quantizers: Sequence[UniformQuantizer],
+def quantize_inputs(specs: Sequence[TensorSpec], quantizers: Sequence[InputQuantizer],
                     float_ranges: dict[str, tuple[float, float]], x: Sequence[Any],
                     clipped_by_model: Collection[str] = ()) -> list[NDArray[np.int64]]:
     """Integers for the float inputs ``x`` (one array per input ``specs``), as ``quantize_input`` makes them.
@@ -130,7 +138,8 @@ def quantize_inputs(specs: Sequence[TensorSpec], quantizers: Sequence[UniformQua
 
     Raises:
         InputError: inputs that do not match ``specs`` (count, shape, dtype), or that hold NaN or
-            infinity (naming the input and how many values).
+            infinity (naming the input and how many values), or an input quantized per feature
+            given another number of features (its last axis).
     """
     _check_input_dtypes(specs, x, "quantize_input")
     arrays = check_input_arrays(specs, x)
@@ -143,9 +152,17 @@ def quantize_inputs(specs: Sequence[TensorSpec], quantizers: Sequence[UniformQua
                     f"input {spec.name!r} holds {bad} NaN or infinite value(s) (of {arr.size}); the quantized "
                     "model has no integer for them: replace them (or drop those samples) before the call"
                 )
+        per_feature = isinstance(qz, PerFeatureQuantizer)
+        if isinstance(qz, PerFeatureQuantizer) and (arr.ndim < 2 or arr.shape[-1] != qz.n_features):
+            raise InputError(f"input {spec.name!r} is quantized per feature (its last axis) for {qz.n_features} "
+                             f"features; got shape {arr.shape}")
         integers, outside = qz.quant_counting(arr)
         q.append(integers)
         if outside and spec.name not in clipped_by_model:
+            if per_feature:
+                clipped.append(f"{outside} of {arr.size} values of input {spec.name!r} fall outside their feature's "
+                               "calibrated range (the input is quantized per feature)")
+                continue
             low, high = float_ranges.get(spec.name, (qz.dequant(qz.q_min), qz.dequant(qz.q_max)))
             clipped.append(f"{outside} of {arr.size} values of input {spec.name!r} fall outside its calibrated "
                            f"range [{low:.6g}, {high:.6g}]")
@@ -213,7 +230,7 @@ class QuantizedModule:
     """
 
     def __init__(self, module: NumpyModule, config: QuantConfig, float_ranges: dict[str, tuple[float, float]],
-                 input_quantizers: list[UniformQuantizer], ops: list[QuantizedOp],
+                 input_quantizers: list[InputQuantizer], ops: list[QuantizedOp],
                  producers: dict[str, tuple[str, str]]) -> None:
         self.numpy_module = module
         self.config = config
@@ -227,6 +244,8 @@ class QuantizedModule:
         self.stated_quantizers: dict[str, UniformQuantizer] = {}
         #: per model input, the quantizers of what read its integers in the last calibration (see ``snap_inputs``)
         self.input_reads: dict[str, set[UniformQuantizer | None]] = {}
+        #: per model input quantized per feature, the nodes that requantized its codes to one grid
+        self.input_regrids: dict[str, set[str]] = {}
         #: model inputs whose quantizer is the model's own first quantization (the model clips them itself)
         self.snapped_inputs: set[str] = set()
         #: folded constants whose integers the graph states (DequantizeLinear of integer weights)
@@ -415,6 +434,7 @@ class QuantizedModule:
             OutOfMemoryError: a chunk does not fit in memory (naming the node).
         """
         self.input_reads.clear()
+        self.input_regrids.clear()
         slices = calibration.chunks(self._calibration_samples, self.calibration_chunk_size)
         recorder = IntegerCalibration(len(slices))
         outputs: list[QValue] = []
@@ -468,10 +488,11 @@ class QuantizedModule:
         ctx = QuantContext(self.config, self.float_ranges, self.producers, self.sites, self.accumulators,
                            calibrating, calibration=calibration, stated=self.stated_quantizers,
                            stated_constants=self.stated_constants, input_reads=self.input_reads,
+                           input_regrids=self.input_regrids,
                            whole_numbers=self.whole_numbers)
         env: dict[str, QValue] = {name: QValue.constant(v, name) for name, v in self.numpy_module.constants.items()}
         for spec, qz, data in zip(self.numpy_module.inputs, self.input_quantizers, q_inputs):
-            env[spec.name] = QValue.affine(data, qz.scale, qz.zero_point, spec.name)
+            env[spec.name] = input_value(qz, data, spec.name)
             ctx.inputs[id(data)] = (spec.name, qz)
         skipped: set[str] = set()  # tensors this calibration pass cannot compute yet
         for op, dead in zip(self.ops, self._release):
@@ -532,7 +553,8 @@ class QuantizedModule:
 
 
 def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
-                    rounding_threshold_bits: Any = None, calibration_chunk_size: int | None = None) -> QuantizedModule:
+                    rounding_threshold_bits: Any = None, calibration_chunk_size: int | None = None,
+                    per_feature_inputs: bool | str = "auto") -> QuantizedModule:
     """Calibrate ``module`` on ``calibration_data`` and build its ``QuantizedModule``.
 
     ``n_bits`` is an int, or a dict with ``model_inputs``, ``op_inputs``, ``op_weights`` and
@@ -546,6 +568,15 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     first axis of the inputs. The result does not depend on the chunk size; smaller chunks take
     less memory, and for models whose calibration fits quantizers inside ops (LayerNormalization,
     Softmax, ...) or rounds lookups, more passes over the data when the set spans several chunks.
+
+    ``per_feature_inputs`` decides how a model input is quantized: ``True`` gives every input of
+    rank 2 or more one scale and zero point per feature (its last axis), ``False`` one quantizer per
+    input; ``"auto"`` (the default) quantizes per feature a float (samples, features) input whose
+    whole range is more than ``PER_FEATURE_RANGE_RATIO`` times its narrowest varying column's
+    (tabular data with columns of very different scales), calibrated on at least
+    ``PER_FEATURE_MIN_SAMPLES`` samples, unless every node reading it would requantize it to one
+    grid anyway (a lookup that would cost more than it keeps). Matrix products and the
+    ONNX-ML linear and tree models fold the per-feature scales into their weights and thresholds.
 
     Returns:
         The calibrated ``QuantizedModule``.
@@ -564,6 +595,7 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
             ``calibration_chunk_size``).
     """
     refuse_structured_values(module)
+    per_feature_setting = check_per_feature_setting(per_feature_inputs)
     config = parse_config(n_bits, rounding_threshold_bits)
     requested_chunk = calibration.check_chunk_size(calibration_chunk_size)
     inputs = _as_inputs(module, calibration_data, "calibration data")
@@ -579,18 +611,33 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     n_samples = calibration.sample_count(module, inputs)
     statistics = calibration.float_statistics(module, inputs, n_samples, producers)
     ranges = statistics.ranges
-    input_quantizers = [input_quantizer(ranges[s.name], s.name in statistics.whole_numbers, config.model_inputs)
-                        for s in module.inputs]
-    ops = [b.impl.quantized(b) for b in module.nodes]  # type: ignore[misc]
-    has_weights = any(isinstance(op, LinearOp) for op in ops)
+    per_feature = [per_feature_wanted(spec, arr, per_feature_setting) for spec, arr in zip(module.inputs, inputs)]
+    has_weights = any(isinstance(b.impl.quantized, type) and issubclass(b.impl.quantized, LinearOp)
+                      for b in module.nodes)
     for message in calibration.calibration_warnings(module, inputs, n_samples, ranges, config, has_weights):
         warnings.warn(CalibrationWarning(message), stacklevel=_user_stacklevel())
-    qmodule = QuantizedModule(module, config, ranges, input_quantizers, ops, producers)
-    qmodule.whole_numbers = statistics.whole_numbers
-    qmodule._calibration_data = inputs
-    qmodule._calibration_samples = n_samples
-    qmodule.calibration_chunk_size = calibration.chunk_size(requested_chunk, n_samples, statistics.peak_elements)
-    qmodule.calibrate_integers()
+    chunk = calibration.chunk_size(requested_chunk, n_samples, statistics.peak_elements)
+
+    def calibrated() -> QuantizedModule:
+        input_quantizers = [input_quantizer(ranges[s.name], s.name in statistics.whole_numbers, config.model_inputs,
+                                            arr if wanted else None)
+                            for s, arr, wanted in zip(module.inputs, inputs, per_feature)]
+        ops = [b.impl.quantized(b) for b in module.nodes]  # type: ignore[misc]
+        built = QuantizedModule(module, config, ranges, input_quantizers, ops, producers)
+        built.whole_numbers = statistics.whole_numbers
+        built._calibration_data = inputs
+        built._calibration_samples = n_samples
+        built.calibration_chunk_size = chunk
+        built.calibrate_integers()
+        return built
+
+    qmodule = calibrated()
+    if per_feature_setting == "auto":
+        regridded = [i for i, spec in enumerate(module.inputs) if per_feature[i] and only_regridded(qmodule, spec.name)]
+        if regridded:  # nothing keeps the per-feature codes: quantize those inputs per tensor, from scratch
+            for i in regridded:
+                per_feature[i] = False
+            qmodule = calibrated()
     if snap_inputs(qmodule):
         qmodule.calibrate_integers()
     for message in stated_conflicts(qmodule):
@@ -598,11 +645,66 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     return qmodule
 
 
-def input_quantizer(float_range: tuple[float, float], whole_numbers: bool, n_bits: int) -> UniformQuantizer:
+def input_quantizer(float_range: tuple[float, float], whole_numbers: bool, n_bits: int,
+                    per_feature_data: NDArray[Any] | None = None) -> InputQuantizer:
     """A model input's quantizer: exact (scale 1) when its calibration values are whole numbers whose
-    range fits ``n_bits`` (token ids, counts, pixel levels), else fitted to its range."""
+    range fits ``n_bits`` (token ids, counts, pixel levels), else fitted to its range. Given the
+    calibration data ``per_feature_data``, one scale and zero point per feature (its last axis),
+    each column exact or fitted alike."""
+    if per_feature_data is not None:
+        lows, highs, whole = feature_ranges(per_feature_data)
+        return PerFeatureQuantizer.fit(lows, highs, n_bits, whole)
     exact = UniformQuantizer.for_whole_numbers(*float_range, n_bits) if whole_numbers else None
     return exact or UniformQuantizer.fit(*float_range, n_bits)
+
+
+def input_value(quantizer: InputQuantizer, data: Any, name: str) -> QValue:
+    """A model input's integers ``data`` as the value the integer program starts from."""
+    if isinstance(quantizer, PerFeatureQuantizer):
+        return QValue.per_feature(data, quantizer.scales, quantizer.zero_points, name)
+    return QValue.affine(data, quantizer.scale, quantizer.zero_point, name)
+
+
+def check_per_feature_setting(value: Any) -> bool | str:
+    """``value`` as a ``per_feature_inputs`` setting: ``True``, ``False`` or ``"auto"``.
+
+    Raises:
+        QuantizationError: anything else.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if value == "auto":
+        return "auto"
+    raise QuantizationError(f"per_feature_inputs must be True, False or 'auto', got {value!r}")
+
+
+def feature_ranges(data: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+    """Per feature (last axis) of ``data``: lowest and highest value, and whether every value is a whole number."""
+    columns = np.asarray(data, dtype=np.float64).reshape(-1, np.shape(data)[-1])
+    return columns.min(axis=0), columns.max(axis=0), np.all(columns == np.round(columns), axis=0)
+
+
+def per_feature_wanted(spec: TensorSpec, data: NDArray[Any], setting: bool | str) -> bool:
+    """Whether the model input ``spec`` (calibration ``data``) is quantized per feature under ``setting``
+    (see ``quantize_module``'s ``per_feature_inputs``)."""
+    if setting is False or data.ndim < 2 or data.shape[-1] < 2:
+        return False
+    if setting is True:
+        return True
+    if data.ndim != 2 or spec.dtype.kind != "f" or data.shape[0] < PER_FEATURE_MIN_SAMPLES:
+        return False
+    lows, highs, _ = feature_ranges(data)
+    spans = highs - lows
+    varying = spans[spans > 0]
+    if not varying.size:
+        return False
+    return bool(float(highs.max() - lows.min()) > PER_FEATURE_RANGE_RATIO * float(varying.min()))
+
+
+def only_regridded(qmodule: QuantizedModule, name: str) -> bool:
+    """Whether every node reading model input ``name`` requantized its per-feature codes to one grid."""
+    readers = {b.name for b in qmodule.numpy_module.nodes if name in b.node.input}
+    return bool(readers) and readers <= qmodule.input_regrids.get(name, set())
 
 
 def refuse_structured_values(module: NumpyModule) -> None:

@@ -183,3 +183,91 @@ class QuantizedArray:
     def __repr__(self) -> str:
         return (f"QuantizedArray(n_bits={self.n_bits}, scale={self.scale:.6g}, zero_point={self.zero_point}, "
                 f"shape={self.qvalues.shape})")
+
+
+@dataclass(frozen=True)
+class PerFeatureQuantizer:
+    """Maps floats to ``n_bits`` unsigned integers with one scale and zero point per feature, the
+    last axis: ``float[..., j] = scales[j] * (q[..., j] - zero_points[j])``.
+
+    A model input whose columns have very different ranges (tabular data) keeps every column's
+    resolution this way, where one quantizer for the whole tensor would give a narrow column a
+    handful of codes. The parameters are tuples, so quantizers compare and hash like
+    ``UniformQuantizer``.
+    """
+
+    n_bits: int
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    is_signed: bool = False
+    is_symmetric: bool = False
+
+    @property
+    def q_min(self) -> int:
+        return 0
+
+    @property
+    def q_max(self) -> int:
+        return int(2**self.n_bits - 1)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.scales)
+
+    @property
+    def scale_array(self) -> NDArray[np.float64]:
+        return np.asarray(self.scales, dtype=np.float64)
+
+    @property
+    def zero_point_array(self) -> NDArray[np.int64]:
+        return np.asarray(self.zero_points, dtype=np.int64)
+
+    @classmethod
+    def fit(cls, lows: Any, highs: Any, n_bits: int, whole_numbers: Any = None) -> PerFeatureQuantizer:
+        """The quantizer covering each feature's range [lows[j], highs[j]].
+
+        A feature whose ``whole_numbers[j]`` is true and whose span fits ``n_bits`` gets scale 1
+        (each value its own integer); a constant feature is represented exactly by one integer.
+
+        Raises:
+            QuantizationError: a bound is NaN or infinite, or ``n_bits`` is out of range.
+        """
+        check_n_bits(n_bits)
+        lows, highs = np.asarray(lows, dtype=np.float64).ravel(), np.asarray(highs, dtype=np.float64).ravel()
+        whole = np.zeros(lows.shape, dtype=bool) if whole_numbers is None else np.asarray(whole_numbers, bool).ravel()
+        scales, zero_points = [], []
+        for low, high, exact in zip(lows, highs, whole):
+            column = UniformQuantizer.for_whole_numbers(low, high, n_bits) if exact else None
+            column = column or UniformQuantizer.fit(float(low), float(high), n_bits)
+            scales.append(float(column.scale))
+            zero_points.append(int(column.zero_point))
+        return cls(n_bits, tuple(scales), tuple(zero_points))
+
+    def _check_features(self, values: NDArray[Any]) -> None:
+        if values.ndim == 0 or values.shape[-1] != self.n_features:
+            raise QuantizationError(f"a per-feature quantizer of {self.n_features} features (the last axis) got "
+                                    f"values of shape {values.shape}")
+
+    def quant(self, values: Any) -> NDArray[Any]:
+        """Integers (int64) representing ``values`` (features along the last axis), clipped to the range."""
+        return self.quant_counting(values)[0]
+
+    def quant_counting(self, values: Any) -> tuple[NDArray[Any], int]:
+        """``quant(values)`` and how many values were saturated (see ``UniformQuantizer.quant_counting``)."""
+        arr = np.asarray(values, dtype=np.float64)
+        self._check_features(arr)
+        steps = arr / self.scale_array
+        zero_points = self.zero_point_array
+        slack = 0.5 + 1e-9
+        outside = int(np.count_nonzero((steps < self.q_min - zero_points - slack)
+                                       | (steps > self.q_max - zero_points + slack)))
+        integers: NDArray[Any] = np.clip(np.rint(steps) + zero_points, self.q_min, self.q_max).astype(np.int64)
+        return integers, outside
+
+    def dequant(self, qvalues: Any) -> NDArray[Any]:
+        """Floats (float64) that ``qvalues`` (features along the last axis) represent."""
+        return self.scale_array * (np.asarray(qvalues, dtype=np.float64) - self.zero_point_array)
+
+
+#: a model input's quantizer: one for the whole tensor, or one per feature (last axis)
+InputQuantizer = UniformQuantizer | PerFeatureQuantizer

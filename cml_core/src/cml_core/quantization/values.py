@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,10 @@ class QValue:
     - encrypted: ``data`` holds integers (numpy or an FHE tracer) and ``to_float(data)`` gives
       the float tensor it stands for. ``to_float`` is element-wise; it is *uniform* when it treats
       every position alike, and *affine* (``scale``/``zero_point`` set) when it is
-      ``scale * (data - zero_point)``.
+      ``scale * (data - zero_point)``. A model input quantized per feature is *per-feature affine*
+      (``feature_scales``/``feature_zero_points`` set, one per position of the last axis):
+      ``feature_scales * (data - feature_zero_points)``, not uniform; consumers that reduce over
+      the feature axis fold the scales into their weights, others requantize it.
 
     A chain of univariate ops only composes ``to_float``; the integers change only at a lookup,
     so such a chain costs one table lookup at the point an integer is needed.
@@ -32,6 +35,8 @@ class QValue:
     scale: float | None = None
     zero_point: int | None = None
     name: str = ""
+    feature_scales: NDArray[np.float64] | None = field(default=None, compare=False)
+    feature_zero_points: NDArray[np.int64] | None = field(default=None, compare=False)
 
     @classmethod
     def constant(cls, value: Any, name: str = "") -> QValue:
@@ -47,6 +52,17 @@ class QValue:
         return cls(data, to_float, True, s, z, name)
 
     @classmethod
+    def per_feature(cls, data: Any, scales: Any, zero_points: Any, name: str = "") -> QValue:
+        """Integers whose float is ``scales[j] * (data[..., j] - zero_points[j])`` (a per-feature input)."""
+        s = np.asarray(scales, dtype=np.float64)
+        z = np.asarray(zero_points, dtype=np.int64)
+
+        def to_float(q: NDArray[Any]) -> NDArray[Any]:
+            return s * (np.asarray(q, dtype=np.float64) - z)
+
+        return cls(data, to_float, False, None, None, name, s, z)
+
+    @classmethod
     def lazy(cls, data: Any, to_float: FloatFunction, uniform: bool, name: str = "") -> QValue:
         return cls(data, to_float, uniform, None, None, name)
 
@@ -59,11 +75,16 @@ class QValue:
         return self.scale is not None
 
     @property
+    def is_per_feature(self) -> bool:
+        return self.feature_scales is not None
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
 
     def with_data(self, data: Any, name: str = "") -> QValue:
-        """The same float mapping over new integers (after a layout op moved them)."""
+        """The same float mapping over new integers (after a layout op moved them); a per-feature value
+        keeps its mapping but no longer claims its features lie along the last axis."""
         return QValue(data, self.to_float, self.uniform, self.scale, self.zero_point, name or self.name)
 
     def float_value(self) -> NDArray[Any]:
