@@ -1,0 +1,249 @@
+"""Hummingbird's three tree strategies (gemm, tree_trav, perf_tree_trav) exported to ONNX: they load, match
+onnxruntime, quantize and compile.
+
+The features are standardized before training so that one input quantizer suits them all. Only the
+scores (probabilities, or the regression value) are kept: the label output is an ArgMax of them, which
+the client computes from the decrypted scores.
+"""
+
+import contextlib
+import functools
+import warnings
+
+import numpy as np
+import pytest
+
+hummingbird_ml = pytest.importorskip("hummingbird.ml")
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+sklearn_datasets = pytest.importorskip("sklearn.datasets")
+
+from onnx import numpy_helper  # noqa: E402
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor  # noqa: E402
+
+from cml_core import CompileError, load_model  # noqa: E402
+
+STRATEGIES = ("gemm", "tree_trav", "perf_tree_trav")
+ESTIMATORS = {
+    "tree": ("classification", lambda: DecisionTreeClassifier(max_depth=5, random_state=0)),
+    "forest": ("classification", lambda: RandomForestClassifier(n_estimators=20, max_depth=4, random_state=0)),
+    "boosting": ("classification", lambda: GradientBoostingClassifier(n_estimators=20, random_state=0)),
+    "regression tree": ("regression", lambda: DecisionTreeRegressor(max_depth=4, random_state=0)),
+}
+ENSEMBLES = {"forest", "boosting"}
+COMPILED = {"small tree": ("classification", lambda: DecisionTreeClassifier(max_depth=4, random_state=0))}
+
+
+@contextlib.contextmanager
+def legacy_onnx_export():
+    """Hummingbird calls ``torch.onnx.export`` expecting the TorchScript exporter; newer torch defaults to
+    the dynamo one. Select the legacy exporter for the duration of a conversion."""
+    original = torch.onnx.export
+    torch.onnx.export = functools.partial(original, dynamo=False)
+    try:
+        yield
+    finally:
+        torch.onnx.export = original
+
+
+def scores_only(model):
+    """The model without its label output (an ArgMax of the scores) and the ArgMax computing it."""
+    labels = {node.output[0] for node in model.graph.node if node.op_type == "ArgMax"}
+    outputs = [o for o in model.graph.output if o.name not in labels]
+    nodes = [n for n in model.graph.node if n.op_type != "ArgMax"]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def with_explicit_squeeze_axes(model, x):
+    """Give each Squeeze without axes the axes it squeezes on a batch of three samples.
+
+    Hummingbird's gradient-boosting export squeezes every axis of size 1, the batch axis included when
+    there is a single sample, so the exported model fails on one sample (onnxruntime too). Calibration
+    and compilation run samples one at a time, so the axes are made explicit first.
+    """
+    squeezes = [n for n in model.graph.node if n.op_type == "Squeeze" and len(n.input) == 1]
+    if not squeezes:
+        return model
+    values = load_model(model).run(x[:3], keep_intermediates=True)
+    for node in squeezes:
+        axes = [axis for axis, size in enumerate(values[node.input[0]].shape) if size == 1]
+        name = f"{node.output[0]}_axes"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+        node.input.append(name)
+    return model
+
+
+@functools.cache
+def _dataset(task):
+    load = sklearn_datasets.load_breast_cancer if task == "classification" else sklearn_datasets.load_diabetes
+    x, y = load(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0)
+    scaler = StandardScaler().fit(x_train)
+    return scaler.transform(x_train).astype(np.float32), scaler.transform(x_test).astype(np.float32), y_train, y_test
+
+
+@functools.cache
+def _estimator(name):
+    task, make = {**ESTIMATORS, **COMPILED}[name]
+    x_train, _, y_train, _ = _dataset(task)
+    return make().fit(x_train, y_train)
+
+
+@functools.cache
+def _export(name, strategy):
+    task, _ = {**ESTIMATORS, **COMPILED}[name]
+    x_train = _dataset(task)[0]
+    with warnings.catch_warnings(), legacy_onnx_export():
+        warnings.simplefilter("ignore")
+        container = hummingbird_ml.convert(_estimator(name), "onnx", x_train[:10],
+                                           extra_config={"tree_implementation": strategy, "onnx_target_opset": 17})
+    return with_explicit_squeeze_axes(scores_only(container.model), x_train).SerializeToString()
+
+
+def _module(name, strategy):
+    import onnx
+
+    return load_model(onnx.load_from_string(_export(name, strategy)))
+
+
+def _scores(values):
+    return np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+
+
+def _cases():
+    return [pytest.param(name, strategy, id=f"{name}-{strategy}") for name in ESTIMATORS for strategy in STRATEGIES]
+
+
+@pytest.mark.parametrize("name, strategy", _cases())
+def test_export_loads_and_matches_onnxruntime_and_scikit_learn(name, strategy):
+    task, _ = ESTIMATORS[name]
+    _, x_test, _, _ = _dataset(task)
+    module = _module(name, strategy)
+    ours = _scores(module(x_test))
+    session = ort.InferenceSession(_export(name, strategy), providers=["CPUExecutionProvider"])
+    theirs = _scores(session.run(None, {session.get_inputs()[0].name: x_test})[0])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    estimator = _estimator(name)
+    expected = estimator.predict_proba(x_test) if task == "classification" else estimator.predict(x_test)
+    np.testing.assert_allclose(ours, _scores(expected), rtol=1e-5, atol=1e-5)
+
+
+def _quantized_cases():
+    cases = []
+    for name in ESTIMATORS:
+        for strategy in STRATEGIES:
+            marks = ()
+            if name in ENSEMBLES and strategy != "gemm":
+                marks = pytest.mark.xfail(strict=True, reason=(
+                    "the node indices of a tree walk over 20 trees span more than 2**6 values: at n_bits 6 the "
+                    "whole-number quantizer does not apply and a fitted one rounds the indices (wrong paths)"))
+            cases.append(pytest.param(name, strategy, id=f"{name}-{strategy}", marks=marks))
+    return cases
+
+
+def _score(task, y, predictions):
+    """Accuracy, or R² for a regression."""
+    if task == "classification":
+        return float(np.mean(predictions.argmax(1) == y))
+    return 1 - float(np.sum((y - predictions[:, 0]) ** 2)) / float(np.sum((y - y.mean()) ** 2))
+
+
+# Measured at n_bits 6 (calibrated on the training split, scored on the 171 / 133 test samples), the loss
+# against the float model: tree 1.2 points of accuracy (2 samples), forest and boosting (gemm) 0.6 (1
+# sample), regression tree 1.8 (tree walks) to 4.7 (gemm) points of R². The loss comes from the one input
+# quantizer all 30 features share (a sample moves across a threshold): every strategy takes the same
+# paths, see test_quantized_paths_are_the_float_paths_on_quantized_inputs. gemm loses more R² on the
+# regression because its leaf values are 6-bit weights, where a tree walk reads them exactly.
+MAX_LOSS = {"classification": 0.02, "regression": 0.06}
+
+
+@pytest.mark.parametrize("name, strategy", _quantized_cases())
+def test_quantized_scores_keep_the_float_accuracy(name, strategy):
+    task, _ = ESTIMATORS[name]
+    x_train, x_test, _, y_test = _dataset(task)
+    module = _module(name, strategy)
+    qmodule = module.quantize(x_train, n_bits=6)
+    float_score = _score(task, y_test, _scores(module(x_test)))
+    quantized_score = _score(task, y_test, _scores(qmodule(x_test)))
+    assert quantized_score >= float_score - MAX_LOSS[task], (float_score, quantized_score)
+
+
+@pytest.mark.parametrize("name, strategy", [case for case in _quantized_cases()
+                                            if ESTIMATORS[case.values[0]][0] == "classification"])
+def test_quantized_paths_are_the_float_paths_on_quantized_inputs(name, strategy):
+    """The integer program decides as the float model does on the inputs it sees (each through the input
+    quantizer): the tree structure itself is exact (comparisons, path counts, node indices)."""
+    x_train, x_test, _, _ = _dataset("classification")
+    x_all = np.concatenate([x_train, x_test])
+    module = _module(name, strategy)
+    qmodule = module.quantize(x_train, n_bits=6)
+    seen = qmodule.input_quantizers[0].dequant(qmodule.quantize_input(x_all)).astype(np.float32)
+    same = _scores(qmodule(x_all)).argmax(1) == _scores(module(seen)).argmax(1)
+    assert same.mean() >= 0.99, same.mean()  # a few samples within rounding of a leaf-score tie or threshold
+
+
+@pytest.mark.parametrize("name", sorted(ENSEMBLES))
+@pytest.mark.parametrize("strategy", ["tree_trav", "perf_tree_trav"])
+def test_tree_walks_of_ensembles_with_exact_node_indices(name, strategy):
+    """With operation bits enough for the node indices (10: 20 trees of at most 31 nodes), the tree walks
+    take exactly the paths the float model takes on the quantized inputs."""
+    x_train, x_test, y_train, y_test = _dataset("classification")
+    x_all = np.concatenate([x_train, x_test])
+    module = _module(name, strategy)
+    qmodule = module.quantize(x_train, n_bits={"model_inputs": 6, "op_inputs": 10, "op_weights": 6,
+                                                "model_outputs": 8})
+    gemm = _module(name, "gemm").quantize(x_train, n_bits=6)
+    assert np.array_equal(_scores(qmodule(x_all)).argmax(1), _scores(gemm(x_all)).argmax(1))
+
+
+def test_gemm_needs_no_more_bits_than_the_features():
+    """gemm's tree structure: one comparison lookup on the inputs' 6 bits, 1-bit casts, path counts of a few
+    bits. (The boosting's sigmoid then reads the sum of its 20 trees' scores: a 9-bit lookup of the output
+    function, not of the trees.)"""
+    x_train = _dataset("classification")[0]
+    for name in ("tree", "forest", "boosting"):
+        qmodule = _module(name, "gemm").quantize(x_train, n_bits=6)
+        lookups = [row for row in qmodule.bitwidth_report() if row.kind == "lookup"]
+        structure = {row.op_type: row.lookup_bits for row in lookups if row.op_type in ("LessOrEqual", "Equal")}
+        assert structure["LessOrEqual"] <= 6 and structure["Equal"] <= 4, (name, structure)
+        assert all(row.lookup_bits == 1 for row in lookups if row.op_type == "Cast"), name
+        assert max(row.lookup_bits for row in lookups if row.op_type != "Concat") <= 6, name
+
+
+def _compile_and_simulate(strategy, n_bits):
+    x_train = _dataset("classification")[0]
+    qmodule = _module("small tree", strategy).quantize(x_train, n_bits=n_bits)
+    qmodule.compile(x_train[:50])
+    samples = x_train[:3]
+    np.testing.assert_array_equal(qmodule.forward(samples, fhe="simulate"), qmodule.forward(samples))
+    return qmodule
+
+
+@pytest.mark.fhe
+def test_gemm_tree_compiles_and_simulates_like_the_clear_program():
+    _compile_and_simulate("gemm", 6)
+
+
+@pytest.mark.fhe
+@pytest.mark.slow
+def test_perf_tree_trav_tree_compiles_and_simulates_like_the_clear_program():
+    """A tree of depth 4 at n_bits 4: a comparison of a feature with a threshold read at the node index is a
+    two-input lookup on both their bits; at 6 bits (12-bit lookups) no cryptographic parameters are found.
+    About 20 s to compile and 20 s to simulate three samples."""
+    _compile_and_simulate("perf_tree_trav", 4)
+
+
+@pytest.mark.fhe
+@pytest.mark.xfail(strict=True, raises=CompileError, reason=(
+    "tree_trav's constants are shaped by the batch (computed from Shape of the input): with one tree and one "
+    "sample they have one element and count as uniform, with several samples they do not, so a Reshape "
+    "requantizes its input in a batch but not for one sample and the batch-independence check refuses"))
+def test_tree_trav_tree_compiles_and_simulates_like_the_clear_program():
+    _compile_and_simulate("tree_trav", 4)
