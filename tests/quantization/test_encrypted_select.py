@@ -157,3 +157,19 @@ def test_gather_elements_at_encrypted_indices_compiles():
     qmodule.compile((data, indices))
     np.testing.assert_array_equal(qmodule.forward(data[:3], indices[:3], fhe="simulate"),
                                   qmodule.forward(data[:3], indices[:3]))
+
+
+@pytest.mark.fhe
+def test_a_saved_selection_loads_and_runs_as_it_did(tmp_path):
+    from cml_core.fhe.deploy import load_quantized
+
+    rng = np.random.default_rng(6)
+    data = rng.uniform(-2, 2, (30, 6)).astype(np.float32)
+    indices = (rng.integers(0, 6, (30, 2)) + 0.5).astype(np.float32)
+    qmodule = _gather_elements_of_cast().quantize((data, indices), n_bits=3)
+    qmodule.compile((data, indices))
+    qmodule.save(tmp_path / "model")
+    restored = load_quantized(tmp_path / "model")
+    np.testing.assert_array_equal(restored.forward(data, indices), qmodule.forward(data, indices))
+    np.testing.assert_array_equal(restored.forward(data[:2], indices[:2], fhe="simulate"),
+                                  qmodule.forward(data[:2], indices[:2]))
