@@ -371,14 +371,21 @@ def test_an_outlier_dominating_the_range_warns():
     assert "1e+30" in messages[0]
 
 
-@pytest.mark.parametrize("n_bits,expected", [
-    (1, ["1 bit ('op_inputs')", "1 bit ('op_weights')", "quantized to 1 bit ('model_inputs')"]),
-    ({"model_inputs": 8, "op_inputs": 8, "op_weights": 1}, ["1 bit ('op_weights')"]),
-    ({"model_inputs": 1, "op_inputs": 8, "op_weights": 8}, ["quantized to 1 bit ('model_inputs')"]),
+@pytest.mark.parametrize("n_bits,expected,collapses", [
+    (1, ["1 bit ('op_inputs')", "1 bit ('op_weights')", "quantized to 1 bit ('model_inputs')"], True),
+    ({"model_inputs": 8, "op_inputs": 8, "op_weights": 1}, ["1 bit ('op_weights')"], True),
+    ({"model_inputs": 1, "op_inputs": 8, "op_weights": 8}, ["quantized to 1 bit ('model_inputs')"], False),
 ])
-def test_one_bit_settings_warn(n_bits, expected):
+def test_one_bit_settings_warn(n_bits, expected, collapses):
     x = np.random.default_rng(13).normal(size=(50, 4)).astype(np.float32)
-    _, messages = _calibration_warnings(_gemm_relu_model(), x, n_bits=n_bits)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if collapses:  # 1-bit weights leave the output one value for every sample: refused, after the warnings
+            with pytest.raises(QuantizationError, match="quantization collapsed it"):
+                _gemm_relu_model().quantize(x, n_bits=n_bits)
+        else:
+            _gemm_relu_model().quantize(x, n_bits=n_bits)
+    messages = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
     assert len(messages) == len(expected)
     for part in expected:
         assert any(part in m for m in messages), (part, messages)

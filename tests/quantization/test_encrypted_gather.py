@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from cml_core import QuantizationError, load_model
+from cml_core import load_model
 
 
 def _model(nodes, inputs, output, initializers, out_shape, opset=13):
@@ -69,16 +69,6 @@ def test_a_tree_walk_of_gathers_composes_into_one_lookup():
     qmodule = module.quantize(x, n_bits=8)
     np.testing.assert_array_equal(qmodule(x), module(x))
     assert qmodule.lookup_count <= 1
-
-
-def test_encrypted_data_at_encrypted_indices_is_refused():
-    module = _model([helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64),
-                     helper.make_node("Gather", ["d", "i"], ["y"], axis=0)],
-                    [_float_input("x", [3]), _float_input("d", [4])], "y", {}, [3])
-    x = np.array([0.5, 1.5, 3.5], np.float32)
-    d = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
-    with pytest.raises(QuantizationError, match="both the data and the indices are encrypted"):
-        module.quantize((x, d), n_bits=8)
 
 
 def test_encrypted_data_at_constant_indices_stays_a_layout():

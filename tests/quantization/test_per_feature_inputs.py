@@ -91,13 +91,14 @@ def mlp(data):
 def test_logistic_regression_keeps_every_feature(data, logistic_regression):
     x, _ = data
     labels, _ = logistic_regression(x)
-    per_tensor = _quantize(logistic_regression, x, n_bits=6, per_feature_inputs=False)
     per_feature = _quantize(logistic_regression, x, n_bits=6, per_feature_inputs=True)
     automatic = _quantize(logistic_regression, x, n_bits=6)
-    assert isinstance(per_tensor.input_quantizers[0], UniformQuantizer)
     assert isinstance(automatic.input_quantizers[0], PerFeatureQuantizer)
     assert np.mean(per_feature(x)[0] == labels) >= 0.99  # measured 0.996
-    assert np.mean(per_tensor(x)[0] == labels) <= 0.5  # measured 0.367
+    # one quantizer for all features leaves every sample the same label (0.367 agreement, the share of one
+    # class, was measured before collapses were refused): quantization refuses it, naming the output
+    with pytest.raises(QuantizationError, match="collapsed"):
+        _quantize(logistic_regression, x, n_bits=6, per_feature_inputs=False)
     np.testing.assert_array_equal(automatic(x)[0], per_feature(x)[0])
     assert per_feature.lookup_count == 0  # the scales are folded into the coefficients: no lookup
 

@@ -1,6 +1,7 @@
 """Element-wise activation functions (quantized by composition into the next table lookup)."""
 
 import numpy as np
+from cml_core.errors import QuantizationError
 from cml_core.quantization import ElementwiseOp
 
 from ._opset import OPS
@@ -156,12 +157,24 @@ def _channel_slope(x, slope):
     return slope
 
 
-@OPS.op("PRelu", since=6, quantized=ElementwiseOp)
+class QuantizedLegacyPRelu(ElementwiseOp):
+    """PRelu before opset 7: its slope may follow the channel axis rather than numpy's broadcasting, which
+    the multi-input lookup of two encrypted operands would apply; an encrypted slope is refused."""
+
+    def encrypted_forward(self, ctx, inputs):
+        if len(inputs) > 1 and inputs[1] is not None and not inputs[1].is_constant:
+            raise QuantizationError(
+                f"{self.where}: the slope of PRelu before opset 7 must be a constant (a weight) to be quantized; "
+                "export the model at opset 7 or later, where the slope broadcasts as numpy does")
+        return super().encrypted_forward(ctx, inputs)
+
+
+@OPS.op("PRelu", since=6, quantized=QuantizedLegacyPRelu)
 def prelu_6(x, slope, /):
     return prelu(x, _channel_slope(x, slope))
 
 
-@OPS.op("PRelu", since=1, quantized=ElementwiseOp)
+@OPS.op("PRelu", since=1, quantized=QuantizedLegacyPRelu)
 def prelu_1(x, slope, /, *, consumed_inputs=None):
     return prelu(x, _channel_slope(x, slope))
 

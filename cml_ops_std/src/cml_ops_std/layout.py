@@ -1,6 +1,7 @@
 """Ops that select, move or copy elements: transposes, slices, gathers, concatenation, padding."""
 
 import numpy as np
+from cml_core.errors import QuantizationError
 from cml_core.quantization import ConstantOnlyOp, LayoutOp, QuantizedOp, QValue, ShapeOp, UniformQuantizer, backend
 from cml_core.quantization.context import bits_for_range
 
@@ -460,11 +461,15 @@ class QuantizedPad(LayoutOp):
         mode = self.attributes.get("mode", "constant")
         if mode != "constant":
             return super().encrypted_forward(ctx, inputs)
+        if not any(width for pair in self._pads(inputs[0].shape, inputs) for width in pair):
+            return inputs[0]  # nothing to pad (a body padding a mask to the length it already has)
         source = ctx.requantize(inputs[0])
         if len(inputs) < 3 or inputs[2] is None:
             value = float(self.attributes.get("value", 0.0))  # an attribute before opset 11
         else:
             value = float(np.asarray(inputs[2].data).reshape(-1)[0])
+        if not np.isfinite(value):
+            raise QuantizationError(f"{self.where}: the pad value {value} has no integer; pad with a finite value")
         q_value = int(np.rint(value / source.scale)) + source.zero_point
         if not np.isclose(source.scale * (q_value - source.zero_point), value, rtol=1e-9, atol=1e-12):
             # the pad value is off the input's grid: move to the output's quantization (one lookup)

@@ -17,6 +17,8 @@ TRAINING = "ai.onnx.preview.training"
 class QuantizedTrainingOp(ConstantOnlyOp):
     """Losses and optimizer steps: computed from constants only; an encrypted input is refused."""
 
+    client_side = False  # weights or model computation: not the client's to run
+
     def encrypted_forward(self, ctx, inputs):
         raise QuantizationError(
             f"{self.where}: {self.bound.node.op_type} cannot run on encrypted values: it belongs to training, not "

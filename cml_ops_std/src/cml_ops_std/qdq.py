@@ -209,6 +209,8 @@ class QuantizedDequantizeLinear(ElementwiseOp):
 class QuantizedDynamicQuantizeLinear(ConstantOnlyOp):
     """Its scale is computed from the values themselves: not possible on encrypted data."""
 
+    client_side = False  # weights or model computation: not the client's to run
+
     def encrypted_forward(self, ctx, inputs):
         raise QuantizationError(
             f"{self.where}: DynamicQuantizeLinear computes its scale from the values it quantizes, which an "
@@ -218,6 +220,8 @@ class QuantizedDynamicQuantizeLinear(ConstantOnlyOp):
 
 class QuantizedQOperator(ConstantOnlyOp):
     """QLinearConv, QLinearMatMul, MatMulInteger, ConvInteger: the QOperator form runs in float here."""
+
+    client_side = False  # weights or model computation: not the client's to run
 
     def encrypted_forward(self, ctx, inputs):
         raise QuantizationError(

@@ -213,6 +213,8 @@ def _lstm_cell(input_forget):
 class QuantizedRecurrent(ConstantOnlyOp):
     """A recurrent layer folds when every input is a constant; over an encrypted sequence it is refused."""
 
+    client_side = False  # weights or model computation: not the client's to run
+
     def encrypted_forward(self, ctx, inputs):
         raise QuantizationError(
             f"{self.where}: {self.bound.node.op_type} cannot run on encrypted values as one node (each "

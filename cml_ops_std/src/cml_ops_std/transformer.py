@@ -562,6 +562,8 @@ class QuantizedLinearAttention(ConstantOnlyOp):
     """LinearAttention on encrypted values is refused: its recurrence multiplies encrypted values
     together token after token."""
 
+    client_side = False  # weights or model computation: not the client's to run
+
     def encrypted_forward(self, ctx, inputs):
         raise QuantizationError(
             f"{self.where}: LinearAttention cannot run on encrypted values: its state is a running product "
@@ -734,6 +736,8 @@ def _modified(modifier, values, what):
 
 class QuantizedFlexAttention(ConstantOnlyOp):
     """FlexAttention on encrypted values is refused: export the attention as primitive ops."""
+
+    client_side = False  # weights or model computation: not the client's to run
 
     def encrypted_forward(self, ctx, inputs):
         raise QuantizationError(

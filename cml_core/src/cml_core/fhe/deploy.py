@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
 from numpy.typing import NDArray
 
 from ..errors import CmlError, CmlWarning, DeploymentError, InputError
@@ -273,6 +274,22 @@ def _output_map(value: Any, spec: IntegerSpec, name: str) -> OutputMap:
     return OutputMap("table", low=spec.low, table=table)
 
 
+def _tail(description: Any, model_bytes: bytes | None, what: str) -> Any:
+    """The ``ClientTail`` a saved model describes, or ``None`` when it has none."""
+    if description is None:
+        return None
+    from ..quantization.client_tail import ClientTail
+
+    if model_bytes is None:
+        raise DeploymentError(f"{what} describes a client-side tail but lacks tail.onnx: save the model again")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(model_bytes)
+        return ClientTail(model, list(description["reads"]), list(description["outputs"]))
+    except Exception as exc:  # noqa: BLE001  (a corrupt member: name it)
+        raise DeploymentError(f"{what}: its tail.onnx does not load ({exc})") from exc
+
+
 def _quantizer_json(q: Any) -> dict[str, Any]:
     """A quantizer as JSON: one scale and zero point, or (``per_feature``) one of each per feature."""
     from ..quantization.quantizers import PerFeatureQuantizer
@@ -323,14 +340,19 @@ def _client_files(qmodule: QuantizedModule, program: Program, client_specs: byte
                "quantizer": _quantizer_json(qz), "range": list(qmodule.float_ranges.get(spec.name, (None, None))),
                "integers": integers.as_json(), "clipped_by_model": spec.name in qmodule.snapped_inputs}
               for spec, qz, integers in zip(module.inputs, qmodule.input_quantizers, program.inputs)]
-    description = {"format": FORMAT, "inputs": inputs, "outputs": outputs}
-    return {"client.specs.json": client_specs, "cml.json": json.dumps(description, indent=1).encode(),
-            "arrays.npz": _npz_bytes(arrays)}
+    description: dict[str, Any] = {"format": FORMAT, "inputs": inputs, "outputs": outputs}
+    files = {"client.specs.json": client_specs, "arrays.npz": _npz_bytes(arrays)}
+    tail = qmodule.client_tail
+    if tail is not None:  # the clear post-processing the client runs on the decrypted outputs
+        description["tail"] = {"reads": tail.reads, "outputs": tail.outputs}
+        files["tail.onnx"] = tail.model.SerializeToString()
+    files["cml.json"] = json.dumps(description, indent=1).encode()
+    return files
 
 
 def _model_id(mlir: bytes, client: dict[str, bytes]) -> str:
     digest = hashlib.sha256()
-    for part in (mlir, client["client.specs.json"], client["cml.json"]):
+    for part in (mlir, client["client.specs.json"], client["cml.json"], client.get("tail.onnx", b"")):
         digest.update(struct.pack(">Q", len(part)) + part)
     for name, array in sorted(_npz_arrays(client["arrays.npz"], "client.zip").items()):
         digest.update(name.encode() + array.dtype.str.encode() + str(array.shape).encode() + array.tobytes())
@@ -456,8 +478,12 @@ def _model_files(qmodule: QuantizedModule, program: Program, model_id: str) -> d
         "ops": states,
         "program": {"inputs": [i.as_json() for i in program.inputs], "outputs": [o.as_json() for o in program.outputs]},
     }
-    return {"model.onnx": onnx_bytes, "quantization.json": json.dumps(quantization).encode(),
-            "state.npz": _npz_bytes(arrays)}
+    files = {"model.onnx": onnx_bytes, "state.npz": _npz_bytes(arrays)}
+    if qmodule.client_tail is not None:
+        quantization["tail"] = {"reads": qmodule.client_tail.reads, "outputs": qmodule.client_tail.outputs}
+        files["tail.onnx"] = qmodule.client_tail.model.SerializeToString()
+    files["quantization.json"] = json.dumps(quantization).encode()
+    return files
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -526,6 +552,7 @@ def load_quantized(path: str | os.PathLike[str]) -> QuantizedModule:
     qmodule.sites.update({k: LookupSite(**s) for k, s in saved["sites"].items()})
     qmodule.snapped_inputs.update(saved.get("snapped_inputs", []))
     qmodule.whole_numbers = frozenset(saved.get("whole_numbers", []))
+    qmodule.client_tail = _tail(saved.get("tail"), model.get("tail.onnx"), "model.zip")
     qmodule.accumulators.update({k: AccumulatorRecord(**a) for k, a in saved["accumulators"].items()})
     inputs = [IntegerSpec.from_json(i) for i in saved["program"]["inputs"]]
     outputs = [IntegerSpec.from_json(o) for o in saved["program"]["outputs"]]
@@ -646,6 +673,7 @@ class Client:
                           for k, o in enumerate(spec["outputs"])]
         except (KeyError, TypeError, ValueError) as exc:
             raise DeploymentError(f"{CLIENT_ZIP}: its spec is incomplete or malformed ({exc})") from exc
+        self.tail = _tail(spec.get("tail"), members.get("tail.onnx"), CLIENT_ZIP)
         self._client_specs = members["client.specs.json"]
         self.key_folder = Path(keys).expanduser() if keys is not None else default_key_folder(self.model_id)
         self._client: Any = None
@@ -763,6 +791,8 @@ class Client:
         for (name, dtype), mapping, data in zip(self.outputs, self._maps, q):
             floats = mapping(np.asarray(data))
             outs.append(as_integers(floats, name, dtype) if dtype.kind in "iub" else floats.astype(dtype))
+        if self.tail is not None:  # the clear post-processing (an ArgMax of scores, a ZipMap)
+            outs = self.tail.finish(dict(zip((name for name, _ in self.outputs), outs)))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _check_header(self, header: dict[str, Any], what: str) -> None:

@@ -246,7 +246,15 @@ class ShapeOp(QuantizedOp):
 
 
 class ConstantOnlyOp(QuantizedOp):
-    """Ops that can be computed only from constants (in the clear, at quantize time)."""
+    """Ops that can be computed only from constants (in the clear, at quantize time).
+
+    ``client_side``: when the op and all that follows it only lead to model outputs, the client may run
+    them in the clear on the decrypted values (an ArgMax of scores); False for ops that must stay on the
+    server's side of the split (they hold weights, or need what the model computes before them in the
+    clear), whose refusal then stands.
+    """
+
+    client_side = True
 
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
         raise QuantizationError(

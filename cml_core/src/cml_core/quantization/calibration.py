@@ -39,6 +39,12 @@ CHUNK_MEMORY_BUDGET = 1 << 30
 #: and the float64 temporaries of the lookups computed on it
 BYTES_PER_LIVE_ELEMENT = 32
 
+#: an output "varies" between samples when one differs from the first sample, somewhere, by more than this
+#: share of the output's calibrated range: quantized to a few bits, values that far apart cannot share an
+#: integer unless something upstream collapsed (a tree's probabilities flipping between 0 and 1 do; a
+#: deep net's outputs moving by 1e-4 around 0.25 do not)
+VARYING_SHARE = 0.5
+
 #: numpy kinds of the inputs quantization handles: floats, signed and unsigned integers, booleans
 SUPPORTED_KINDS = "fiub"
 SUPPORTED_DTYPES = "bool, int8 to int64, uint8 to uint64, float16, float32 or float64"
@@ -140,6 +146,8 @@ class FloatStatistics:
     peak_elements: int
     #: tensors whose every calibration value is a whole number (booleans, integers, counts held as floats)
     whole_numbers: frozenset[str] = frozenset()
+    #: model outputs that differ markedly from one calibration sample to another (see ``VARYING_SHARE``)
+    varying_outputs: frozenset[str] = frozenset()
 
 
 def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samples: int | None,
@@ -156,7 +164,10 @@ def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samp
     lows: dict[str, float] = {}
     highs: dict[str, float] = {}
     fractional: set[str] = set()  # tensors with a value that is not a whole number
+    first_outputs: dict[str, Any] = {}  # each model output on the first sample
+    deviations: dict[str, float] = {}  # each model output's largest difference from its first sample
     position = {name: step for step, b in enumerate(module.nodes) for name in b.node.output if name}
+    outputs = set(module.output_names)
     schedule = release_schedule(module.nodes, set(module.output_names) | set(module.input_names))
     counter = {"live": 0, "peak": 0, "released": 0}
     sizes: dict[str, int] = {}
@@ -175,6 +186,11 @@ def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samp
             )
         if arr.dtype.kind == "f" and name not in fractional and not np.array_equal(arr, np.round(arr)):
             fractional.add(name)
+        if name in outputs and n_samples is not None and arr.dtype.kind in "fiub":  # one sample per block here
+            first = first_outputs.setdefault(name, arr.astype(np.float64))
+            if first.shape == arr.shape:
+                deviation = float(np.max(np.abs(arr.astype(np.float64) - first), initial=0.0))
+                deviations[name] = max(deviations.get(name, 0.0), deviation)
         if name in lows:
             lows[name], highs[name] = min(lows[name], float(low)), max(highs[name], float(high))
         else:
@@ -210,7 +226,44 @@ def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samp
                 if n_samples is None else "even on one sample at a time: the model needs more memory than is free"
             raise OutOfMemoryError(f"calibration ran out of memory in the float model {how}: {exc}") from exc
     ranges = {name: (lows[name], highs[name]) for name in lows}
-    return FloatStatistics(ranges, counter["peak"], frozenset(set(lows) - fractional))
+    varying = {name for name, deviation in deviations.items()
+               if deviation > VARYING_SHARE * (highs[name] - lows[name])}
+    return FloatStatistics(ranges, counter["peak"], _whole_by_construction(module, set(lows) - fractional),
+                           frozenset(varying))
+
+
+def _whole_by_construction(module: NumpyModule, whole: set[str]) -> frozenset[str]:
+    """Of the tensors whose calibration values were all whole numbers, those that are whole on any input:
+    model inputs (the data's own kind of values), integer and boolean tensors, and floats cast from them
+    (a comparison's result as 0/1). A float that happened to be whole on the calibration data is not: a
+    quantizer of step 1 would round its other values far more coarsely than a fitted one."""
+    settled = {spec.name for spec in module.inputs} & whole
+    declared = _declared_kinds(module)
+    for bound in module.nodes:
+        for name in bound.outputs:
+            if name not in whole:
+                continue
+            kind = declared.get(name)
+            if kind is not None and kind in "iub":
+                settled.add(name)
+            elif bound.node.op_type in ("Cast", "CastLike") and declared.get(bound.inputs[0], "f") in "iub":
+                settled.add(name)
+    return frozenset(settled)
+
+
+def _declared_kinds(module: NumpyModule) -> dict[str, str]:
+    """Tensor name -> numpy kind of its element type, as the model's shape inference declares it."""
+    from onnx import helper
+
+    graph = module.onnx_model.graph
+    kinds = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        if vi.type.WhichOneof("value") == "tensor_type" and vi.type.tensor_type.elem_type:
+            try:
+                kinds[vi.name] = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).kind
+            except (KeyError, TypeError):
+                continue
+    return kinds
 
 
 def calibration_warnings(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samples: int | None,

@@ -24,6 +24,7 @@ from ..errors import (
 from ..numpy_module import TensorSpec, check_input_arrays
 from . import calibration
 from .base import LinearOp, QuantizedOp
+from .client_tail import ClientTail, split_client_tail
 from .context import (
     MAX_LOOKUP_BITS,
     AccumulatorRecord,
@@ -253,6 +254,10 @@ class QuantizedModule:
         #: tensors whose calibration values are all whole numbers: quantized exactly where their range fits
         self.whole_numbers: frozenset[str] = frozenset()
         self._outputs: list[QValue] = []
+        #: the post-processing the client runs in the clear on the decrypted outputs (ArgMax ...), if any
+        self.client_tail: ClientTail | None = None
+        #: model outputs the float model computes differently for different calibration samples
+        self.varying_outputs: frozenset[str] = frozenset()
         self._calibration_data: list[NDArray[Any]] = []  # the float calibration inputs
         self._calibration_samples: int | None = None  # None: the inputs cannot be split into samples
         #: samples per chunk of the integer calibration pass (0: the calibration data in one piece)
@@ -328,6 +333,8 @@ class QuantizedModule:
                 outs.append(as_integers(floats, spec.name, spec.dtype))
             else:
                 outs.append(floats.astype(spec.dtype))
+        if self.client_tail is not None:  # the clear post-processing of the decrypted values
+            outs = self.client_tail.finish(dict(zip(self.numpy_module.output_names, outs)))
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def forward(self, *x: Any, fhe: str = "disable") -> Any:
@@ -440,9 +447,11 @@ class QuantizedModule:
         outputs: list[QValue] = []
         while True:
             recorder.start_pass()
+            spans: dict[int, tuple[Any, bool]] = {}  # per output: its first sample's integers, all samples alike
             for part in slices:
                 q = [qz.quant(a[part]) for qz, a in zip(self.input_quantizers, self._calibration_data)]
                 outputs = self._run(q, calibrating=True, calibration=recorder)
+                _widen_spans(spans, outputs, self._calibration_samples and int(np.shape(q[0])[0]) if q else 0)
             if recorder.end_pass():
                 break
         self.calibration_passes = recorder.passes
@@ -453,8 +462,22 @@ class QuantizedModule:
         for spec, out in zip(self.numpy_module.outputs, outputs):
             if out.is_constant:
                 raise QuantizationError(f"model output {spec.name!r} does not depend on the inputs; nothing to encrypt")
+        self._refuse_collapsed_outputs(spans)
         self._outputs = [dataclasses.replace(o, data=None) for o in outputs]
         self.attach_program(None)
+
+    def _refuse_collapsed_outputs(self, spans: dict[int, tuple[Any, bool]]) -> None:
+        """Raise when quantization makes an output the same on every calibration sample while the float
+        model's output differs between them: every prediction would be that one, whatever the input."""
+        for index, spec in enumerate(self.numpy_module.outputs):
+            known = spans.get(index)
+            if known is None or not known[1] or spec.name not in self.varying_outputs:
+                continue
+            raise QuantizationError(
+                f"model output {spec.name!r} (made by node {self.producers.get(spec.name, ('?', '?'))[0]!r}) is "
+                "the same on every calibration sample once quantized, while the float model's differs between "
+                "samples: quantization collapsed it. Give more bits (n_bits, rounding_threshold_bits), or bring "
+                "the inputs to similar ranges (per_feature_inputs=True for features of different scales)")
 
     # -- compilation (see cml_core.fhe) --------------------------------------------------------
     def compile(self, calibration_x: Any, p_error: float | None = None, global_p_error: float | None = None,
@@ -594,11 +617,16 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
         OutOfMemoryError: calibration does not fit in memory (naming the node; lower
             ``calibration_chunk_size``).
     """
-    refuse_structured_values(module)
+    module = expand_fused_ops(module)
     per_feature_setting = check_per_feature_setting(per_feature_inputs)
     config = parse_config(n_bits, rounding_threshold_bits)
     requested_chunk = calibration.check_chunk_size(calibration_chunk_size)
+    if any(spec.containers for spec in module.inputs):
+        refuse_structured_values(module)  # sequence or optional inputs: named before the data is read
     inputs = _as_inputs(module, calibration_data, "calibration data")
+    # post-processing only the client can run (ArgMax of scores, a ZipMap) leaves the encrypted program
+    module, tail = split_client_tail(module, [a[:1] if np.ndim(a) else a for a in inputs])
+    refuse_structured_values(module)
     missing = [b for b in module.nodes if b.impl.quantized is None]
     if missing:
         names = ", ".join(f"{b.where} from {b.impl.provider}" for b in missing[:5])
@@ -625,6 +653,8 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
         ops = [b.impl.quantized(b) for b in module.nodes]  # type: ignore[misc]
         built = QuantizedModule(module, config, ranges, input_quantizers, ops, producers)
         built.whole_numbers = statistics.whole_numbers
+        built.client_tail = tail
+        built.varying_outputs = statistics.varying_outputs
         built._calibration_data = inputs
         built._calibration_samples = n_samples
         built.calibration_chunk_size = chunk
@@ -643,6 +673,18 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     for message in stated_conflicts(qmodule):
         warnings.warn(CalibrationWarning(message), stacklevel=_user_stacklevel())
     return qmodule
+
+
+def _widen_spans(spans: dict[int, tuple[Any, bool]], outputs: Sequence[QValue], samples: int) -> None:
+    """Update ``spans`` (output index -> (its first sample's integers, whether every sample so far has the
+    same integers)) with this chunk's ``outputs`` of ``samples`` samples; an output whose first axis is not
+    the samples' is left out (its integers cannot be told apart by sample)."""
+    for index, value in enumerate(outputs):
+        data = np.asarray(value.data) if value.to_float is not None else None
+        if data is None or data.ndim == 0 or data.shape[0] != samples or samples == 0:
+            continue
+        first, alike = spans.get(index, (data[:1], True))
+        spans[index] = (first, alike and first.shape == data[:1].shape and bool(np.all(data == first)))
 
 
 def input_quantizer(float_range: tuple[float, float], whole_numbers: bool, n_bits: int,
@@ -705,6 +747,31 @@ def only_regridded(qmodule: QuantizedModule, name: str) -> bool:
     """Whether every node reading model input ``name`` requantized its per-feature codes to one grid."""
     readers = {b.name for b in qmodule.numpy_module.nodes if name in b.node.input}
     return bool(readers) and readers <= qmodule.input_regrids.get(name, set())
+
+
+#: how many times fused ops are replaced by their bodies (bodies holding fused ops, in turn)
+MAX_EXPANSIONS = 4
+
+
+def expand_fused_ops(module: NumpyModule) -> NumpyModule:
+    """``module`` with its fused ops of the ``FunctionBodyOp`` family (Attention, ...) replaced by the function
+    bodies ONNX defines for them, as a new module; ``module`` itself when it has none.
+
+    Raises:
+        QuantizationError: a body cannot be built or expanded (naming the node).
+    """
+    from ..expansion import expand_nodes, expansion_targets
+    from ..numpy_module import NumpyModule
+    from .function_body import FunctionBodyOp
+
+    for _ in range(MAX_EXPANSIONS):  # a body may hold fused ops in turn
+        targets = expansion_targets(module.nodes, FunctionBodyOp)
+        if not targets:
+            return module
+        expanded = expand_nodes(module.onnx_model,
+                                lambda node, targets=targets: bool(node.output) and node.output[0] in targets)
+        module = NumpyModule(expanded, module.registry)
+    raise QuantizationError(f"fused ops' function bodies still hold fused ops after {MAX_EXPANSIONS} expansions")
 
 
 def refuse_structured_values(module: NumpyModule) -> None:
