@@ -57,6 +57,7 @@ __all__ = [
     "choose_rounding",
     "compile_brevitas_model",
     "compile_onnx_model",
+    "compile_sklearn_model",
     "compile_torch_model",
     "get_registry",
     "hookimpl",
@@ -70,6 +71,7 @@ _LAZY = {
     "choose_rounding": ("tuning", "choose_rounding"),
     "compile_brevitas_model": ("fhe", "compile_brevitas_model"),
     "compile_onnx_model": ("fhe", "compile_onnx_model"),
+    "compile_sklearn_model": ("fhe.models", "compile_sklearn_model"),
     "compile_torch_model": ("fhe", "compile_torch_model"),
     "load_quantized": ("fhe.deploy", "load_quantized"),
 }

@@ -1,4 +1,4 @@
-"""One call from an ONNX model or a PyTorch module to a compiled QuantizedModule."""
+"""One call from an ONNX model, a PyTorch or Brevitas module or a scikit-learn estimator to a compiled QuantizedModule."""
 
 from __future__ import annotations
 
@@ -113,3 +113,70 @@ def compile_brevitas_model(brevitas_module: Any, calibration_x: Any, form: str =
     return compile_onnx_model(export_brevitas(brevitas_module, calibration_x, form), calibration_x, n_bits=n_bits,
                               rounding_threshold_bits=rounding_threshold_bits, p_error=p_error,
                               global_p_error=global_p_error, configuration=configuration, verbose=verbose)
+
+
+#: The opsets ``export_sklearn`` asks skl2onnx for: ONNX 17 and ONNX-ML 3 (TreeEnsembleClassifier/Regressor 3).
+SKLEARN_TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+
+def export_sklearn(estimator: Any, example_x: Any, target_opset: Any = None) -> bytes:
+    """Serialized ONNX of a fitted scikit-learn estimator or pipeline, exported with skl2onnx.
+
+    A classifier is exported without ZipMap: its outputs are the label and the (samples, classes)
+    probabilities, both tensors. ``target_opset`` defaults to ``SKLEARN_TARGET_OPSET``.
+
+    Raises:
+        ModelLoadError: skl2onnx is not installed, the estimator is not fitted, or skl2onnx cannot
+            convert it.
+    """
+    from ..errors import ModelLoadError
+
+    try:
+        from skl2onnx import to_onnx
+    except ImportError as exc:
+        raise ModelLoadError('exporting a scikit-learn model needs scikit-learn and skl2onnx: '
+                             'pip install "cml-ops-ml[sklearn]"') from exc
+    from sklearn.base import is_classifier
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError as exc:
+        raise ModelLoadError(f"{type(estimator).__name__} is not fitted: call fit(x, y) before exporting it") from exc
+    except TypeError as exc:  # not an estimator at all
+        raise ModelLoadError(f"expected a fitted scikit-learn estimator, got {type(estimator).__name__}") from exc
+    final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    options = {id(final): {"zipmap": False}} if is_classifier(final) else None
+    sample = np.asarray(example_x, dtype=np.float32)[:1]
+    try:
+        model = to_onnx(estimator, sample, options=options,
+                        target_opset=SKLEARN_TARGET_OPSET if target_opset is None else target_opset)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+        raise ModelLoadError(f"skl2onnx cannot convert {type(estimator).__name__}: {exc}") from exc
+    return bytes(model.SerializeToString())
+
+
+def compile_sklearn_model(estimator: Any, calibration_x: Any, n_bits: Any = 8, rounding_threshold_bits: Any = None,
+                          per_feature_inputs: bool | str = "auto", p_error: float | None = None,
+                          global_p_error: float | None = None, configuration: Any = None, verbose: bool = False,
+                          target_opset: Any = None, calibration_chunk_size: int | None = None) -> QuantizedModule:
+    """Export a fitted scikit-learn estimator with skl2onnx (``export_sklearn``), quantize and compile it.
+
+    The calibration data is read as float32 (what the export expects). ``per_feature_inputs``
+    (default ``"auto"``) gives tabular features of very different scales one quantizer each (see
+    ``quantize_module``). A classifier's label, and anything else after the scores that only the
+    client can compute, runs in the clear on the decrypted scores (``qmodule.client_tail``).
+
+    Raises:
+        ModelLoadError: from ``export_sklearn`` (skl2onnx missing, estimator not fitted or not convertible).
+        UnsupportedOpError, QuantizationError, CompileError: as ``compile_onnx_model``.
+    """
+    from ..numpy_module import load_model
+
+    x = np.asarray(calibration_x, dtype=np.float32)
+    module = load_model(export_sklearn(estimator, x, target_opset))
+    qmodule = module.quantize(x, n_bits=n_bits, rounding_threshold_bits=rounding_threshold_bits,
+                              per_feature_inputs=per_feature_inputs, calibration_chunk_size=calibration_chunk_size)
+    qmodule.compile(x, p_error=p_error, global_p_error=global_p_error, configuration=configuration, verbose=verbose)
+    return qmodule
