@@ -69,7 +69,7 @@ def render() -> str:
         "`Quantized*` ops are integer linear algebra; `ConstantOnlyOp` ops run on constants only and",
         "refuse encrypted inputs at quantize time.",
         "",
-        _table(op_rows(FIRST_PARTY), markdown=True),
+        _table(op_rows(set(HINTED)), markdown=True),
         "",
         "## ONNX versions",
         "",
