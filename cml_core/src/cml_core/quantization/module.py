@@ -473,11 +473,31 @@ class QuantizedModule:
             known = spans.get(index)
             if known is None or not known[1] or spec.name not in self.varying_outputs:
                 continue
+            if self._depends_on_the_batch():
+                return  # the calibration batches computed other values than single samples: compile names why
             raise QuantizationError(
                 f"model output {spec.name!r} (made by node {self.producers.get(spec.name, ('?', '?'))[0]!r}) is "
                 "the same on every calibration sample once quantized, while the float model's differs between "
                 "samples: quantization collapsed it. Give more bits (n_bits, rounding_threshold_bits), or bring "
                 "the inputs to similar ranges (per_feature_inputs=True for features of different scales)")
+
+    def _depends_on_the_batch(self) -> bool:
+        """Whether the float model gives one of the first calibration samples another output alone than in a
+        calibration batch (a value computed from the batch size): the float pass, which runs one sample at a
+        time, and the integer pass, which runs batches, then see different models."""
+        if not self._calibration_samples or self._calibration_samples < 2:
+            return False
+        size = min(self._calibration_samples, self.calibration_chunk_size or self._calibration_samples)
+        try:
+            beside = self.numpy_module.run(*[a[:size] for a in self._calibration_data])
+            for i in range(min(size, 8)):  # a few samples: one alone may not show it (a ReLU zeroing it)
+                alone = self.numpy_module.run(*[a[i:i + 1] for a in self._calibration_data])
+                if any(not np.allclose(np.asarray(alone[n], np.float64), np.asarray(beside[n], np.float64)[i:i + 1],
+                                       rtol=1e-5, atol=1e-7) for n in alone):
+                    return True
+        except Exception:  # noqa: BLE001  (the batch does not run at once: not the batch's doing to tell)
+            return False
+        return False
 
     # -- compilation (see cml_core.fhe) --------------------------------------------------------
     def compile(self, calibration_x: Any, p_error: float | None = None, global_p_error: float | None = None,
