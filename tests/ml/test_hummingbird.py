@@ -24,7 +24,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor  # noqa: E402
 
-from cml_core import CompileError, load_model  # noqa: E402
+from cml_core import CompileError, QuantizationError, load_model  # noqa: E402
 
 STRATEGIES = ("gemm", "tree_trav", "perf_tree_trav")
 ESTIMATORS = {
@@ -215,6 +215,14 @@ def test_gemm_needs_no_more_bits_than_the_features():
         assert structure["LessOrEqual"] <= 6 and structure["Equal"] <= 4, (name, structure)
         assert all(row.lookup_bits == 1 for row in lookups if row.op_type == "Cast"), name
         assert max(row.lookup_bits for row in lookups if row.op_type != "Concat") <= 6, name
+
+
+def test_a_collapsed_tree_is_refused_naming_its_output():
+    """At 2 bits the boosting's leaf values are the weights {-s, 0, s} and every reachable leaf rounds to 0, so
+    its scores are one value for every sample: refused, where it used to give that value silently."""
+    x_train = _dataset("classification")[0]
+    with pytest.raises(QuantizationError, match="quantization collapsed it"):
+        _module("boosting", "gemm").quantize(x_train, n_bits=2)
 
 
 def _compile_and_simulate(strategy, n_bits):
