@@ -41,6 +41,7 @@ def _resize(draw, opset, quantizable=False):
         attrs["axes"] = axes
     if opset >= 18 and mode != "nearest" and draw(st.booleans()):
         attrs["antialias"] = 1
+
     n_axes = len(axes)
     roi = None
     if coordinate_mode == "tf_crop_and_resize":
@@ -292,3 +293,47 @@ CASES = [
     OpCase("DeformConv", _deform_conv),
     OpCase("GlobalLpPool", _global_lp_pool),
 ]
+
+
+def _resize_summation_bound(impl, example):
+    """Per output, the float32 rounding two correct kernels may differ by: summing the taps in their own order
+    and precision, (taps + 1) * eps * sum(|weight| * |x|), and weights from source coordinates computed in
+    float32 (see below) times sum(|x|) over the taps. onnxruntime's float32 kernel sums cubic taps
+    (renormalized when exclude_outside=1) in float32; an output near -0.0093 made of taps near 4 carries their
+    rounding (a derandomized fresh-clone run drew asymmetric cubic 2x2 -> 5x5 upsampling: 0.742268 against
+    0.742271, 1.8e-4 relative on -0.009261). A wrong weight or coordinate still differs by a whole tap."""
+    from cml_ops_std import image
+
+    x = example.inputs[0]
+    if x is None or x.dtype != np.float32:
+        return None
+    attributes = dict(example.attributes)
+    mode = attributes.get("mode", "nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "nearest":
+        return None
+    inputs = list(example.inputs) + [None] * (4 - len(example.inputs))
+    roi, scales, sizes = (inputs[1:4] if impl.since_version >= 11 else (None, inputs[1], None))
+    options = {k: attributes[k] for k in ("cubic_coeff_a", "exclude_outside", "antialias", "axes",
+                                          "keep_aspect_ratio_policy") if k in attributes}
+    coordinate = attributes.get("coordinate_transformation_mode", "half_pixel" if impl.since_version >= 11
+                                else "asymmetric")
+    every_mode = image._COORDINATE_MODES_11 | image._COORDINATE_MODES_19
+    _, plan = image._resize_plan(x.shape, roi, scales, sizes, mode=mode, coordinate_mode=coordinate,
+                                 nearest_mode=attributes.get("nearest_mode", "round_prefer_floor"),
+                                 coordinate_modes=every_mode, **options)
+    eps = float(np.finfo(np.float32).eps)
+    magnitude, reach, taps, coordinate_error = np.abs(x.astype(np.float64)), np.abs(x.astype(np.float64)), 1, 0.0
+    for axis, resampling in plan.items():
+        matrix = np.abs(resampling.matrix)
+        magnitude = image._apply_matrix(magnitude, matrix, axis)
+        reach = image._apply_matrix(reach, (matrix > 0).astype(np.float64), axis)
+        taps *= int(np.max(np.count_nonzero(matrix, axis=1), initial=1))
+        # a source coordinate computed in float32 errs by up to eps * (its size + 1); a tap's weight moves by
+        # that times the kernel's slope (at most 2 for cubic, times the widening of an antialiased kernel)
+        widening = max(1.0, x.shape[axis] / max(matrix.shape[0], 1)) if attributes.get("antialias") else 1.0
+        coordinate_error += 2 * widening * eps * (x.shape[axis] + 1)
+    return (taps + 1) * eps * magnitude + coordinate_error * reach + 1e-6
+
+
+SUMMATION_BOUNDS = {"Resize": _resize_summation_bound}

@@ -26,6 +26,8 @@ CASES = {}
 # (op type, since-version) -> (version, translation of an Example): no oracle runs this version, which means
 # what that one means once the example is translated; the oracle runs the translated example at that version
 ORACLE_AT: dict = {}
+# op type -> bound(impl, example): per-output atol from the float32 summation error model (see SUMS below)
+SUMMATION_BOUNDS: dict = {}
 for _module in _case_modules():
     for _case in _module.CASES:
         key = (_case.domain, _case.op_type)
@@ -35,6 +37,7 @@ for _module in _case_modules():
     KNOWN_DISAGREEMENTS.update(getattr(_module, "KNOWN_DISAGREEMENTS", {}))
     ORACLE_AT.update(getattr(_module, "ORACLE_AT", {}))
     FLOAT64_ORACLE.update(getattr(_module, "FLOAT64_ORACLE", {}))
+    SUMMATION_BOUNDS.update(getattr(_module, "SUMMATION_BOUNDS", {}))
 FIRST_PARTY = {"cml-ops-std", "cml-ops-activations"}
 IMPLS = [i for i in get_registry() if i.provider.distribution in FIRST_PARTY]
 
@@ -58,7 +61,8 @@ def test_op_matches_onnxruntime(impl, data):
         reference = _reference_evaluator(impl, example)
     elif impl.op_type in FLOAT64_ORACLE and any(x is not None and x.dtype == np.float32 for x in example.inputs):
         reference = _float64_reference(impl, example)
-    atol = _summation_bound(impl, example) if impl.op_type in SUMS else None
+    atol = _summation_bound(impl, example) if impl.op_type in SUMS else \
+        SUMMATION_BOUNDS[impl.op_type](impl, example) if impl.op_type in SUMMATION_BOUNDS else None
     check_op(impl.op_type, example.inputs, example.attributes, opset=impl.since_version,
              domain=impl.domain, constant_inputs=example.constant_inputs, n_outputs=example.n_outputs,
              reference=reference, atol=atol)
