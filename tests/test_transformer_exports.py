@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
 
-from cml_core import QuantizationError, load_model  # noqa: E402
+from cml_core import load_model  # noqa: E402
 
 VOCAB = 100
 SEQUENCE = 8
@@ -91,11 +91,11 @@ def _export(name, dynamo, folder, opset=None):
 CASES = [(name, True) for name in MODELS] + [(name, False) for name in MODELS if name not in LEGACY_CANNOT]
 IDS = [f"{n}-{'dynamo18' if d else 'legacy17'}" for n, d in CASES]
 
-# The token models' attention masks add float32's lowest value (dynamo) or -inf (legacy DistilBERT) to the
-# attention scores. The scores' calibrated range is then set by the mask, so one quantizer leaves their real
-# spread a few codes: the quantized output errs by about 0.2 (relative) whatever the bit width (seen: 0.22 at 8,
-# 12 and 16 bits for BERT), and the legacy DistilBERT's -inf is refused at calibration.
-MASKED_SCORES = "attention mask values set the scores' quantization range (a known limit, to be lifted)"
+# Token models are calibrated on more samples: with random ids, 16 samples leave some test rows beyond the
+# calibrated ranges (seen: GPT-2's first LayerNorm saturated on one row of 24, a relative error of 0.024 at 12
+# bits that 64 samples bring to 0.0024). Their attention masks add float32's lowest value (dynamo) or -inf (legacy
+# DistilBERT) to the scores: masking values, quantized below the scores' own range (UniformQuantizer.masking).
+CALIBRATION_SAMPLES = {"tokens": 64, "ids": 64}
 
 
 def _run(module, feeds, names=None):
@@ -119,41 +119,22 @@ def test_export_runs_like_onnxruntime_and_torch(name, dynamo, tmp_path):
 
 def _quantized_error(module, kind, n_bits):
     feeds = _inputs(kind, np.random.default_rng(1), 3)
-    calibration = _inputs(kind, np.random.default_rng(2), 16)
+    calibration = _inputs(kind, np.random.default_rng(2), CALIBRATION_SAMPLES.get(kind, 16))
     qmodule = module.quantize(tuple(calibration[n] for n in module.input_names), n_bits=n_bits)
     ours, clear = _run(module, feeds), _run(qmodule, feeds, module.input_names)
     assert clear.shape == ours.shape and np.all(np.isfinite(clear))
     return float(np.sqrt(np.mean((clear - ours) ** 2)) / np.sqrt(np.mean(ours ** 2)))
 
 
-QUANTIZED = [c for c in CASES if MODELS[c[0]]()[1] in ("image", "audio")]
-
-
-@pytest.mark.parametrize(("name", "dynamo"), QUANTIZED, ids=[i for c, i in zip(CASES, IDS) if c in QUANTIZED])
+@pytest.mark.parametrize(("name", "dynamo"), CASES, ids=IDS)
 def test_export_quantizes_and_converges_with_bits(name, dynamo, tmp_path):
     _, kind, path = _export(name, dynamo, tmp_path)
     module = load_model(path)
     errors = {n: _quantized_error(module, kind, n) for n in (8, 12)}
-    # (seen: ViT 0.059 at 8 bits, 0.004 at 12; the Whisper encoder 0.012 and 0.0007): each 4 bits more divide
-    # the error by about 16, the step's ratio; a wrong op would leave an error floor
+    # (seen: ViT 0.059 at 8 bits, 0.004 at 12; the Whisper encoder 0.012 and 0.0007; BERT 0.020 and 0.0018;
+    # GPT-2 0.023 and 0.0024): each 4 bits more divide the error by about 16, the step's ratio; a wrong op,
+    # a masked score read as data or a clipped token id would leave an error floor
     assert errors[8] < 0.1 and errors[12] < errors[8] / 8, errors
-
-
-@pytest.mark.parametrize("name", ["bert", "distilbert", "gpt2"])
-@pytest.mark.xfail(strict=True, reason=MASKED_SCORES)
-def test_token_model_quantizes_and_converges_with_bits(name, tmp_path):
-    _, kind, path = _export(name, True, tmp_path)
-    module = load_model(path)
-    errors = {n: _quantized_error(module, kind, n) for n in (8, 12)}
-    assert errors[8] < 0.1 and errors[12] < errors[8] / 8, errors
-
-
-def test_an_infinite_attention_mask_is_refused_at_calibration_naming_the_node(tmp_path):
-    _, kind, path = _export("distilbert", False, tmp_path)
-    module = load_model(path)
-    calibration = _inputs(kind, np.random.default_rng(2), 4)
-    with pytest.raises(QuantizationError, match=r"\(Where\) produces NaN or infinity"):
-        module.quantize(tuple(calibration[n] for n in module.input_names), n_bits=8)
 
 
 def test_a_fused_attention_export_runs_and_quantizes_through_its_function_body(tmp_path):

@@ -310,8 +310,6 @@ def _resize_summation_bound(impl, example):
     attributes = dict(example.attributes)
     mode = attributes.get("mode", "nearest")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode == "nearest":
-        return None
     inputs = list(example.inputs) + [None] * (4 - len(example.inputs))
     roi, scales, sizes = (inputs[1:4] if impl.since_version >= 11 else (None, inputs[1], None))
     options = {k: attributes[k] for k in ("cubic_coeff_a", "exclude_outside", "antialias", "axes",
@@ -319,10 +317,34 @@ def _resize_summation_bound(impl, example):
     coordinate = attributes.get("coordinate_transformation_mode", "half_pixel" if impl.since_version >= 11
                                 else "asymmetric")
     every_mode = image._COORDINATE_MODES_11 | image._COORDINATE_MODES_19
-    _, plan = image._resize_plan(x.shape, roi, scales, sizes, mode=mode, coordinate_mode=coordinate,
-                                 nearest_mode=attributes.get("nearest_mode", "round_prefer_floor"),
-                                 coordinate_modes=every_mode, **options)
     eps = float(np.finfo(np.float32).eps)
+
+    def plan_of(shift=0.0):
+        """The resize plan with every source coordinate moved by ``shift`` times its float32 rounding."""
+        exact = image._source_coordinates
+
+        def moved(coordinate_mode, out_len, in_len, scale, roi_pair):
+            x, outside = exact(coordinate_mode, out_len, in_len, scale, roi_pair)
+            return x + shift * eps * (np.abs(x) + in_len + 1), outside
+
+        image._source_coordinates = moved
+        try:
+            return image._resize_plan(x.shape, roi, scales, sizes, mode=mode, coordinate_mode=coordinate,
+                                      nearest_mode=attributes.get("nearest_mode", "round_prefer_floor"),
+                                      coordinate_modes=every_mode, **options)
+        finally:
+            image._source_coordinates = exact
+
+    if mode == "nearest":
+        # a source coordinate on a rounding boundary (an integer for floor and ceil, a half for the round modes)
+        # computed in float32 lands on either side of it (half_pixel_symmetric from 3 to 1: exactly 1.0, where
+        # onnxruntime's float32 gives 0.99999994 and floors it to 0): either neighbour is a correct pick there
+        (shape, below), (_, above) = plan_of(-4.0), plan_of(4.0)
+        extrapolation = float(attributes.get("extrapolation_value", 0.0))
+        low = image._run_resize(x.astype(np.float64), below, shape, extrapolation, mode)
+        high = image._run_resize(x.astype(np.float64), above, shape, extrapolation, mode)
+        return np.abs(low - high)
+    _, plan = plan_of()
     magnitude, reach, taps, coordinate_error = np.abs(x.astype(np.float64)), np.abs(x.astype(np.float64)), 1, 0.0
     for axis, resampling in plan.items():
         matrix = np.abs(resampling.matrix)

@@ -869,12 +869,40 @@ def _check_and_infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         inferred = onnx.shape_inference.infer_shapes(named, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        raise ModelLoadError(_inference_message(str(exc))) from exc
+        # a function body that reads an attribute the node leaves at its default (MeanVarianceNormalization's
+        # axes) fails onnx's inference: the same nodes with their defaults written out infer
+        explicit = _with_default_attributes(named)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(explicit, check_type=True, strict_mode=True,
+                                                         data_prop=True)
+        except Exception:  # noqa: BLE001  (the first error is the one to report)
+            raise ModelLoadError(_inference_message(str(exc))) from exc
     except Exception:  # onnx failing for another reason: run without inferred shapes
         return model
     for i in unnamed:
         inferred.graph.node[i].ClearField("name")
     return inferred
+
+
+def _with_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose top-level nodes state every attribute their schema gives a default."""
+    explicit = onnx.ModelProto()
+    explicit.CopyFrom(model)
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    for node in explicit.graph.node:
+        domain = node.domain or ""
+        if domain == "ai.onnx":
+            domain = ""
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), domain)
+        except onnx.defs.SchemaError:
+            continue
+        present = {a.name for a in node.attribute}
+        for name, attribute in schema.attributes.items():
+            default = attribute.default_value
+            if name not in present and default is not None and default.name:
+                node.attribute.append(default)
+    return explicit
 
 
 _INFERENCE_ERROR = re.compile(r"\(op_type:([^,)]*)(?:, node name: (.*?))?\): (?:\[\w+\] )?(.*)")

@@ -134,7 +134,7 @@ class QuantizedMaxPool(QuantizedOp):
                                                       a.get("ceil_mode", 0))
         # the integers are unsigned: padding with 0, the grid's smallest value, never changes a maximum
         data = backend.window_max(q.data, kernel, strides, dilations, total)
-        return QValue.affine(data, q.scale, q.zero_point)
+        return QValue.affine(data, q.scale, q.zero_point, floor=q.floor)
 
 
 @OPS.op("MaxPool", since=1, quantized=QuantizedMaxPool)
@@ -174,7 +174,7 @@ class QuantizedGlobalMaxPool(QuantizedOp):
     def encrypted_forward(self, ctx, inputs):
         q = ctx.requantize(inputs[0])
         data = backend.reduce_max(q.data, tuple(range(2, len(q.shape))))
-        return QValue.affine(data, q.scale, q.zero_point)
+        return QValue.affine(data, q.scale, q.zero_point, floor=q.floor)
 
 
 @OPS.op("GlobalMaxPool", since=(1, 22), quantized=QuantizedGlobalMaxPool)

@@ -6,6 +6,8 @@ import numpy as np
 from cml_core.quantization import ConstantOnlyOp, QuantizedOp, QValue, backend
 from cml_core.quantization.quantizers import MAX_BITS
 
+from cml_core import QuantizationError
+
 from ._opset import OPS
 from .pooling import QuantizedReduceMean, QuantizedReduceSum, _reduce, _reduce_axes
 
@@ -36,10 +38,14 @@ class QuantizedReduceMax(QuantizedOp):
         if not axes:
             return q
         top = 2**ctx.config.op_inputs - 1
+        if self.minimum and q.floor is not None:
+            raise QuantizationError(f"{self.where}: the minimum of masked values (an attention mask's -inf) "
+                                    "is not supported; mask after the reduction")
         data = top - q.data if self.minimum else q.data  # min(x) = top - max(top - x)
         out = backend.reduce_max(data, axes)
         out = top - out if self.minimum else out
-        return QValue.affine(_drop_axes(out, axes, bool(self.attributes.get("keepdims", 1))), q.scale, q.zero_point)
+        return QValue.affine(_drop_axes(out, axes, bool(self.attributes.get("keepdims", 1))), q.scale, q.zero_point,
+                             floor=q.floor)
 
 
 class QuantizedReduceMin(QuantizedReduceMax):
@@ -132,14 +138,22 @@ def _group_exponentials(op, ctx, source, axes):
     q = ctx.requantize(source)
     top = backend.reduce_max(q.data, axes)
     scale = q.scale
+    # a masked element (an attention mask's -inf) lies more integers below its group's maximum than any
+    # data does: its exponential is 0, as the float model's
+    masked_gap = None if q.floor is None else q.floor[0]
+
+    def exponential(d):
+        d = np.asarray(d, np.float64)
+        e = np.exp(scale * d)
+        return e if masked_gap is None else np.where(d <= -masked_gap, 0.0, e)
+
     shifted = QValue.lazy(q.data - top, lambda d: scale * np.asarray(d, np.float64), True,
                           name=f"{op.bound.name}:shifted")
     count = int(np.prod([source.shape[a] for a in axes]))
     extra_bits = max(0, math.ceil(math.log2(count))) if count else 0
-    q_exp = op.fitted_quantizer(ctx, "exp", np.exp(shifted.float_value()) if ctx.calibrating else None,
+    q_exp = op.fitted_quantizer(ctx, "exp", exponential(q.data - top) if ctx.calibrating else None,
                                 n_bits=min(ctx.config.op_inputs + extra_bits, MAX_BITS))
-    e = ctx.lookup(shifted, lambda d: q_exp.quant(np.exp(scale * np.asarray(d, np.float64))),
-                   key=f"{op.bound.name}:exp")
+    e = ctx.lookup(shifted, lambda d: q_exp.quant(exponential(d)), key=f"{op.bound.name}:exp")
     total = QValue.lazy(np.sum(e, axis=axes, keepdims=True),
                         lambda t: q_exp.scale * (np.asarray(t, np.float64) - count * q_exp.zero_point), True,
                         name=f"{op.bound.name}:sum")
@@ -339,17 +353,23 @@ class QuantizedSoftmax(QuantizedOp):
                            key=f"{self.bound.name}:sum")
         q_out = ctx.quantizer_for(self.bound.node.output[0])
         log = self.log
+        masked_gap, masking = (None, None) if q.floor is None else q.floor  # see _group_exponentials
 
         def table(g, b):
-            d = -scale * np.asarray(g, np.float64)  # x - max
+            g = np.asarray(g, np.float64)
+            d = -scale * g  # x - max
             if log:  # log softmax = (x - max) - log(sum): exact in the shifted integers, no log of a tiny exp
-                return q_out.quant(d - q_row.dequant(b))
-            return q_out.quant(np.exp(d) * q_row.dequant(b))
+                out = d - q_row.dequant(b)
+            else:
+                out = np.exp(d) * q_row.dequant(b)
+            if masked_gap is not None:  # a masked element: probability 0, log-probability the mask's value
+                out = np.where(g >= masked_gap, masking if log else 0.0, out)
+            return q_out.quant(out)
 
         operands = [gap, backend.broadcast(t, tuple(gap.shape))]
         data = backend.multi_lookup(table, *operands)
         ctx.record_multi_lookup(self.bound.node.output[0], operands)
-        return QValue.affine(data, q_out.scale, q_out.zero_point)
+        return QValue.quantized(data, q_out)
 
 
 def _softmax_family(op_type, log):

@@ -297,8 +297,11 @@ def _quantizer_json(q: Any) -> dict[str, Any]:
     if isinstance(q, PerFeatureQuantizer):
         return {"n_bits": q.n_bits, "per_feature": True, "scales": [float(v).hex() for v in q.scales],
                 "zero_points": list(q.zero_points)}
-    return {"n_bits": q.n_bits, "scale": q.scale, "zero_point": q.zero_point, "is_signed": q.is_signed,
-            "is_symmetric": q.is_symmetric}
+    out = {"n_bits": q.n_bits, "scale": q.scale, "zero_point": q.zero_point, "is_signed": q.is_signed,
+           "is_symmetric": q.is_symmetric}
+    if q.floor is not None:
+        out["floor"] = float(q.floor).hex()
+    return out
 
 
 def _quantizer(data: dict[str, Any]) -> Any:
@@ -307,8 +310,10 @@ def _quantizer(data: dict[str, Any]) -> Any:
     if data.get("per_feature"):
         return PerFeatureQuantizer(int(data["n_bits"]), tuple(float.fromhex(v) for v in data["scales"]),
                                    tuple(int(v) for v in data["zero_points"]))
+    floor = data.get("floor")
     return UniformQuantizer(int(data["n_bits"]), float(data["scale"]), int(data["zero_point"]),
-                            bool(data["is_signed"]), bool(data["is_symmetric"]))
+                            bool(data["is_signed"]), bool(data["is_symmetric"]),
+                            None if floor is None else float.fromhex(floor))
 
 
 def _zero_codes(quantizer: Any, spec: IntegerSpec) -> NDArray[np.int64]:
@@ -473,6 +478,7 @@ def _model_files(qmodule: QuantizedModule, program: Program, model_id: str) -> d
         "input_quantizers": [_quantizer_json(q) for q in qmodule.input_quantizers],
         "snapped_inputs": sorted(qmodule.snapped_inputs),
         "whole_numbers": sorted(qmodule.whole_numbers),
+        "floors": {k: float(v).hex() for k, v in qmodule.floors.items()},
         "sites": {k: asdict(s) for k, s in qmodule.sites.items()},
         "accumulators": {k: asdict(a) for k, a in qmodule.accumulators.items()},
         "ops": states,
@@ -552,6 +558,7 @@ def load_quantized(path: str | os.PathLike[str]) -> QuantizedModule:
     qmodule.sites.update({k: LookupSite(**s) for k, s in saved["sites"].items()})
     qmodule.snapped_inputs.update(saved.get("snapped_inputs", []))
     qmodule.whole_numbers = frozenset(saved.get("whole_numbers", []))
+    qmodule.floors = {k: float.fromhex(v) for k, v in saved.get("floors", {}).items()}
     qmodule.client_tail = _tail(saved.get("tail"), model.get("tail.onnx"), "model.zip")
     qmodule.accumulators.update({k: AccumulatorRecord(**a) for k, a in saved["accumulators"].items()})
     inputs = [IntegerSpec.from_json(i) for i in saved["program"]["inputs"]]

@@ -200,7 +200,7 @@ class ElementwiseOp(QuantizedOp):
         shapes += [tuple(o.shape) for o in operands]
         data = backend.multi_lookup(table, *[backend.broadcast(o, *shapes) for o in operands])
         ctx.record_multi_lookup(out_name, [quantized[i].data for i in encrypted])
-        return QValue.affine(data, quantizer.scale, quantizer.zero_point)
+        return QValue.quantized(data, quantizer)
 
 
 class LayoutOp(QuantizedOp):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from ..errors import OutOfMemoryError, QuantizationError
 from .context import QuantConfig
+from .quantizers import MASK_LEVEL
 
 if TYPE_CHECKING:
     from ..numpy_module import BoundNode, NumpyModule
@@ -148,6 +149,9 @@ class FloatStatistics:
     whole_numbers: frozenset[str] = frozenset()
     #: model outputs that differ markedly from one calibration sample to another (see ``VARYING_SHARE``)
     varying_outputs: frozenset[str] = frozenset()
+    #: tensors holding masking values (at or below ``-MASK_LEVEL``) beside their data: the lowest seen;
+    #: their range is their data's
+    floors: dict[str, float] = field(default_factory=dict)
 
 
 def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samples: int | None,
@@ -164,6 +168,7 @@ def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samp
     lows: dict[str, float] = {}
     highs: dict[str, float] = {}
     fractional: set[str] = set()  # tensors with a value that is not a whole number
+    floors: dict[str, float] = {}  # tensors with masking values: the lowest seen
     first_outputs: dict[str, Any] = {}  # each model output on the first sample
     deviations: dict[str, float] = {}  # each model output's largest difference from its first sample
     position = {name: step for step, b in enumerate(module.nodes) for name in b.node.output if name}
@@ -177,19 +182,28 @@ def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samp
         arr = np.asarray(value)
         if arr.dtype.kind not in SUPPORTED_KINDS or arr.size == 0 or name in module.constants:
             return
-        low, high = arr.min(), arr.max()
+        data = arr
+        if arr.dtype.kind == "f" and name not in module.input_names:
+            masking = arr <= -MASK_LEVEL  # an attention mask's -inf or float32's lowest: not data
+            if masking.any():
+                floors[name] = min(floors.get(name, 0.0), float(arr[masking].min()))
+                data = arr[~masking]
+                if data.size == 0:
+                    return
+        low, high = data.min(), data.max()
         if arr.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
             node, op = producers.get(name, ("?", "?"))
             raise QuantizationError(
                 f"node {node!r} ({op}) produces NaN or infinity in tensor {name!r} on {where}; check the "
                 "inputs' domain for this op (e.g. Log of non-positive values)"
             )
-        if arr.dtype.kind == "f" and name not in fractional and not np.array_equal(arr, np.round(arr)):
+        if arr.dtype.kind == "f" and name not in fractional and not np.array_equal(data, np.round(data)):
             fractional.add(name)
         if name in outputs and n_samples is not None and arr.dtype.kind in "fiub":  # one sample per block here
             first = first_outputs.setdefault(name, arr.astype(np.float64))
             if first.shape == arr.shape:
-                deviation = float(np.max(np.abs(arr.astype(np.float64) - first), initial=0.0))
+                with np.errstate(invalid="ignore"):  # masking -inf less -inf: no deviation
+                    deviation = float(np.nanmax(np.abs(arr.astype(np.float64) - first), initial=0.0))
                 deviations[name] = max(deviations.get(name, 0.0), deviation)
         if name in lows:
             lows[name], highs[name] = min(lows[name], float(low)), max(highs[name], float(high))
@@ -226,10 +240,12 @@ def float_statistics(module: NumpyModule, inputs: Sequence[NDArray[Any]], n_samp
                 if n_samples is None else "even on one sample at a time: the model needs more memory than is free"
             raise OutOfMemoryError(f"calibration ran out of memory in the float model {how}: {exc}") from exc
     ranges = {name: (lows[name], highs[name]) for name in lows}
+    for name in floors:  # only masking values in every sample: a data range of one value
+        ranges.setdefault(name, (0.0, 0.0))
     varying = {name for name, deviation in deviations.items()
-               if deviation > VARYING_SHARE * (highs[name] - lows[name])}
-    return FloatStatistics(ranges, counter["peak"], _whole_by_construction(module, set(lows) - fractional),
-                           frozenset(varying))
+               if name in lows and deviation > VARYING_SHARE * (highs[name] - lows[name])}
+    whole = _whole_by_construction(module, set(lows) - fractional - set(floors))
+    return FloatStatistics(ranges, counter["peak"], whole, frozenset(varying), floors)
 
 
 def _whole_by_construction(module: NumpyModule, whole: set[str]) -> frozenset[str]:

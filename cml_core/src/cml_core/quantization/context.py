@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from ..errors import QuantizationError
 from . import backend
-from .quantizers import InputQuantizer, UniformQuantizer
+from .quantizers import MAX_BITS, InputQuantizer, UniformQuantizer
 from .values import QValue
 
 MAX_LOOKUP_BITS = 16
@@ -285,6 +285,8 @@ class QuantContext:
     inputs: dict[int, tuple[str, InputQuantizer]] = field(default_factory=dict)
     #: tensors whose calibration values are all whole numbers (see ``quantizer_for``)
     whole_numbers: frozenset[str] = frozenset()
+    #: tensors holding masking values beside their data: tensor -> the lowest masking value seen
+    floors: dict[str, float] = field(default_factory=dict)
     #: per model input, the quantizers of what requantized its integers (None: used as they are)
     input_reads: dict[str, set[UniformQuantizer | None]] = field(default_factory=dict)
     #: per model input quantized per feature, the nodes that requantized its codes to one grid (a lookup)
@@ -325,13 +327,16 @@ class QuantContext:
     def quantizer_for(self, tensor: str, n_bits: int | None = None) -> UniformQuantizer:
         """The quantizer the graph states for ``tensor``, else an unsigned one for its calibrated float
         range (``n_bits``, default ``op_inputs``): exact (scale 1) when every calibration value is a
-        whole number and the range fits, fitted to the range otherwise."""
+        whole number and the range fits, fitted to the range otherwise; masking (one bit more) when the
+        tensor holds masking values beside its data (an attention mask's -inf)."""
         if tensor in self.stated:
             return self.stated[tensor]
         if tensor not in self.float_ranges:
             raise QuantizationError(f"{self.where}: no calibration statistics for tensor {tensor!r}")
         low, high = self.float_ranges[tensor]
         bits = n_bits or self.config.op_inputs
+        if tensor in self.floors:
+            return UniformQuantizer.masking(low, high, min(bits, MAX_BITS - 1), self.floors[tensor])
         exact = UniformQuantizer.for_whole_numbers(low, high, bits) if tensor in self.whole_numbers else None
         return exact or UniformQuantizer.fit(low, high, bits)
 
@@ -360,7 +365,7 @@ class QuantContext:
             self.input_reads.setdefault(source[0], set()).add(quantizer if value.name in self.rounding_stated else None)
             if _maps_onto_itself(value, source[1], quantizer):
                 # a model input already on the grid the graph states (its first QuantizeLinear or Quant): no lookup
-                out = QValue.affine(value.data, quantizer.scale, quantizer.zero_point, value.name)
+                out = QValue.quantized(value.data, quantizer, value.name)
                 self._materialized[key] = out
                 return out
 
@@ -368,7 +373,7 @@ class QuantContext:
             return quantizer.quant(to_float(q))
 
         data = self.lookup(value, table)
-        out = QValue.affine(data, quantizer.scale, quantizer.zero_point, value.name)
+        out = QValue.quantized(data, quantizer, value.name)
         self._materialized[key] = out
         return out
 

@@ -253,6 +253,8 @@ class QuantizedModule:
         self.stated_constants: dict[str, tuple[NDArray[Any], float]] = stated_constants_of(module)
         #: tensors whose calibration values are all whole numbers: quantized exactly where their range fits
         self.whole_numbers: frozenset[str] = frozenset()
+        #: tensors holding masking values beside their data (an attention mask's -inf): the lowest seen
+        self.floors: dict[str, float] = {}
         self._outputs: list[QValue] = []
         #: the post-processing the client runs in the clear on the decrypted outputs (ArgMax ...), if any
         self.client_tail: ClientTail | None = None
@@ -534,7 +536,7 @@ class QuantizedModule:
                            calibrating, calibration=calibration, stated=self.stated_quantizers,
                            stated_constants=self.stated_constants, input_reads=self.input_reads,
                            input_regrids=self.input_regrids,
-                           whole_numbers=self.whole_numbers)
+                           whole_numbers=self.whole_numbers, floors=self.floors)
         env: dict[str, QValue] = {name: QValue.constant(v, name) for name, v in self.numpy_module.constants.items()}
         for spec, qz, data in zip(self.numpy_module.inputs, self.input_quantizers, q_inputs):
             env[spec.name] = input_value(qz, data, spec.name)
@@ -660,7 +662,7 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
                 producers[name] = (bound.name, bound.impl.display_name)
     n_samples = calibration.sample_count(module, inputs)
     statistics = calibration.float_statistics(module, inputs, n_samples, producers)
-    ranges = statistics.ranges
+    ranges = widen_to_index_domains(module, statistics.ranges, statistics.whole_numbers)
     per_feature = [per_feature_wanted(spec, arr, per_feature_setting) for spec, arr in zip(module.inputs, inputs)]
     has_weights = any(isinstance(b.impl.quantized, type) and issubclass(b.impl.quantized, LinearOp)
                       for b in module.nodes)
@@ -675,6 +677,7 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
         ops = [b.impl.quantized(b) for b in module.nodes]  # type: ignore[misc]
         built = QuantizedModule(module, config, ranges, input_quantizers, ops, producers)
         built.whole_numbers = statistics.whole_numbers
+        built.floors = dict(statistics.floors)
         built.client_tail = tail
         built.varying_outputs = statistics.varying_outputs
         built._calibration_data = inputs
@@ -707,6 +710,34 @@ def _widen_spans(spans: dict[int, tuple[Any, bool]], outputs: Sequence[QValue], 
             continue
         first, alike = spans.get(index, (data[:1], True))
         spans[index] = (first, alike and first.shape == data[:1].shape and bool(np.all(data == first)))
+
+
+#: ops whose output holds only values of their first input (moved, repeated, or cast to an integer type)
+VALUE_KEEPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Expand",
+                           "Transpose", "Slice", "Tile"})
+
+
+def widen_to_index_domains(module: NumpyModule, ranges: dict[str, tuple[float, float]],
+                           whole_numbers: frozenset[str]) -> dict[str, tuple[float, float]]:
+    """``ranges`` with each whole-number model input that a Gather reads as indices into a constant
+    table (token ids into an embedding) widened to every row of the table: calibration text rarely
+    holds every token, and an id outside the calibrated range would be clipped to a neighbour's row."""
+    widened = dict(ranges)
+    producer = {out: b.node for b in module.nodes for out in b.node.output if out}
+    for bound in module.nodes:
+        node = bound.node
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in module.constants:
+            continue
+        name = node.input[1]
+        while name in producer and producer[name].op_type in VALUE_KEEPING and producer[name].input:
+            name = producer[name].input[0]  # the ids reshaped or cast on their way
+        if name not in module.input_names or name not in whole_numbers or name not in widened:
+            continue
+        rows = np.shape(module.constants[node.input[0]])[int(bound.attributes.get("axis", 0))]
+        low, high = widened[name]
+        first = 0.0 if low >= 0 else -float(rows)  # negative indices count from the end
+        widened[name] = (min(low, first), max(high, float(rows - 1)))
+    return widened
 
 
 def input_quantizer(float_range: tuple[float, float], whole_numbers: bool, n_bits: int,

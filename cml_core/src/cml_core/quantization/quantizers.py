@@ -11,6 +11,8 @@ from numpy.typing import NDArray
 from ..errors import QuantizationError
 
 MAX_BITS = 24
+#: a float at or below minus this is a masking value (an attention mask's -inf or float32's lowest), not data
+MASK_LEVEL = 1e30
 
 
 def check_n_bits(n_bits: int, what: str = "n_bits") -> int:
@@ -26,6 +28,9 @@ class UniformQuantizer:
 
     Unsigned values lie in [0, 2**n_bits - 1], signed ones in [-2**(n_bits-1), 2**(n_bits-1) - 1]
     (symmetric signed quantizers leave the most negative value unused).
+
+    A *masking* quantizer (``floor`` set, see ``masking``) holds a tensor that carries masking values
+    besides its data: its upper half of integers holds the data, its lower half stands for ``floor``.
     """
 
     n_bits: int
@@ -33,6 +38,13 @@ class UniformQuantizer:
     zero_point: int
     is_signed: bool = False
     is_symmetric: bool = False
+    #: the masking value the integers below ``first_value_code`` stand for (-inf, float32's lowest), if any
+    floor: float | None = None
+
+    @property
+    def first_value_code(self) -> int:
+        """The smallest integer that stands for data (``q_min`` unless the quantizer is masking)."""
+        return self.q_min if self.floor is None else self.q_min + 2 ** (self.n_bits - 1)
 
     @property
     def q_min(self) -> int:
@@ -94,11 +106,35 @@ class UniformQuantizer:
             return None
         return cls(max(1, span.bit_length()), 1.0, -int(low), False, False)
 
+    @classmethod
+    def masking(cls, low: float, high: float, n_bits: int, floor: float) -> UniformQuantizer:
+        """The quantizer of a tensor whose data lies in [low, high] beside masking values (at or below
+        ``-MASK_LEVEL``, ``floor`` the lowest seen): the data keeps ``n_bits`` integers, the masking
+        values one more bit below them, all of which stand for ``floor`` (a data range of one value
+        takes one integer, so a 0-or-masked tensor is 1 bit).
+
+        An attention mask adds float32's lowest value (or -inf) to the scores: fitted as one range, the
+        scores would be left a few integers of it. Here they keep their resolution, every masked score
+        lies below every unmasked one by more than the data's span in integers, and a lookup reads a
+        masked integer as ``floor`` itself, as the float model computes with it.
+        """
+        check_n_bits(n_bits + 1)
+        data = cls.fit(low, high, n_bits)
+        span = high - low
+        if span <= 0 or span < 1e-12 * max(abs(low), abs(high), 1e-30):  # one value: integer 1, above the masking 0
+            return cls(1, data.scale, data.zero_point + 1, floor=float(floor))
+        return cls(n_bits + 1, data.scale, data.zero_point + 2**n_bits, floor=float(floor))
+
     def quant(self, values: Any) -> NDArray[Any]:
-        """Integers (int64) representing ``values``, clipped to the quantizer's range."""
-        q = np.rint(np.asarray(values, dtype=np.float64) / self.scale) + self.zero_point
-        integers: NDArray[Any] = np.clip(q, self.q_min, self.q_max).astype(np.int64)
-        return integers
+        """Integers (int64) representing ``values``, clipped to the quantizer's range (a masking
+        quantizer clips data to its data integers and maps masking values to ``q_min``)."""
+        arr = np.asarray(values, dtype=np.float64)
+        q = np.rint(arr / self.scale) + self.zero_point
+        if self.floor is None:
+            return np.clip(q, self.q_min, self.q_max).astype(np.int64)  # type: ignore[no-any-return]
+        with np.errstate(invalid="ignore"):
+            q = np.where(arr <= -MASK_LEVEL, self.q_min, np.clip(q, self.first_value_code, self.q_max))
+        return q.astype(np.int64)
 
     def quant_counting(self, values: Any) -> tuple[NDArray[Any], int]:
         """``quant(values)`` and how many values were saturated: more than half a step beyond the
@@ -107,16 +143,20 @@ class UniformQuantizer:
         A value at most half a step beyond it errs no more than rounding does and does not count
         (the ends of the calibration range can lie there: the zero point is rounded).
         """
-        steps = np.asarray(values, dtype=np.float64) / self.scale  # as in quant: zero point added after rounding
+        arr = np.asarray(values, dtype=np.float64)
+        steps = arr / self.scale  # as in quant: zero point added after rounding
         slack = 0.5 + 1e-9  # half a step, and float rounding of the division
-        low, high = self.q_min - self.zero_point - slack, self.q_max - self.zero_point + slack
-        outside = int(np.count_nonzero((steps < low) | (steps > high)))
-        integers: NDArray[Any] = np.clip(np.rint(steps) + self.zero_point, self.q_min, self.q_max).astype(np.int64)
-        return integers, outside
+        low, high = self.first_value_code - self.zero_point - slack, self.q_max - self.zero_point + slack
+        outside = (steps < low) | (steps > high)
+        if self.floor is not None:
+            outside &= arr > -MASK_LEVEL  # a masking value is not saturated data
+        return self.quant(arr), int(np.count_nonzero(outside))
 
     def dequant(self, qvalues: Any) -> NDArray[Any]:
         """Floats (float64) that ``qvalues`` represent."""
-        return self.scale * (np.asarray(qvalues, dtype=np.float64) - self.zero_point)
+        q = np.asarray(qvalues, dtype=np.float64)
+        floats = self.scale * (q - self.zero_point)
+        return floats if self.floor is None else np.where(q < self.first_value_code, self.floor, floats)
 
 
 class QuantizedArray:

@@ -37,19 +37,36 @@ class QValue:
     name: str = ""
     feature_scales: NDArray[np.float64] | None = field(default=None, compare=False)
     feature_zero_points: NDArray[np.int64] | None = field(default=None, compare=False)
+    #: of an affine value holding masking values: (first data integer, the masking value the integers
+    #: below it stand for), see ``UniformQuantizer.masking``
+    floor: tuple[int, float] | None = field(default=None, compare=False)
 
     @classmethod
     def constant(cls, value: Any, name: str = "") -> QValue:
         return cls(np.asarray(value), name=name)
 
     @classmethod
-    def affine(cls, data: Any, scale: float, zero_point: int, name: str = "") -> QValue:
+    def affine(cls, data: Any, scale: float, zero_point: int, name: str = "",
+               floor: tuple[int, float] | None = None) -> QValue:
         s, z = float(scale), int(zero_point)
 
         def to_float(q: NDArray[Any]) -> NDArray[Any]:
             return s * (np.asarray(q, dtype=np.float64) - z)
 
-        return cls(data, to_float, True, s, z, name)
+        if floor is not None:
+            first, masking = int(floor[0]), float(floor[1])
+
+            def to_float(q: NDArray[Any]) -> NDArray[Any]:  # noqa: F811  (the masking form of the same mapping)
+                arr = np.asarray(q, dtype=np.float64)
+                return np.where(arr < first, masking, s * (arr - z))
+
+        return cls(data, to_float, True, s, z, name, floor=floor)
+
+    @classmethod
+    def quantized(cls, data: Any, quantizer: Any, name: str = "") -> QValue:
+        """Integers ``data`` under ``quantizer`` (a ``UniformQuantizer``, masking or not)."""
+        floor = None if quantizer.floor is None else (quantizer.first_value_code, quantizer.floor)
+        return cls.affine(data, quantizer.scale, quantizer.zero_point, name, floor)
 
     @classmethod
     def per_feature(cls, data: Any, scales: Any, zero_points: Any, name: str = "") -> QValue:
@@ -85,7 +102,8 @@ class QValue:
     def with_data(self, data: Any, name: str = "") -> QValue:
         """The same float mapping over new integers (after a layout op moved them); a per-feature value
         keeps its mapping but no longer claims its features lie along the last axis."""
-        return QValue(data, self.to_float, self.uniform, self.scale, self.zero_point, name or self.name)
+        return QValue(data, self.to_float, self.uniform, self.scale, self.zero_point, name or self.name,
+                      floor=self.floor)
 
     def float_value(self) -> NDArray[Any]:
         """The float tensor this value stands for (clear data only)."""
