@@ -102,8 +102,17 @@ def test_simulation_equals_clear_and_execution_equals_simulation(family):
 def test_bit_width_error_names_the_node_and_the_ways_out():
     x_train, _, _, _ = models.digits()
     qmodule = load_model(models.digits_mlp("ReLU")).quantize(x_train, n_bits=8)
-    with pytest.raises(BitWidthError, match=r"node '/1/Relu' \(Relu\) needs a 1[7-9]-bit.*rounding_threshold_bits"):
+    wide = r"node '/1/Relu' \(Relu\) needs a 1[7-9]-bit.*rounding_threshold_bits"
+    with pytest.raises(BitWidthError, match=wide):
+        qmodule.check_bit_widths()
+    # a rounding the user set (here for another lookup only) is theirs: compile names what it leaves too wide
+    # instead of rounding for them (with no rounding set at all, it would, see test_auto_rounding)
+    others = {key: 6 for key, site in qmodule.sites.items() if site.node != "/1/Relu" and site.packed_bits is None}
+    assert others
+    qmodule.set_rounding(others)
+    with pytest.raises(BitWidthError, match=wide):
         qmodule.compile(x_train[:100])
+    assert qmodule.auto_rounding is None
 
 
 def test_compile_torch_model_and_progress(capsys):

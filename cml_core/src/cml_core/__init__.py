@@ -21,6 +21,7 @@ from .errors import (
     PluginConfigWarning,
     PluginError,
     QuantizationError,
+    RoundingWarning,
     SaturationWarning,
     UnsupportedOpError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "QuantizationError",
     "QuantizedArray",
     "QuantizedModule",
+    "RoundingWarning",
     "SaturationWarning",
     "UnsupportedOpError",
     "choose_rounding",

@@ -79,5 +79,10 @@ class SaturationWarning(CmlWarning):
     beyond their dtype's range (or NaN, given as 0)."""
 
 
+class RoundingWarning(CmlWarning):
+    """Rounding was chosen automatically so that the model compiles (the message says which, and the
+    agreement with the float model it keeps)."""
+
+
 class PluginConfigWarning(CmlWarning):
     """A plugin setting (``CML_PIN_OPS``, allow/deny lists) is malformed or names nothing installed."""

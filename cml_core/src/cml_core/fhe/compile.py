@@ -227,17 +227,25 @@ def compile_quantized_module(qmodule: QuantizedModule, calibration_x: Any, *, p_
     are passed to concrete-python. Nothing is written to the current directory, and the folders
     concrete-python compiles its libraries into are removed with the circuit.
 
+    When no rounding was set and a lookup would need more than 16 bits, the rounding of those lookups is
+    chosen first (``quantization.auto_rounding``: the fewest bits keeping agreement with the float model on
+    the calibration data within 1 point), reported by a ``RoundingWarning`` and in ``qmodule.auto_rounding``.
+
     Raises:
-        BitWidthError: a lookup would need more than 16 bits.
+        BitWidthError: a lookup would need more than 16 bits (a rounding set by the user, or a
+            multi-input lookup, which cannot be rounded).
         QuantizationError: ``calibration_x`` is empty, contains NaN/infinity or has the wrong inputs.
         CompileError: an op's result depends on the batch size, or concrete-python cannot compile
             the circuit (no cryptographic parameters, a lookup too wide, ...); the message names the
             widest lookups and the settings to change, concrete-python's error is the ``__cause__``.
     """
+    from ..quantization.auto_rounding import choose_automatic_rounding
     from ..quantization.module import _as_inputs
 
     fhe = load_concrete()
     inputs = _as_inputs(qmodule.numpy_module, calibration_x, "compile calibration data")
+    # no rounding asked for and a lookup too wide: the default settings still give a circuit
+    choose_automatic_rounding(qmodule, tuple(qmodule._calibration_data or inputs))
     qmodule.check_bit_widths()
     q = qmodule.quantize_input(*inputs)
     arrays = list(q) if isinstance(q, tuple) else [q]

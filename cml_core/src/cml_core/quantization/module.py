@@ -23,6 +23,7 @@ from ..errors import (
 )
 from ..numpy_module import TensorSpec, check_input_arrays
 from . import calibration
+from .auto_rounding import AutoRounding, choose_automatic_rounding
 from .base import LinearOp, QuantizedOp
 from .client_tail import ClientTail, split_client_tail
 from .context import (
@@ -261,6 +262,8 @@ class QuantizedModule:
         #: model outputs the float model computes differently for different calibration samples
         self.varying_outputs: frozenset[str] = frozenset()
         self._calibration_data: list[NDArray[Any]] = []  # the float calibration inputs
+        #: the rounding chosen so that the model compiles, when no rounding was asked for (see auto_rounding)
+        self.auto_rounding: AutoRounding | None = None
         self._calibration_samples: int | None = None  # None: the inputs cannot be split into samples
         #: samples per chunk of the integer calibration pass (0: the calibration data in one piece)
         self.calibration_chunk_size = 0
@@ -606,7 +609,9 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
 
     ``n_bits`` is an int, or a dict with ``model_inputs``, ``op_inputs``, ``op_weights`` and
     ``model_outputs``. ``rounding_threshold_bits`` (int, or ``{"n_bits": int, "method":
-    "exact" | "approximate"}``) rounds each lookup input to that many bits.
+    "exact" | "approximate"}``) rounds each lookup input to that many bits; ``"auto"`` rounds only the
+    lookups wider than 16 bits, to the fewest bits that keep agreement with the float model on the
+    calibration data (see ``auto_rounding``), which ``compile`` also does when no rounding is set.
 
     Calibration holds a few samples at a time, never the whole set (see
     ``cml_core.quantization.calibration``): the float model runs one sample at a time, the integer
@@ -643,7 +648,8 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     """
     module = expand_fused_ops(module)
     per_feature_setting = check_per_feature_setting(per_feature_inputs)
-    config = parse_config(n_bits, rounding_threshold_bits)
+    automatic = isinstance(rounding_threshold_bits, str) and rounding_threshold_bits.lower() == "auto"
+    config = parse_config(n_bits, None if automatic else rounding_threshold_bits)
     requested_chunk = calibration.check_chunk_size(calibration_chunk_size)
     if any(spec.containers for spec in module.inputs):
         refuse_structured_values(module)  # sequence or optional inputs: named before the data is read
@@ -697,6 +703,8 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
         qmodule.calibrate_integers()
     for message in stated_conflicts(qmodule):
         warnings.warn(CalibrationWarning(message), stacklevel=_user_stacklevel())
+    if automatic:
+        choose_automatic_rounding(qmodule, tuple(inputs))
     return qmodule
 
 
