@@ -3,11 +3,11 @@ the float model on the calibration data, reported by a RoundingWarning."""
 
 import numpy as np
 import pytest
+from cml_core.demo import load_example
+from cml_core.quantization.auto_rounding import AUTO_ROUNDING_DROP, too_wide_lookups
 from onnx import TensorProto, helper, numpy_helper
 
 from cml_core import BitWidthError, RoundingWarning, load_model
-from cml_core.demo import load_example
-from cml_core.quantization.auto_rounding import AUTO_ROUNDING_DROP, too_wide_lookups
 
 
 @pytest.fixture(scope="module")
