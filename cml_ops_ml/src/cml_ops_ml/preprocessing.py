@@ -66,7 +66,7 @@ def binarizer(x: NDArray[Any], /, *, threshold: float = 0.0) -> NDArray[Any]:
 @OPS.op("ArrayFeatureExtractor", since=1, domain=ML_DOMAIN, quantized=LayoutOp)
 def array_feature_extractor(x: NDArray[Any], indices: NDArray[Any], /) -> NDArray[Any]:
     """The elements of X at ``indices`` along its last axis (a 1-D X gives one row)."""
-    x = np.asarray(x)
+    x = x if hasattr(x, "shape") else np.asarray(x)  # integers being compiled keep their own type
     idx = np.asarray(indices).astype(np.int64).ravel()
     if x.ndim == 0:
         raise ValueError("X must have at least one dimension")
@@ -76,7 +76,7 @@ def array_feature_extractor(x: NDArray[Any], indices: NDArray[Any], /) -> NDArra
     bad = idx[(idx < 0) | (idx >= size)]
     if bad.size:
         raise ValueError(f"index {int(bad[0])} is outside [0, {size - 1}]")
-    out = np.take(x, idx, axis=-1)
+    out = x[..., idx]
     return out[None, :] if x.ndim == 1 else out
 
 

@@ -147,12 +147,13 @@ def export_sklearn(estimator: Any, example_x: Any, target_opset: Any = None) -> 
     except TypeError as exc:  # not an estimator at all
         raise ModelLoadError(f"expected a fitted scikit-learn estimator, got {type(estimator).__name__}") from exc
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
-    options = {id(final): {"zipmap": False}} if is_classifier(final) else None
+    # classifiers with probabilities get a ZipMap unless told otherwise; the others (LinearSVC) take no such option
+    options = {id(final): {"zipmap": False}} if is_classifier(final) and hasattr(final, "predict_proba") else None
     sample = np.asarray(example_x, dtype=np.float32)[:1]
     try:
         model = to_onnx(estimator, sample, options=options,
                         target_opset=SKLEARN_TARGET_OPSET if target_opset is None else target_opset)
-    except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+    except (RuntimeError, ValueError, TypeError, NotImplementedError, NameError) as exc:
         raise ModelLoadError(f"skl2onnx cannot convert {type(estimator).__name__}: {exc}") from exc
     return bytes(model.SerializeToString())
 
