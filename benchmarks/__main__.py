@@ -1,11 +1,13 @@
 """Run the benchmarks and write docs/benchmarks.{json,md,png}.
 
-    python -m benchmarks [--quick] [--samples 3] [--only float|quantized|fhe|deployment|qat ...]
+    python -m benchmarks [--quick] [--samples 3] [--only float|quantized|fhe|deployment|qat|classical ...]
 
 Float path: NumpyModule vs onnxruntime (graph optimizations as shipped, one thread) vs the ONNX
 reference evaluator. Clear quantized path: QuantizedModule throughput. FHE: compile and key
 generation time, time per encrypted sample, PBS count, max bit width, complexity, and accuracy
-float / quantized / simulated / encrypted for several quantization and rounding settings.
+float / quantized / simulated / encrypted for several quantization and rounding settings. Classical ML:
+scikit-learn models exported with skl2onnx and Hummingbird gemm, from float to encrypted
+(``benchmarks/classical.py``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from typing import Any
 import numpy as np
 import onnx
 from cml_core.fhe import circuit_summary
+from cml_core.quantization.context import MAX_LOOKUP_BITS
 
 from cml_core import BitWidthError, choose_rounding, load_model
 
 from . import models
+from .classical import EXECUTE_LIMIT as CLASSICAL_EXECUTE_LIMIT
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -241,7 +245,73 @@ def targets(results: dict[str, Any]) -> list[str]:
             lines.append(f"  - time per encrypted sample {t:.2f} s: {ratio}; the reference's 6-bit exact-rounding row "
                          f"took {REFERENCE_EXACT6['seconds_per_encrypted_sample']} s on its own machine "
                          f"(a quarter: {REFERENCE_EXACT6['seconds_per_encrypted_sample'] / 4:.2f} s).")
+    lines += classical_targets(results.get("classical", []))
     return lines + [""]
+
+
+#: the reference tool's trees compile to lookups of 5 to 8 bits
+REFERENCE_TREE_LOOKUP_BITS = 8
+
+
+def classical_row_name(r: dict[str, Any]) -> str:
+    bits = f", n_bits {r['n_bits']}" if "n_bits" in r else ""
+    return f"{r['dataset']} {r['model']} ({r['road']}{bits})"
+
+
+def classical_table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with their error cut to its first clause (the whole text is in benchmarks.json)."""
+    return [{**r, "error": r["error"].split("; settings:")[0]} if "error" in r else r for r in rows]
+
+
+def classical_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per export that needed a note (another way to export), deduplicated over the n_bits rows."""
+    notes = {(r["dataset"], r["model"], r["road"]): r["note"] for r in rows if r.get("note")}
+    if not notes:
+        return []
+    return [f"- {d} {m} ({road}): {note}." for (d, m, road), note in notes.items()] + [""]
+
+
+def classical_targets(rows: list[dict[str, Any]]) -> list[str]:
+    """The classical-ML acceptance lines: float equals onnxruntime, simulation within a point of float at
+    n_bits <= 6, encrypted equals simulated, tree lookups vs the reference's 8 bits."""
+    if not rows:
+        return []
+
+    name = classical_row_name
+    def verdict(misses: list[str], checked: int) -> str:
+        return f"met ({checked} rows)." if not misses else f"not met on {len(misses)} of {checked}: {'; '.join(misses)}."
+
+    exports = {(r["dataset"], r["model"], r["road"]): r for r in rows if "float_vs_ort" in r}
+    float_misses = [f"{name(r)} {r['float_vs_ort']:.2g}"
+                    + (f", labels {100 * r['label_agreement']:.1f}%" if r.get("label_agreement") not in (None, 1.0) else "")
+                    for r in exports.values() if r["float_vs_ort"] > 1e-5 or r.get("label_agreement") not in (None, 1.0)]
+    lines = ["- Classical ML, float NumpyModule equals onnxruntime (max abs diff of the scores <= 1e-5, labels "
+             "equal): " + verdict(float_misses, len(exports))]
+    failed = [f"{name(r)}: {r['error'].split('; settings:')[0]}" for r in rows if "error" in r]
+    six = [r for r in rows if r.get("n_bits") == 6 and "simulated_score" in r]
+    sim_misses = [f"{name(r)} {r['simulated_score']:.3f} vs float {r['float_score']:.3f}"
+                  for r in six if not r["within_1pt"]]
+    lines.append("- Classical ML, simulated within 1 point of float at n_bits 6: " + verdict(sim_misses, len(six)))
+    fewest = {}
+    for r in rows:
+        if r.get("within_1pt"):
+            key = (r["dataset"], r["model"], r["road"])
+            fewest[key] = min(fewest.get(key, 99), r["n_bits"])
+    if fewest:
+        lines.append("  - fewest n_bits within 1 point (of 6, 5, 4): "
+                     + "; ".join(f"{d} {m} ({road}) {b}" for (d, m, road), b in fewest.items()) + ".")
+    if failed:
+        lines.append(f"- Classical ML rows that failed ({len(failed)}): " + "; ".join(failed) + ".")
+    executed = [r for r in rows if "encrypted_equals_simulated" in r]
+    enc_misses = [name(r) for r in executed if not r["encrypted_equals_simulated"]]
+    lines.append("- Classical ML, encrypted integers equal simulated ones: " + verdict(enc_misses, len(executed)))
+    trees = [r for r in rows if "max_lookup_bits" in r and any(t in r["model"] for t in ("Tree", "Forest", "Boosting"))]
+    if trees:
+        wide = [f"{name(r)} {r['max_lookup_bits']}" for r in trees if r["max_lookup_bits"] > REFERENCE_TREE_LOOKUP_BITS]
+        span = f"{min(r['max_lookup_bits'] for r in trees)} to {max(r['max_lookup_bits'] for r in trees)} bits"
+        lines.append(f"- Classical ML, max lookup bits of the tree rows ({span}) vs the reference's trees "
+                     f"(5-8 bits, at most {REFERENCE_TREE_LOOKUP_BITS}): " + verdict(wide, len(trees)))
+    return lines
 
 
 def write(results: dict[str, Any], command: str) -> None:
@@ -323,18 +393,46 @@ def write(results: dict[str, Any], command: str) -> None:
             "client_zip_kb", "equals_simulation"]),
         "",
     ]
+    text += [
+        "## Classical ML (scikit-learn models through skl2onnx and Hummingbird gemm)",
+        "",
+        "scikit-learn's bundled breast-cancer and digits data (diabetes for the regression tree, scored by R^2), "
+        "split 70/30 with `random_state=0`, features standardized by a `StandardScaler` fitted on the training "
+        "split. Each fitted model is exported with skl2onnx (`export_sklearn`, `ai.onnx.ml` ops) and with "
+        "Hummingbird's `gemm` tree implementation (only the scores output kept: the client derives the label "
+        "from the decrypted scores). `float_vs_ort`: max absolute difference of the float `NumpyModule`'s "
+        "scores from onnxruntime's on the test split (`label_agreement`: of their label outputs, where the "
+        "export has one). Scores are the accuracy of the argmax of the probabilities or decision values "
+        "(R^2 for the regression) on the whole test split: float, clear quantized, FHE simulation. "
+        "Quantization: `n_bits` 6, then 5 and 4 while the previous setting stays within 1 point of float "
+        "(each setting one row), `per_feature_inputs=\"auto\"`, rounding chosen by `choose_rounding` "
+        f"only where a lookup exceeds {MAX_LOOKUP_BITS} bits (`rounding` column). Compiled on the training split. "
+        f"Encrypted: the first test samples, each timed on its own (median), for circuits of complexity up to "
+        f"{CLASSICAL_EXECUTE_LIMIT:.0e} (empty cells above).",
+        "",
+        _md_table(classical_table_rows(results.get("classical", [])), [
+            "dataset", "model", "road", "n_bits", "float_vs_ort", "label_agreement", "metric", "float_score",
+            "quantized_score", "simulated_score", "within_1pt", "rounding", "pbs", "max_bit_width",
+            "max_lookup_bits", "complexity", "compile_s", "keygen_s", "seconds_per_encrypted_sample",
+            "encrypted_equals_simulated", "error"]),
+        "",
+        *classical_notes(results.get("classical", [])),
+    ]
     text += targets(results)
     notes = Path(__file__).with_name("NOTES.md")
     (DOCS / "benchmarks.md").write_text("\n".join(text) + (notes.read_text() if notes.exists() else ""))
+
+
+SECTIONS = ["float", "quantized", "fhe", "deployment", "qat", "classical"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer settings and a smaller ResNet")
     parser.add_argument("--samples", type=int, default=3, help="encrypted samples per FHE setting")
-    parser.add_argument("--only", choices=["float", "quantized", "fhe", "deployment", "qat"], action="append")
+    parser.add_argument("--only", choices=SECTIONS, action="append")
     args = parser.parse_args()
-    sections = set(args.only or ["float", "quantized", "fhe", "deployment", "qat"])
+    sections = set(args.only or SECTIONS)
     path = DOCS / "benchmarks.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     results["environment"] = environment()
@@ -352,6 +450,10 @@ def main() -> None:
         from .qat import qat_path
 
         results["qat"] = qat_path(args.samples)
+    if "classical" in sections:
+        from .classical import classical_path
+
+        results["classical"] = classical_path(args.samples, args.quick)
     command = "python -m benchmarks" + (" --quick" if args.quick else "")
     write(results, command)
     print(f"wrote {DOCS / 'benchmarks.md'}")
