@@ -213,6 +213,20 @@ class QuantizedTreeEnsemble(LinearOp):
             self.state["model"] = model
         return self.state["model"]
 
+    def decision_ranges(self, index: int, n_features: int) -> tuple[NDArray[Any], NDArray[Any]] | None:
+        """Each feature's lowest and highest threshold: beyond them every comparison is decided alike (set
+        membership looks at every value: then None)."""
+        forest = self._model(None).forest
+        if index != 0 or (forest.mode == 6).any():
+            return None
+        lows, highs = np.full(n_features, np.nan), np.full(n_features, np.nan)
+        for feature, threshold in zip(forest.feature, np.asarray(forest.threshold, dtype=np.float64)):
+            if not 0 <= feature < n_features:
+                return None
+            lows[feature] = np.fmin(lows[feature], threshold)
+            highs[feature] = np.fmax(highs[feature], threshold)
+        return lows, highs
+
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> tuple[QValue, ...] | QValue:
         from .trees import compare
 

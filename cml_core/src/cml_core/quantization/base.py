@@ -71,6 +71,13 @@ class QuantizedOp:
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue | tuple[QValue, ...]:
         raise NotImplementedError(f"{type(self).__name__} does not implement encrypted_forward")
 
+    def decision_ranges(self, index: int, n_features: int) -> tuple[NDArray[Any], NDArray[Any]] | None:
+        """Per feature (last axis) of input ``index``, the span of values this op tells apart: the op gives a
+        value below ``lows[j]`` the output it gives ``lows[j]``, and likewise above ``highs[j]`` (NaN: the
+        feature is not read). A model input read only by such ops is quantized over those spans, its grid
+        spent where the op looks (a tree's thresholds). None (the default): every value matters."""
+        return None
+
     def fitted_quantizer(self, ctx: QuantContext, key: str, values: Any, n_bits: int | None = None,
                          min_span: float = 0.0) -> UniformQuantizer:
         """A quantizer for an intermediate (non-ONNX) tensor, fitted on its calibration ``values``.

@@ -248,7 +248,8 @@ class QuantizedModule:
         self.input_reads: dict[str, set[UniformQuantizer | None]] = {}
         #: per model input quantized per feature, the nodes that requantized its codes to one grid
         self.input_regrids: dict[str, set[str]] = {}
-        #: model inputs whose quantizer is the model's own first quantization (the model clips them itself)
+        #: model inputs whose clipping to their quantizer's range leaves the model's outputs as they are: the
+        #: model quantizes them first thing itself, or only decides on spans of them (see ``decided_inputs``)
         self.snapped_inputs: set[str] = set()
         #: folded constants whose integers the graph states (DequantizeLinear of integer weights)
         self.stated_constants: dict[str, tuple[NDArray[Any], float]] = stated_constants_of(module)
@@ -676,12 +677,18 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
         warnings.warn(CalibrationWarning(message), stacklevel=_user_stacklevel())
     chunk = calibration.chunk_size(requested_chunk, n_samples, statistics.peak_elements)
 
+    ops_of = {id(b): b.impl.quantized(b) for b in module.nodes}  # type: ignore[misc]
+    # per feature unless asked otherwise: inputs read only by ops deciding on spans of them (tree thresholds)
+    decided = decided_inputs(module, inputs, ops_of, config.model_inputs) if per_feature_setting is not False else {}
+
     def calibrated() -> QuantizedModule:
-        input_quantizers = [input_quantizer(ranges[s.name], s.name in statistics.whole_numbers, config.model_inputs,
+        input_quantizers = [decided[s.name] if s.name in decided else
+                            input_quantizer(ranges[s.name], s.name in statistics.whole_numbers, config.model_inputs,
                                             arr if wanted else None)
                             for s, arr, wanted in zip(module.inputs, inputs, per_feature)]
         ops = [b.impl.quantized(b) for b in module.nodes]  # type: ignore[misc]
         built = QuantizedModule(module, config, ranges, input_quantizers, ops, producers)
+        built.snapped_inputs.update(decided)
         built.whole_numbers = statistics.whole_numbers
         built.floors = dict(statistics.floors)
         built.client_tail = tail
@@ -746,6 +753,38 @@ def widen_to_index_domains(module: NumpyModule, ranges: dict[str, tuple[float, f
         first = 0.0 if low >= 0 else -float(rows)  # negative indices count from the end
         widened[name] = (min(low, first), max(high, float(rows - 1)))
     return widened
+
+
+def decided_inputs(module: NumpyModule, inputs: Sequence[NDArray[Any]], ops_of: dict[int, QuantizedOp],
+                   n_bits: int) -> dict[str, PerFeatureQuantizer]:
+    """Per-feature quantizers for the (samples, features) float inputs read only by ops that decide on spans
+    of values (a tree ensemble's thresholds, see ``QuantizedOp.decision_ranges``).
+
+    Each read feature's grid covers its span with one step to spare at each end, so that every value beyond
+    the span keeps its side of every threshold when clipped: the grid is spent between the thresholds, not
+    on the calibration data's outliers. A feature no op reads takes one integer. A feature of whole numbers
+    whose calibrated range fits ``n_bits`` keeps its exact grid."""
+    decided: dict[str, PerFeatureQuantizer] = {}
+    for spec, data in zip(module.inputs, inputs):
+        if data.ndim != 2 or data.shape[1] < 1 or spec.dtype.kind != "f":
+            continue
+        readers = [(b, [i for i, n in enumerate(b.node.input) if n == spec.name])
+                   for b in module.nodes if spec.name in b.node.input]
+        spans = [ops_of[id(b)].decision_ranges(i, data.shape[1]) for b, indices in readers for i in indices]
+        if not spans or any(s is None for s in spans):
+            continue
+        lows = np.fmin.reduce([s[0] for s in spans if s is not None])
+        highs = np.fmax.reduce([s[1] for s in spans if s is not None])
+        data_lows, data_highs, whole = feature_ranges(data)
+        steps = 2**n_bits - 1
+        read = ~np.isnan(lows)
+        spare = np.where(highs > lows, (highs - lows) / max(steps - 2, 1), np.maximum(np.abs(lows) * 1e-3, 1e-6))
+        low = np.where(read, lows - spare, data_lows)
+        high = np.where(read, highs + spare, data_lows)
+        exact = whole & (data_highs - data_lows < 2**n_bits)
+        low, high = np.where(exact, data_lows, low), np.where(exact, data_highs, high)
+        decided[spec.name] = PerFeatureQuantizer.fit(low, high, n_bits, exact)
+    return decided
 
 
 def input_quantizer(float_range: tuple[float, float], whole_numbers: bool, n_bits: int,
