@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("skl2onnx")
 
+from cml_core.fhe.models import export_sklearn  # noqa: E402
+from cml_core.quantization.quantizers import PerFeatureQuantizer  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 from sklearn.ensemble import RandomForestClassifier  # noqa: E402
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor  # noqa: E402
 
 from cml_core import load_model  # noqa: E402
-from cml_core.fhe.models import export_sklearn  # noqa: E402
-from cml_core.quantization.quantizers import PerFeatureQuantizer  # noqa: E402
 
 # leaf values are probabilities (or, for the regression tree, the 0/1 labels' means): all in [0, 1], summed
 # (averaged over a forest) without a post transform, so each output errs by at most half a leaf-weight step
