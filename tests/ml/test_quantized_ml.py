@@ -100,7 +100,27 @@ def test_quantized_regressors_agree_with_float():
 
 
 
-def test_row_wise_post_transforms_are_refused():
-    x, y = _data("iris")
-    with pytest.raises(QuantizationError, match="row-wise post transform"):
-        _modules(GradientBoostingClassifier(n_estimators=5, random_state=0), x, y)
+@pytest.mark.parametrize("name", ["gradient_boosting_iris", "logistic_regression_digits"])
+def test_row_wise_post_transforms_are_finished_by_the_client(name):
+    """A multi-class model's SOFTMAX mixes the scores of a row: the encrypted program ends at the raw scores and
+    the probabilities are decoded from whole decrypted rows, like the label."""
+    make, data, standardize = {
+        "gradient_boosting_iris": (lambda: GradientBoostingClassifier(n_estimators=5, random_state=0), "iris", True),
+        "logistic_regression_digits": (lambda: LogisticRegression(max_iter=5000), "digits", False)}[name]
+    x, y = _data(data, standardize=standardize)
+    module, qmodule = _modules(make(), x, y)
+    post = {a.name: a.s for n in module.onnx_model.graph.node for a in n.attribute if a.name == "post_transform"}
+    assert post["post_transform"] == b"SOFTMAX"
+    labels, probabilities = module(x)
+    q_labels, q_probabilities = qmodule(x)
+    np.testing.assert_allclose(q_probabilities.sum(axis=1), 1.0, rtol=1e-6)  # a softmax of each whole row
+    # 8-bit scores: each probability moves by at most the scores' error times its slope (below 1/2)
+    assert np.abs(q_probabilities - probabilities).max() < 0.05
+    assert np.mean(q_labels == labels) >= 0.98
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodule = module.quantize(x, n_bits=4)
+        qmodule.compile(x)
+    simulated, clear = qmodule.forward(x[:3], fhe="simulate"), qmodule.forward(x[:3])
+    for got, expected in zip(simulated, clear):
+        np.testing.assert_array_equal(got, expected)

@@ -44,14 +44,11 @@ def _with_defaults(op: LinearOp) -> dict[str, Any]:
     return {**defaults, **op.attributes}
 
 
-def _column_sources(finish: Callable[[NDArray[Any]], tuple[NDArray[Any], ...]], output: int, n_columns: int,
-                    where: str) -> list[int]:
+def _column_sources(finish: Callable[[NDArray[Any]], tuple[NDArray[Any], ...]], output: int,
+                    n_columns: int) -> list[int] | None:
     """For each column of output ``output`` of ``finish`` (a function of the score matrix), the one score
-    column it depends on, found by perturbing each score column of random score rows.
-
-    Raises:
-        QuantizationError: an output column depends on several score columns (a row-wise transform).
-    """
+    column it depends on, found by perturbing each score column of random score rows; None when an output
+    column depends on several score columns (a row-wise transform: SOFTMAX, SOFTMAX_ZERO)."""
     rng = np.random.default_rng(0)
     probes = rng.normal(0.0, 2.0, size=(4, n_columns))
     base = np.asarray(finish(probes)[output], dtype=np.float64)
@@ -62,12 +59,8 @@ def _column_sources(finish: Callable[[NDArray[Any]], tuple[NDArray[Any], ...]], 
         changed = ~np.isclose(np.asarray(finish(moved)[output], dtype=np.float64), base, rtol=1e-6, atol=1e-9)
         for j in np.flatnonzero(changed.any(axis=0)):
             sources[j].add(k)
-    mixed = [j for j, s in enumerate(sources) if len(s) > 1]
-    if mixed:
-        raise QuantizationError(
-            f"{where}: output column(s) {mixed} mix several scores (a row-wise post transform such as SOFTMAX); "
-            "the quantized model can only apply element-wise post transforms (NONE, LOGISTIC, PROBIT): export the "
-            "model without it (raw scores) and apply it to the decrypted scores")
+    if any(len(s) > 1 for s in sources):
+        return None
     return [min(s) if s else 0 for s in sources]
 
 
@@ -77,25 +70,29 @@ def decoded_outputs(ctx: QuantContext, where: str, acc: Any, column_float: Calla
     """The node's outputs over the score accumulator ``acc`` (samples, score columns).
 
     ``column_float(codes, k)`` is the float score of column ``k`` for integers ``codes``; ``finish``
-    maps a float score matrix to the node's outputs. Each non-label output column is one score column's
-    integers with an element-wise float mapping; the label output (index ``label_output``) is decoded
-    from the whole row of scores.
+    maps a float score matrix to the node's outputs. Each output column that is a function of one score
+    column is that column's integers with an element-wise float mapping. The label output (index
+    ``label_output``) and the outputs of a row-wise post transform (SOFTMAX of a multi-class model) are
+    decoded from whole rows of scores: the encrypted program ends at the scores and the client finishes
+    them; another op cannot read such an output on encrypted values.
     """
     n_outputs = len(finish(np.zeros((1, n_columns))))
     outputs: list[QValue] = []
     for index in range(n_outputs):
-        if index == label_output:
-            def decode(q: NDArray[Any]) -> NDArray[Any]:
+        sources = None if index == label_output else _column_sources(finish, index, n_columns)
+        if sources is None:
+            what = "the label output" if index == label_output else "an output of a row-wise post transform"
+
+            def decode(q: NDArray[Any], index: int = index, what: str = what) -> NDArray[Any]:
                 q = np.asarray(q)
                 if q.ndim != 2 or q.shape[1] != n_columns:
-                    raise QuantizationError(f"{where}: the label output is decoded from whole rows of "
-                                            f"{n_columns} scores; it cannot be read by another op")
+                    raise QuantizationError(f"{where}: {what} is decoded from whole rows of {n_columns} scores by "
+                                            "the client; it cannot be read by another op on encrypted values")
                 scores = np.stack([column_float(q[:, k], k) for k in range(n_columns)], axis=1)
-                return np.asarray(finish(scores)[label_output])
+                return np.asarray(finish(scores)[index])
 
             outputs.append(QValue.lazy(acc, decode, False))
             continue
-        sources = _column_sources(finish, index, n_columns, where)
         selection = np.zeros((n_columns, len(sources)), dtype=np.int64)
         selection[sources, np.arange(len(sources))] = 1
         data = acc if sources == list(range(n_columns)) else acc @ selection

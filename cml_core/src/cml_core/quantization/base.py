@@ -221,6 +221,8 @@ class LayoutOp(QuantizedOp):
             )
         source = inputs[0]
         assert source is not None
+        if self.bound.node.op_type == "Identity" and len(inputs) == 1:
+            return source  # nothing moves: any mapping, even one of whole rows, stays as it is
         if not source.uniform:  # a per-position float mapping cannot follow moved elements
             source = ctx.requantize(source)
         rest = [None if v is None else v.data for v in inputs[1:]]
