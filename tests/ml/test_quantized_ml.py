@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cml_core import QuantizationError, load_model
+from cml_core import load_model
 
 pytest.importorskip("sklearn")
 pytest.importorskip("skl2onnx")
