@@ -6,7 +6,6 @@ scores (probabilities, or the regression value) are kept: the label output is an
 the client computes from the decrypted scores.
 """
 
-import contextlib
 import functools
 import warnings
 
@@ -18,7 +17,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
-from onnx import numpy_helper  # noqa: E402
+from cml_core.fhe.models import export_hummingbird  # noqa: E402
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
@@ -35,49 +34,6 @@ ESTIMATORS = {
 }
 ENSEMBLES = {"forest", "boosting"}
 COMPILED = {"small tree": ("classification", lambda: DecisionTreeClassifier(max_depth=4, random_state=0))}
-
-
-@contextlib.contextmanager
-def legacy_onnx_export():
-    """Hummingbird calls ``torch.onnx.export`` expecting the TorchScript exporter; newer torch defaults to
-    the dynamo one. Select the legacy exporter for the duration of a conversion."""
-    original = torch.onnx.export
-    torch.onnx.export = functools.partial(original, dynamo=False)
-    try:
-        yield
-    finally:
-        torch.onnx.export = original
-
-
-def scores_only(model):
-    """The model without its label output (an ArgMax of the scores) and the ArgMax computing it."""
-    labels = {node.output[0] for node in model.graph.node if node.op_type == "ArgMax"}
-    outputs = [o for o in model.graph.output if o.name not in labels]
-    nodes = [n for n in model.graph.node if n.op_type != "ArgMax"]
-    del model.graph.output[:]
-    model.graph.output.extend(outputs)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
-
-
-def with_explicit_squeeze_axes(model, x):
-    """Give each Squeeze without axes the axes it squeezes on a batch of three samples.
-
-    Hummingbird's gradient-boosting export squeezes every axis of size 1, the batch axis included when
-    there is a single sample, so the exported model fails on one sample (onnxruntime too). Calibration
-    and compilation run samples one at a time, so the axes are made explicit first.
-    """
-    squeezes = [n for n in model.graph.node if n.op_type == "Squeeze" and len(n.input) == 1]
-    if not squeezes:
-        return model
-    values = load_model(model).run(x[:3], keep_intermediates=True)
-    for node in squeezes:
-        axes = [axis for axis, size in enumerate(values[node.input[0]].shape) if size == 1]
-        name = f"{node.output[0]}_axes"
-        model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
-        node.input.append(name)
-    return model
 
 
 @functools.cache
@@ -100,11 +56,7 @@ def _estimator(name):
 def _export(name, strategy):
     task, _ = {**ESTIMATORS, **COMPILED}[name]
     x_train = _dataset(task)[0]
-    with warnings.catch_warnings(), legacy_onnx_export():
-        warnings.simplefilter("ignore")
-        container = hummingbird_ml.convert(_estimator(name), "onnx", x_train[:10],
-                                           extra_config={"tree_implementation": strategy, "onnx_target_opset": 17})
-    return with_explicit_squeeze_axes(scores_only(container.model), x_train).SerializeToString()
+    return export_hummingbird(_estimator(name), x_train, strategy, scores_only=True)
 
 
 def _module(name, strategy):
@@ -255,3 +207,25 @@ def test_perf_tree_trav_tree_compiles_and_simulates_like_the_clear_program():
     "requantizes its input in a batch but not for one sample and the batch-independence check refuses"))
 def test_tree_trav_tree_compiles_and_simulates_like_the_clear_program():
     _compile_and_simulate("tree_trav", 4)
+
+
+def test_export_with_its_label_output_quantizes_with_the_label_on_the_client():
+    """By default ``export_hummingbird`` keeps the label (an ArgMax of the scores): quantization leaves it to
+    the client, which derives it from the decrypted scores exactly as the float model does from its own."""
+    x_train, x_test, _, _ = _dataset("classification")
+    module = load_model(export_hummingbird(_estimator("tree"), x_train))
+    assert "ArgMax" in {b.node.op_type for b in module.nodes}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodule = module.quantize(x_train, n_bits=6)
+    assert qmodule.client_tail is not None
+    (labels, scores), (q_labels, q_scores) = module(x_test), qmodule(x_test)
+    np.testing.assert_array_equal(q_labels, np.asarray(q_scores).reshape(len(x_test), -1).argmax(1))
+    assert np.mean(q_labels == labels) >= 0.95
+
+
+def test_an_estimator_hummingbird_cannot_convert_is_a_load_error():
+    from cml_core import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="Hummingbird cannot convert object"):
+        export_hummingbird(object(), _dataset("classification")[0])

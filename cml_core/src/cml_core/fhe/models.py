@@ -158,6 +158,94 @@ def export_sklearn(estimator: Any, example_x: Any, target_opset: Any = None) -> 
     return bytes(model.SerializeToString())
 
 
+#: the opset Hummingbird's export writes (its TorchScript export supports 17 at most with torch 2.13)
+HUMMINGBIRD_TARGET_OPSET = 17
+
+
+def export_hummingbird(estimator: Any, example_x: Any, tree_implementation: str = "gemm",
+                       scores_only: bool = False) -> bytes:
+    """Serialized ONNX of a fitted scikit-learn estimator converted by Hummingbird into tensor ops.
+
+    ``tree_implementation`` is Hummingbird's strategy for trees (``"gemm"``, ``"tree_trav"`` or
+    ``"perf_tree_trav"``). Hummingbird calls ``torch.onnx.export`` expecting its TorchScript exporter: it is
+    selected for the conversion. Hummingbird's boosting exports squeeze every axis of size 1 (a single
+    sample's batch axis too): those Squeeze nodes get the axes they squeeze on a batch of several samples,
+    so that the model runs one sample at a time as calibration and compilation do. ``scores_only`` keeps the
+    last output (the scores) and the nodes it needs: the label, then, is derived by the caller from the
+    scores (by default the label output stays, and quantization leaves its ArgMax to the client).
+
+    Raises:
+        ModelLoadError: Hummingbird or torch is not installed, or the conversion fails.
+    """
+    import contextlib
+    import functools
+    import warnings
+
+    from ..errors import ModelLoadError
+
+    try:
+        import torch
+        from hummingbird.ml import convert
+    except ImportError as exc:
+        raise ModelLoadError("exporting with Hummingbird needs torch and hummingbird-ml: pip install "
+                             "hummingbird-ml (it declares an old onnx; --no-deps keeps the installed one)") from exc
+    x = np.asarray(example_x, dtype=np.float32)
+
+    @contextlib.contextmanager
+    def torchscript_exporter() -> Any:
+        original = torch.onnx.export
+        torch.onnx.export = functools.partial(original, dynamo=False)
+        try:
+            yield
+        finally:
+            torch.onnx.export = original
+
+    try:
+        with warnings.catch_warnings(), torchscript_exporter():
+            warnings.simplefilter("ignore")
+            container = convert(estimator, "onnx", x[:10], extra_config={
+                "tree_implementation": tree_implementation, "onnx_target_opset": HUMMINGBIRD_TARGET_OPSET})
+    except Exception as exc:  # noqa: BLE001  (Hummingbird raises many kinds; the message names the estimator)
+        raise ModelLoadError(f"Hummingbird cannot convert {type(estimator).__name__}: {type(exc).__name__}: "
+                             f"{exc}") from exc
+    model = container.model
+    if scores_only:
+        _keep_last_output(model)
+    _explicit_squeeze_axes(model, x)
+    return bytes(model.SerializeToString())
+
+
+def _keep_last_output(model: Any) -> None:
+    """Keep ``model``'s last output and the nodes computing it (in place)."""
+    kept = model.graph.output[-1]
+    needed, nodes = {kept.name}, []
+    for node in reversed(list(model.graph.node)):
+        if any(name in needed for name in node.output):
+            nodes.append(node)
+            needed.update(name for name in node.input if name)
+    del model.graph.output[:]
+    model.graph.output.append(kept)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))
+
+
+def _explicit_squeeze_axes(model: Any, x: Any) -> None:
+    """Give each Squeeze without axes the axes it squeezes on a batch of up to three samples (in place)."""
+    from onnx import numpy_helper
+
+    from ..numpy_module import load_model
+
+    squeezes = [n for n in model.graph.node if n.op_type == "Squeeze" and len(n.input) == 1]
+    if not squeezes or len(x) < 2:
+        return
+    values = load_model(model).run(x[:3], keep_intermediates=True)
+    for node in squeezes:
+        axes = [axis for axis, size in enumerate(values[node.input[0]].shape) if size == 1]
+        name = f"{node.output[0]}_axes"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+        node.input.append(name)
+
+
 def compile_sklearn_model(estimator: Any, calibration_x: Any, n_bits: Any = 8, rounding_threshold_bits: Any = None,
                           per_feature_inputs: bool | str = "auto", p_error: float | None = None,
                           global_p_error: float | None = None, configuration: Any = None, verbose: bool = False,
