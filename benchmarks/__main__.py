@@ -258,9 +258,13 @@ def classical_row_name(r: dict[str, Any]) -> str:
     return f"{r['dataset']} {r['model']} ({r['road']}{bits})"
 
 
+def classical_error(r: dict[str, Any]) -> str:
+    """A row's error cut to its first sentence (the whole text is in benchmarks.json)."""
+    return str(r["error"]).split("; settings:")[0].split(". ")[0]
+
+
 def classical_table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows with their error cut to its first clause (the whole text is in benchmarks.json)."""
-    return [{**r, "error": r["error"].split("; settings:")[0]} if "error" in r else r for r in rows]
+    return [{**r, "error": classical_error(r)} if "error" in r else r for r in rows]
 
 
 def classical_notes(rows: list[dict[str, Any]]) -> list[str]:
@@ -268,7 +272,7 @@ def classical_notes(rows: list[dict[str, Any]]) -> list[str]:
     notes = {(r["dataset"], r["model"], r["road"]): r["note"] for r in rows if r.get("note")}
     if not notes:
         return []
-    return [f"- {d} {m} ({road}): {note}." for (d, m, road), note in notes.items()] + [""]
+    return [f"- {d} {m} ({road}): {note.replace('.;', ';')}." for (d, m, road), note in notes.items()] + [""]
 
 
 def classical_targets(rows: list[dict[str, Any]]) -> list[str]:
@@ -287,7 +291,7 @@ def classical_targets(rows: list[dict[str, Any]]) -> list[str]:
                     for r in exports.values() if r["float_vs_ort"] > 1e-5 or r.get("label_agreement") not in (None, 1.0)]
     lines = ["- Classical ML, float NumpyModule equals onnxruntime (max abs diff of the scores <= 1e-5, labels "
              "equal): " + verdict(float_misses, len(exports))]
-    failed = [f"{name(r)}: {r['error'].split('; settings:')[0]}" for r in rows if "error" in r]
+    failed = [f"{name(r)}: {classical_error(r)}" for r in rows if "error" in r]
     six = [r for r in rows if r.get("n_bits") == 6 and "simulated_score" in r]
     sim_misses = [f"{name(r)} {r['simulated_score']:.3f} vs float {r['float_score']:.3f}"
                   for r in six if not r["within_1pt"]]
@@ -420,7 +424,7 @@ def write(results: dict[str, Any], command: str) -> None:
     ]
     text += targets(results)
     notes = Path(__file__).with_name("NOTES.md")
-    (DOCS / "benchmarks.md").write_text("\n".join(text) + (notes.read_text() if notes.exists() else ""))
+    (DOCS / "benchmarks.md").write_text("\n".join(text) + ("\n" + notes.read_text() if notes.exists() else ""))
 
 
 SECTIONS = ["float", "quantized", "fhe", "deployment", "qat", "classical"]
@@ -454,7 +458,7 @@ def main() -> None:
         from .classical import classical_path
 
         results["classical"] = classical_path(args.samples, args.quick)
-    command = "python -m benchmarks" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(f" --only {s}" for s in args.only or [])
     write(results, command)
     print(f"wrote {DOCS / 'benchmarks.md'}")
 
