@@ -12,8 +12,6 @@ the training split, simulation on the whole test split, and a few test samples e
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import statistics
 import time
 import warnings
@@ -75,57 +73,6 @@ def dataset(name: str) -> dict[str, np.ndarray]:
 
 
 # -- exports -----------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def legacy_onnx_export():
-    """Hummingbird expects the TorchScript exporter of ``torch.onnx.export``: select it during a conversion."""
-    import torch
-
-    original = torch.onnx.export
-    torch.onnx.export = functools.partial(original, dynamo=False)
-    try:
-        yield
-    finally:
-        torch.onnx.export = original
-
-
-def scores_output_only(model: Any) -> Any:
-    """The model with its last output alone (the scores) and the nodes that output needs.
-
-    A Hummingbird classifier's first output is the label: an ArgMax of the scores, or for a binary linear
-    model a Greater, Cast and Gather of them. The client derives the label from the decrypted scores.
-    """
-    kept = model.graph.output[-1]
-    needed = {kept.name}
-    nodes = []
-    for node in reversed(list(model.graph.node)):
-        if any(name in needed for name in node.output):
-            nodes.append(node)
-            needed.update(name for name in node.input if name)
-    nodes.reverse()
-    del model.graph.output[:]
-    model.graph.output.append(kept)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    return model
-
-
-def with_explicit_squeeze_axes(model: Any, x: np.ndarray) -> Any:
-    """Give each Squeeze without axes the axes it squeezes on three samples (Hummingbird's boosting export
-    squeezes every axis of size 1, the batch axis of a single sample included)."""
-    from onnx import numpy_helper
-
-    squeezes = [n for n in model.graph.node if n.op_type == "Squeeze" and len(n.input) == 1]
-    if not squeezes:
-        return model
-    values = load_model(model).run(x[:3], keep_intermediates=True)
-    for node in squeezes:
-        axes = [axis for axis, size in enumerate(values[node.input[0]].shape) if size == 1]
-        name = f"{node.output[0]}_axes"
-        model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
-        node.input.append(name)
-    return model
-
-
 def export_skl2onnx(estimator: Any, x_train: np.ndarray) -> tuple[bytes, bytes, str | None]:
     """(model to compare, model to quantize, note): ``export_sklearn``; where it raises, skl2onnx's
     ``to_onnx`` without options, the error kept as a note."""
@@ -142,23 +89,17 @@ def export_skl2onnx(estimator: Any, x_train: np.ndarray) -> tuple[bytes, bytes, 
         return exported, exported, note
 
 
-def export_hummingbird(estimator: Any, x_train: np.ndarray) -> tuple[bytes, bytes, str | None]:
-    """(whole export to compare, scores-only export to quantize, note) with Hummingbird ``gemm``."""
-    import onnx
-    from hummingbird.ml import convert
+def hummingbird_gemm(estimator: Any, x_train: np.ndarray) -> tuple[bytes, bytes, str | None]:
+    """(whole export to compare, scores-only export to quantize, note) with Hummingbird ``gemm``: the label of a
+    binary linear model is a Greater, Cast and Gather of the scores, so only the scores are quantized."""
+    from cml_core.fhe.models import export_hummingbird
 
-    with warnings.catch_warnings(), legacy_onnx_export():
-        warnings.simplefilter("ignore")
-        container = convert(estimator, "onnx", x_train[:10],
-                            extra_config={"tree_implementation": "gemm", "onnx_target_opset": 17})
-    whole = container.model
-    whole_bytes = whole.SerializeToString()
-    scores = with_explicit_squeeze_axes(scores_output_only(onnx.load_from_string(whole_bytes)), x_train)
-    return whole_bytes, scores.SerializeToString(), None
+    whole = export_hummingbird(estimator, x_train, "gemm")
+    return whole, export_hummingbird(estimator, x_train, "gemm", scores_only=True), None
 
 
 ROADS: dict[str, Callable[[Any, np.ndarray], tuple[bytes, bytes, str | None]]] = {
-    "skl2onnx": export_skl2onnx, "hummingbird gemm": export_hummingbird}
+    "skl2onnx": export_skl2onnx, "hummingbird gemm": hummingbird_gemm}
 
 
 # -- scores --------------------------------------------------------------------------------------------------

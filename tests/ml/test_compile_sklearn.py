@@ -77,3 +77,21 @@ def test_missing_skl2onnx_names_the_extra_to_install(data, monkeypatch):
     monkeypatch.setitem(sys.modules, "skl2onnx", None)
     with pytest.raises(ModelLoadError, match=r'pip install "cml-ops-ml\[sklearn\]"'):
         compile_sklearn_model(estimator, x, n_bits=6)
+
+
+@pytest.mark.fhe
+def test_choose_rounding_scores_a_classifier_on_its_probabilities_not_its_label(data):
+    """A skl2onnx classifier's first output is its 1-D label: the score is taken on the probabilities."""
+    from cml_core.fhe.models import export_sklearn
+    from sklearn.tree import DecisionTreeClassifier
+
+    from cml_core import choose_rounding, load_model
+
+    x, y = data
+    module = load_model(export_sklearn(DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y), x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodule = module.quantize(x, n_bits=5)
+        choice = choose_rounding(qmodule, x, x[:100], y[:100], method="exact")
+    assert choice.reference_score == pytest.approx(np.mean(module(x[:100])[1].argmax(1) == y[:100]))
+    assert choice.score >= choice.target

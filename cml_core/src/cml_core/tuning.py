@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 from .errors import BitWidthError, CmlError, CompileError, InputError, QuantizationError
 from .fhe import circuit_summary, compile_quantized_module, run_circuit
+from .quantization.auto_rounding import scored_output
 from .quantization.module import is_exact_rounding
 
 if TYPE_CHECKING:
@@ -55,8 +56,9 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
                     configuration: Any = None) -> RoundingChoice:
     """Pick the rounding before each lookup that keeps the simulated score within ``max_drop`` of float.
 
-    The score is classification accuracy on ``(x_val, y_val)`` (argmax of the first output), or,
-    without ``y_val``, agreement with the float model's argmax; ``score(first_output)`` (higher is
+    The score is classification accuracy on ``(x_val, y_val)`` (argmax of the first output holding a row of
+    scores per sample: a skl2onnx classifier's label output comes first), or, without ``y_val``, agreement
+    with the float model's argmax; ``score(output)`` on that output (higher is
     better, e.g. a negated error for a regression) replaces both. Each setting is compiled and
     simulated (``repeats`` times, averaged: approximate rounding is randomized). First every
     lookup gets the same bits, from ``min_bits`` up, until one setting reaches the target; then
@@ -88,7 +90,8 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
         raise InputError(f"choose_rounding: y_val has {len(np.asarray(y_val))} labels for {n_val} samples of x_val; "
                          "pass one label per sample")
     float_out = qmodule.numpy_module(*x_val_t)
-    float_first = np.asarray(float_out[0] if isinstance(float_out, tuple) else float_out)
+    scored = scored_output(float_out)
+    float_first = np.asarray(float_out[scored] if isinstance(float_out, tuple) else float_out)
     if score is None:
         labels = float_first.argmax(-1) if y_val is None else np.asarray(y_val)
 
@@ -114,7 +117,7 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
         scores = []
         for _ in range(1 if exact else repeats):
             out = qmodule.dequantize_output(*run_circuit(qmodule, q_val, "simulate"))
-            first = out[0] if isinstance(out, tuple) else out
+            first = out[scored] if isinstance(out, tuple) else out
             scores.append(float(score(np.asarray(first))))
         summary = circuit_summary(qmodule.fhe_circuit)
         result = RoundingTrial(dict(bits), float(np.mean(scores)), summary["complexity"], summary["pbs"])

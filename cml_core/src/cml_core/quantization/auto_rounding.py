@@ -61,8 +61,27 @@ def rounding_requested(qmodule: QuantizedModule) -> bool:
     return config.rounding_bits is not None or any(v is not None for v in config.rounding_per_lookup.values())
 
 
+def scored_output(outputs: Any) -> int:
+    """Which model output to score: the first one holding a row of scores per sample (samples, classes); a
+    classifier exported by skl2onnx puts its 1-D label first. Without such an output, the first."""
+    values = outputs if isinstance(outputs, tuple | list) else (outputs,)
+    for index, value in enumerate(values):
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f" and arr.ndim >= 2 and arr.shape[-1] > 1:
+            return index
+    return 0
+
+
 def _agreement(reference: NDArray[Any]) -> tuple[str, Any]:
-    """The metric comparing an output with the float model's ``reference`` (samples first)."""
+    """The metric comparing an output with the float model's ``reference`` (samples first): top-1 agreement of
+    rows of scores, equality of labels (integers), or R^2 of a single score."""
+    if reference.dtype.kind in "iub":
+        labels = reference.ravel()
+
+        def equal(out: NDArray[Any]) -> float:
+            return float(np.mean(np.asarray(out).ravel() == labels))
+
+        return "label agreement", equal
     if reference.ndim >= 2 and reference.shape[-1] > 1:
         labels = reference.reshape(-1, reference.shape[-1]).argmax(-1)
 
@@ -90,12 +109,13 @@ def choose_automatic_rounding(qmodule: QuantizedModule, inputs: tuple[Any, ...])
     if not wide or rounding_requested(qmodule):
         return None
     float_out = qmodule.numpy_module(*inputs)
-    reference = np.asarray(float_out[0] if isinstance(float_out, tuple) else float_out)
+    scored = scored_output(float_out)
+    reference = np.asarray(float_out[scored] if isinstance(float_out, tuple) else float_out)
     metric, score = _agreement(reference)
 
     def first_output() -> NDArray[Any]:
         out = qmodule(*inputs)
-        return np.asarray(out[0] if isinstance(out, tuple) else out)
+        return np.asarray(out[scored] if isinstance(out, tuple) else out)
 
     unrounded = score(first_output())
     target = unrounded - AUTO_ROUNDING_DROP
