@@ -64,3 +64,47 @@ def test_the_deployed_client_runs_the_tail_on_the_decrypted_scores(tmp_path):
     np.testing.assert_array_equal(scores, simulated[1])
     loaded = load_quantized(folder)
     np.testing.assert_array_equal(loaded(x)[0], qmodule(x)[0])
+
+
+def _softmax_model(attention=False):
+    """x -> MatMul -> Softmax = probabilities -> ArgMax = label; with ``attention`` the probabilities feed a
+    MatMul (weights), as an attention's do: that Softmax must stay encrypted."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(size=(6, 4)).astype(np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"]), helper.make_node("Softmax", ["s"], ["p"], axis=-1)]
+    outputs = [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 4])]
+    if attention:
+        inits.append(numpy_helper.from_array(rng.normal(size=(4, 2)).astype(np.float32), "v"))
+        nodes.append(helper.make_node("MatMul", ["p", "v"], ["y"]))
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])]
+    else:
+        nodes.append(helper.make_node("ArgMax", ["p"], ["label"], axis=-1, keepdims=0))
+        outputs.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+                              outputs, inits)
+    return load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
+
+
+def test_a_softmax_of_the_final_scores_runs_on_the_client():
+    module = _softmax_model()
+    x = np.random.default_rng(3).normal(size=(100, 6)).astype(np.float32)
+    qmodule = module.quantize(x, n_bits=6)
+    assert [n.op_type for n in qmodule.client_tail.model.graph.node] == ["Softmax", "ArgMax"]
+    assert qmodule.lookup_count == 0  # the encrypted program is the matrix product alone
+    probabilities, label = qmodule(x)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)  # the client's float softmax
+    np.testing.assert_array_equal(label, probabilities.argmax(axis=1))
+    # scores within one 6-bit step of the float scores move each probability by less than that step
+    expected = module(x)[0]
+    step = float(np.ptp(module.run(x, keep_intermediates=True)["s"])) / 63
+    assert np.abs(probabilities - expected).max() <= step
+    qmodule.compile(x)
+    for got, clear in zip(qmodule.forward(x[:3], fhe="simulate"), qmodule.forward(x[:3])):
+        np.testing.assert_array_equal(got, clear)
+
+
+def test_a_softmax_whose_probabilities_feed_weights_stays_encrypted():
+    module = _softmax_model(attention=True)
+    x = np.random.default_rng(3).normal(size=(100, 6)).astype(np.float32)
+    qmodule = module.quantize(x, n_bits=6)
+    assert qmodule.client_tail is None and qmodule.lookup_count > 0

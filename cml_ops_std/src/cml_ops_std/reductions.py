@@ -335,6 +335,8 @@ class QuantizedSoftmax(QuantizedOp):
 
     log = False
     version = 13
+    #: a Softmax of the model's final scores runs on the client, on the decrypted scores (see client_tail)
+    finishes_on_client = True
 
     def encrypted_forward(self, ctx, inputs):
         source = inputs[0]

@@ -3,8 +3,10 @@
 Ops of the ``ConstantOnlyOp`` family cannot run on encrypted values (a position, a sort, a sequence). When
 such an op and everything computed from it only lead to model outputs, and none of them holds weights,
 they need not run on the server: the encrypted program stops at the tensors they read, and the client runs
-them as numpy on the decrypted floats. The split is two ONNX models: the server's (the encrypted program
-is built from it) and the client's tail.
+them as numpy on the decrypted floats. Ops whose family sets ``finishes_on_client`` (a Softmax) follow them
+there when they and all that follows only finish model outputs: the server then returns the scores they
+read. The split is two ONNX models: the server's (the encrypted program is built from it) and the client's
+tail.
 """
 
 from __future__ import annotations
@@ -112,16 +114,33 @@ def split_client_tail(module: NumpyModule, sample: list[Any]) -> tuple[NumpyModu
             stack.append(index)
         if family is None or not issubclass(family, ShapeOp):
             encrypted.update(n for n in bound.outputs if n)
-    tail: set[int] = set()
-    while stack:
-        index = stack.pop()
-        if index in tail:
+
+    def downstream(seeds: list[int]) -> set[int]:
+        reached: set[int] = set()
+        pending = list(seeds)
+        while pending:
+            index = pending.pop()
+            if index not in reached:
+                reached.add(index)
+                for name in nodes[index].outputs:
+                    pending.extend(consumers.get(name, []))
+        return reached
+
+    tail = downstream(stack)
+    if any(_server_only(nodes[i]) for i in tail):
+        return module, None  # weights would reach the client: the clear-only op's refusal names it
+    # ops that only finish the outputs (a Softmax of the final scores) run on the client too: the server
+    # sends the scores they read, and the client spends nothing encrypted on them
+    for index, bound in enumerate(nodes):
+        family = bound.impl.quantized
+        if index in tail or not getattr(family, "finishes_on_client", False) or \
+                not any(name in encrypted for name in bound.inputs):
             continue
-        tail.add(index)
-        for name in nodes[index].outputs:
-            stack.extend(consumers.get(name, []))
-    if not tail or len(tail) == len(nodes) or any(_server_only(nodes[i]) for i in tail):
-        return module, None  # nothing left for the server to compute, or weights would reach the client
+        after = downstream([index])
+        if not any(_server_only(nodes[i]) for i in after):
+            tail |= after
+    if not tail or len(tail) == len(nodes):
+        return module, None  # nothing left for the server to compute
     made_by_tail = {n for i in tail for n in nodes[i].outputs if n}
     reads: list[str] = []
     for i in sorted(tail):
