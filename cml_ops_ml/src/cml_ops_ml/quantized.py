@@ -116,6 +116,9 @@ def decoded_outputs(ctx: QuantContext, where: str, acc: Any, column_float: Calla
 class _LinearModel(LinearOp):
     """Shared by the linear classifier and regressor: integer scores ``(x - z) @ W_q.T + b_q``."""
 
+    #: a per-feature input's scales and zero points fold into the coefficients: one grid per feature is free
+    folds_feature_scales = True
+
     def integer_scores(self, ctx: QuantContext, x: QValue, coefficients: Any, intercepts: Any,
                        n_outputs: int) -> tuple[Any, float, NDArray[Any] | None]:
         """(accumulator, its scale, a float bias kept outside the integers or None)."""
@@ -197,6 +200,9 @@ class QuantizedLinearRegressor(_LinearModel):
 
 class QuantizedTreeEnsemble(LinearOp):
     """TreeEnsembleClassifier, TreeEnsembleRegressor and TreeEnsemble in the FHE-friendly form (see the module)."""
+
+    #: each comparison reads its feature on the feature's own grid
+    folds_feature_scales = True
 
     def _model(self, x: QValue) -> Any:
         from .trees import tree_model

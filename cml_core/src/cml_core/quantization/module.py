@@ -670,7 +670,10 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
     n_samples = calibration.sample_count(module, inputs)
     statistics = calibration.float_statistics(module, inputs, n_samples, producers)
     ranges = widen_to_index_domains(module, statistics.ranges, statistics.whole_numbers)
-    per_feature = [per_feature_wanted(spec, arr, per_feature_setting) for spec, arr in zip(module.inputs, inputs)]
+    folding = {spec.name: all(getattr(b.impl.quantized, "folds_feature_scales", False)
+                              for b in module.nodes if spec.name in b.node.input) for spec in module.inputs}
+    per_feature = [per_feature_wanted(spec, arr, per_feature_setting, folding[spec.name])
+                   for spec, arr in zip(module.inputs, inputs)]
     has_weights = any(isinstance(b.impl.quantized, type) and issubclass(b.impl.quantized, LinearOp)
                       for b in module.nodes)
     for message in calibration.calibration_warnings(module, inputs, n_samples, ranges, config, has_weights):
@@ -826,15 +829,19 @@ def feature_ranges(data: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], NDAr
     return columns.min(axis=0), columns.max(axis=0), np.all(columns == np.round(columns), axis=0)
 
 
-def per_feature_wanted(spec: TensorSpec, data: NDArray[Any], setting: bool | str) -> bool:
+def per_feature_wanted(spec: TensorSpec, data: NDArray[Any], setting: bool | str, readers_fold: bool = False) -> bool:
     """Whether the model input ``spec`` (calibration ``data``) is quantized per feature under ``setting``
-    (see ``quantize_module``'s ``per_feature_inputs``)."""
+    (see ``quantize_module``'s ``per_feature_inputs``). ``readers_fold``: every node reading the input
+    folds per-feature scales into its own parameters (an ONNX-ML linear model or tree ensemble: family
+    attribute ``folds_feature_scales``), so that "auto" gives each feature its grid whatever the ranges."""
     if setting is False or data.ndim < 2 or data.shape[-1] < 2:
         return False
     if setting is True:
         return True
     if data.ndim != 2 or spec.dtype.kind != "f" or data.shape[0] < PER_FEATURE_MIN_SAMPLES:
         return False
+    if readers_fold:
+        return True
     lows, highs, _ = feature_ranges(data)
     spans = highs - lows
     varying = spans[spans > 0]
