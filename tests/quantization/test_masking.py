@@ -92,7 +92,7 @@ def test_a_saved_masked_softmax_loads_with_its_masking_quantizers(tmp_path):
     assert np.all(simulated[keep[:4] == 0] == 0)
 
 
-def test_token_ids_outside_the_calibration_range_read_their_own_embedding_rows():
+def test_token_ids_read_their_own_embedding_rows_outside_the_calibration_range_and_at_any_n_bits():
     table = np.random.default_rng(0).standard_normal((100, 4)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["ids", "flat"], ["r"]), helper.make_node("Gather", ["table", "r"], ["y"])],
@@ -101,7 +101,10 @@ def test_token_ids_outside_the_calibration_range_read_their_own_embedding_rows()
         [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([-1], np.int64), "flat")])
     module = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=10))
     calibration = np.random.default_rng(1).integers(10, 50, (20, 3))
-    qmodule = module.quantize((calibration,), n_bits=8)
     ids = np.array([[0, 99, 5], [60, 10, 49]])
-    step = (table.max() - table.min()) / 255
-    np.testing.assert_allclose(qmodule(ids), module(ids), atol=step)
+    for n_bits in (4, 8):  # 100 rows need 7 bits: the ids take them whatever n_bits (an index rounded is wrong)
+        qmodule = module.quantize((calibration,), n_bits=n_bits)
+        (quantizer,) = qmodule.input_quantizers
+        assert (quantizer.n_bits, quantizer.scale, quantizer.zero_point) == (7, 1.0, 0)
+        step = (table.max() - table.min()) / (2**n_bits - 1)
+        np.testing.assert_allclose(qmodule(ids), module(ids), atol=step / 2 + 1e-6)

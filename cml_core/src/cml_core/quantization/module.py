@@ -669,7 +669,7 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
                 producers[name] = (bound.name, bound.impl.display_name)
     n_samples = calibration.sample_count(module, inputs)
     statistics = calibration.float_statistics(module, inputs, n_samples, producers)
-    ranges = widen_to_index_domains(module, statistics.ranges, statistics.whole_numbers)
+    ranges, index_inputs = widen_to_index_domains(module, statistics.ranges, statistics.whole_numbers)
     folding = {spec.name: all(getattr(b.impl.quantized, "folds_feature_scales", False)
                               for b in module.nodes if spec.name in b.node.input) for spec in module.inputs}
     per_feature = [per_feature_wanted(spec, arr, per_feature_setting, folding[spec.name])
@@ -686,8 +686,9 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
 
     def calibrated() -> QuantizedModule:
         input_quantizers = [decided[s.name] if s.name in decided else
-                            input_quantizer(ranges[s.name], s.name in statistics.whole_numbers, config.model_inputs,
-                                            arr if wanted else None)
+                            input_quantizer(ranges[s.name], s.name in statistics.whole_numbers,
+                                            max(config.model_inputs, MAX_LOOKUP_BITS) if s.name in index_inputs
+                                            else config.model_inputs, arr if wanted else None)
                             for s, arr, wanted in zip(module.inputs, inputs, per_feature)]
         ops = [b.impl.quantized(b) for b in module.nodes]  # type: ignore[misc]
         built = QuantizedModule(module, config, ranges, input_quantizers, ops, producers)
@@ -736,11 +737,14 @@ VALUE_KEEPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identi
 
 
 def widen_to_index_domains(module: NumpyModule, ranges: dict[str, tuple[float, float]],
-                           whole_numbers: frozenset[str]) -> dict[str, tuple[float, float]]:
+                           whole_numbers: frozenset[str]) -> tuple[dict[str, tuple[float, float]], set[str]]:
     """``ranges`` with each whole-number model input that a Gather reads as indices into a constant
     table (token ids into an embedding) widened to every row of the table: calibration text rarely
-    holds every token, and an id outside the calibrated range would be clipped to a neighbour's row."""
+    holds every token, and an id outside the calibrated range would be clipped to a neighbour's row.
+    Also returns those inputs' names: an index has no meaning rounded, so they are quantized exactly on
+    as many bits as the table's rows need (up to the 16 a lookup takes), whatever ``n_bits``."""
     widened = dict(ranges)
+    indices: set[str] = set()
     producer = {out: b.node for b in module.nodes for out in b.node.output if out}
     for bound in module.nodes:
         node = bound.node
@@ -755,7 +759,8 @@ def widen_to_index_domains(module: NumpyModule, ranges: dict[str, tuple[float, f
         low, high = widened[name]
         first = 0.0 if low >= 0 else -float(rows)  # negative indices count from the end
         widened[name] = (min(low, first), max(high, float(rows - 1)))
-    return widened
+        indices.add(name)
+    return widened, indices
 
 
 def decided_inputs(module: NumpyModule, inputs: Sequence[NDArray[Any]], ops_of: dict[int, QuantizedOp],
