@@ -607,10 +607,18 @@ class LoadedProgram(Program):
         client, server = self._simulation
         return client.simulate_decrypt(server.run(client.simulate_encrypt(*args)))
 
-    def execute(self, *args: Any) -> Any:
+    def encrypt(self, *args: Any) -> Any:
+        assert self._execution is not None
+        return self._execution[0].encrypt(*args)
+
+    def run_encrypted(self, encrypted: Any) -> Any:
         assert self._execution is not None
         client, server = self._execution
-        return client.decrypt(server.run(client.encrypt(*args), evaluation_keys=client.evaluation_keys))
+        return server.run(encrypted, evaluation_keys=client.evaluation_keys)
+
+    def decrypt(self, result: Any) -> Any:
+        assert self._execution is not None
+        return self._execution[0].decrypt(result)
 
 
 def _owned(build: Any) -> Any:

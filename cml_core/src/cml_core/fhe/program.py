@@ -56,9 +56,21 @@ class Program:
     def simulate(self, *args: Any) -> Any:
         raise NotImplementedError
 
+    def encrypt(self, *args: Any) -> Any:
+        """One sample's inputs encrypted with this process's own keys."""
+        raise NotImplementedError
+
+    def run_encrypted(self, encrypted: Any) -> Any:
+        """The circuit evaluated on encrypted inputs (safe to call from several threads at once)."""
+        raise NotImplementedError
+
+    def decrypt(self, result: Any) -> Any:
+        """The clear outputs of an evaluation."""
+        raise NotImplementedError
+
     def execute(self, *args: Any) -> Any:
         """Encrypt, run and decrypt one sample with this process's own keys."""
-        raise NotImplementedError
+        return self.decrypt(self.run_encrypted(self.encrypt(*args)))
 
 
 class CircuitProgram(Program):
@@ -87,8 +99,14 @@ class CircuitProgram(Program):
     def simulate(self, *args: Any) -> Any:
         return self.circuit.simulate(*args)
 
-    def execute(self, *args: Any) -> Any:
-        return self.circuit.encrypt_run_decrypt(*args)
+    def encrypt(self, *args: Any) -> Any:
+        return self.circuit.encrypt(*args)
+
+    def run_encrypted(self, encrypted: Any) -> Any:
+        return self.circuit.run(encrypted)
+
+    def decrypt(self, result: Any) -> Any:
+        return self.circuit.decrypt(result)
 
 
 def empty_outputs(program: Program) -> tuple[Any, ...]:
