@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from cml_core.errors import QuantizationError
 from cml_core.quantization import ElementwiseOp, LinearOp, QuantContext, QValue
+from cml_core.quantization.quantizers import UniformQuantizer
 from cml_core.signature import REQUIRED
 from numpy.typing import NDArray
 
@@ -277,15 +278,15 @@ class QuantizedTreeEnsemble(LinearOp):
         leaves = ctx.lookup(QValue.lazy(counts, lambda c: c, False, name=f"{self.bound.name}:paths"),
                             reached, key=f"{self.bound.name}:leaves")
         weights = forest.leaf_weights
-        w_int, w_scale = self.weights(ctx, "leaf weights", weights)
+        w_int, scales, zero_points = self._leaf_codes(ctx, weights)
         acc = leaves @ w_int
         ctx.record_accumulator(acc)
-        scale = float(w_scale)
+        offsets = len(forest.roots) * zero_points  # each tree adds exactly one leaf's zero point per column
         scored = self.state["scored"]
         n_columns = weights.shape[1]
 
         def column_float(codes: NDArray[Any], k: int) -> NDArray[Any]:
-            return scale * np.asarray(codes, dtype=np.float64)
+            return scales[k] * (np.asarray(codes, dtype=np.float64) - offsets[k])
 
         def finish(sums: NDArray[Any]) -> tuple[NDArray[Any], ...]:
             return model.finish(np.asarray(sums), scored)
@@ -293,6 +294,21 @@ class QuantizedTreeEnsemble(LinearOp):
         outs = decoded_outputs(ctx, self.where, acc, column_float, n_columns, finish,
                                label_output=0 if model.classifier else None)
         return outs if model.classifier else outs[0]
+
+    def _leaf_codes(self, ctx: QuantContext, weights: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
+        """(codes, scales, zero points per output column) of the leaf weights: one affine ``op_weights``-bit grid
+        over their range and 0, shared by the columns so that equal weights of two classes stay equal (a tie
+        keeps the float model's label). Leaf values far from 0 (a regression's targets, probabilities) get the
+        whole grid, where a symmetric one spends half of it on values no leaf holds; 0 (a leaf that does not
+        weigh a column) stays exact. Every tree reaches exactly one leaf, so the zero points add up to a known
+        offset per column."""
+        if "leaf codes" not in self.state:
+            arr = np.asarray(weights, dtype=np.float64)
+            grid = UniformQuantizer.fit(min(float(arr.min()), 0.0), max(float(arr.max()), 0.0), ctx.config.op_weights)
+            columns = arr.shape[1]
+            self.state["leaf codes"] = (grid.quant(arr), np.full(columns, grid.scale),
+                                        np.full(columns, grid.zero_point, dtype=np.int64))
+        return self.state["leaf codes"]  # type: ignore[no-any-return]
 
     def _scored_everywhere(self, forest: Any) -> NDArray[np.bool_]:
         """Which classes or targets every sample gets a weight for: the union over the trees of the set each
