@@ -1,4 +1,6 @@
-"""nox sessions: tests, lint, typecheck, docs, demo, bench. Each builds its own virtualenv."""
+"""nox sessions: tests, lint, typecheck, docs, demo, bench, bench_reference. Each builds its own virtualenv."""
+
+from pathlib import Path
 
 import nox
 
@@ -55,3 +57,24 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     install(session, "onnxruntime", "scikit-learn", "matplotlib")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+#: the FHE benchmark's models and sets, written in cml's environment for the reference tool's (under .nox, ignored)
+REFERENCE_INPUTS = str(Path(__file__).resolve().parent / ".nox" / "reference-inputs")
+
+
+@nox.session
+def bench_inputs(session: nox.Session) -> None:
+    """The models (ONNX) and calibration/test sets (.npz) of the FHE benchmark, for bench_reference."""
+    install(session)
+    session.run("python", "-m", "benchmarks", "--write-inputs", REFERENCE_INPUTS)
+
+
+@nox.session(requires=["bench_inputs"])
+def bench_reference(session: nox.Session) -> None:
+    """The reference tool, concrete-ml 1.9.0, on the same inputs: writes docs/benchmarks-reference.json, which
+    `python -m benchmarks` shows beside its FHE figures. concrete-ml pins onnx 1.17 and torch 2.3.1 (from PyPI,
+    with its CUDA libraries: about 3 GB of wheels) and needs Python 3.8 to 3.12. Arguments after `--` go to
+    benchmarks/reference.py (--samples, --output, --model)."""
+    session.install("concrete-ml==1.9.0")
+    session.run("python", "benchmarks/reference.py", "--inputs", REFERENCE_INPUTS, *session.posargs)

@@ -1,20 +1,28 @@
 """Run the benchmarks and write docs/benchmarks.{json,md,png}.
 
     python -m benchmarks [--quick] [--samples 3] [--only float|quantized|fhe|deployment|qat|classical ...]
+    python -m benchmarks --page                 rewrite docs/benchmarks.md from the JSON files, measuring nothing
+    python -m benchmarks --write-inputs DIR     the FHE section's models and data, for benchmarks/reference.py
 
 Float path: NumpyModule vs onnxruntime (graph optimizations as shipped, one thread) vs the ONNX
 reference evaluator. Clear quantized path: QuantizedModule throughput. FHE: compile and key
 generation time, time per encrypted sample, PBS count, max bit width, complexity, and accuracy
 float / quantized / simulated / encrypted for several quantization and rounding settings. Classical ML:
 scikit-learn models exported with skl2onnx and Hummingbird gemm, from float to encrypted
-(``benchmarks/classical.py``).
+(``benchmarks/classical.py``). The reference tool (concrete-ml 1.9.0) runs in a virtualenv of its own on the
+FHE section's models and data (``nox -s bench_reference``, ``benchmarks/reference.py``); its JSON
+(docs/benchmarks-reference.json) is shown beside this benchmark's FHE figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import json
+import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -112,6 +120,7 @@ MLP_SETTINGS: list[tuple[str, Any, Any]] = [
     ("n_bits 6, 6-bit approximate rounding", 6, {"n_bits": 6, "method": "approximate"}),
     ("n_bits 6, 4-bit approximate rounding", 6, {"n_bits": 4, "method": "approximate"}),
     ("n_bits 8, no rounding", 8, None),
+    ("n_bits 8, 6-bit exact rounding", 8, 6),
     ("n_bits 8, 5-bit approximate rounding", 8, {"n_bits": 5, "method": "approximate"}),
     ("inputs 5, ops 6, weights 6 bits, 5-bit approximate rounding",
      {"model_inputs": 5, "op_inputs": 6, "op_weights": 6}, {"n_bits": 5, "method": "approximate"}),
@@ -122,6 +131,10 @@ CNN_SETTINGS: list[tuple[str, Any, Any]] = [
     ("inputs 5, ops 6, weights 6 bits, 5-bit approximate rounding",
      {"model_inputs": 5, "op_inputs": 6, "op_weights": 6}, {"n_bits": 5, "method": "approximate"}),
     (AUTO, {"model_inputs": 5, "op_inputs": 6, "op_weights": 6}, "auto"),
+    # the rest of the reference tool's settings (benchmarks/reference.py), for the rows beside its figures
+    ("n_bits 6, no rounding", 6, None),
+    ("n_bits 8, no rounding", 8, None),
+    ("n_bits 8, 6-bit exact rounding", 8, 6),
 ]
 #: above this circuit complexity, encrypted execution is estimated too slow for a benchmark run
 EXECUTE_LIMIT = 3e11
@@ -131,17 +144,78 @@ def accuracy(scores: Any, labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(scores).argmax(1) == labels))
 
 
+def fhe_models() -> list[tuple[str, bytes, dict[str, np.ndarray]]]:
+    """The FHE section's models, each with the sets it runs on: ``x_calib`` (the training split, which
+    calibrates and compiles), ``x_test`` and ``y_test``. The reference tool gets the same (``--write-inputs``)."""
+    data = models.digits()
+    cases = []
+    for name, model_bytes, shape in (("MLP 64-32-32-10", models.mlp(), lambda a: a),
+                                     ("CNN digits", models.cnn(), lambda a: a.reshape(-1, 1, 8, 8))):
+        sets = {"x_calib": shape(data["x_train"]), "x_test": shape(data["x_test"]), "y_test": data["y_test"]}
+        cases.append((name, model_bytes, sets))
+    return cases
+
+
+def input_id(model_bytes: bytes, x_calib: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> str:
+    """A hash of a model and its sets (the same function is in benchmarks/reference.py)."""
+    digest = hashlib.sha256(model_bytes)
+    for array in (x_calib, x_test, y_test):
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def machine() -> dict[str, Any]:
+    """What identifies this machine and boot (the same fields as ``benchmarks/reference.py``'s)."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        boot_id: str | None = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = None
+    return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "boot_id": boot_id,
+            "system": platform.platform(), "python": platform.python_version()}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_inputs(folder: Path) -> None:
+    """The FHE section's models (ONNX) and sets (.npz) with a manifest, for benchmarks/reference.py."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, model_bytes, sets in fhe_models():
+        stem = name.split()[0].lower()
+        (folder / f"{stem}.onnx").write_bytes(model_bytes)
+        np.savez(folder / f"{stem}.npz", **sets)
+        entries.append({"name": name, "onnx": f"{stem}.onnx", "data": f"{stem}.npz",
+                        "input_id": input_id(model_bytes, sets["x_calib"], sets["x_test"], sets["y_test"])})
+    versions = {p: metadata.version(p) for p in ("cml-core", "torch", "onnx", "numpy")}
+    manifest = {"written": now(), "machine": machine(), "versions": versions, "models": entries}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {len(entries)} models and their sets to {folder}")
+
+
 def fhe_path(samples: int, quick: bool) -> list[dict[str, Any]]:
     data = models.digits()
     rows = []
-    cases = [("MLP 64-32-32-10", models.mlp(), MLP_SETTINGS, lambda a: a),
-             ("CNN digits", models.cnn(), CNN_SETTINGS, lambda a: a.reshape(-1, 1, 8, 8))]
-    for model_name, model_bytes, settings, shape in cases:
+    settings_of = {"MLP 64-32-32-10": MLP_SETTINGS, "CNN digits": CNN_SETTINGS}
+    for model_name, model_bytes, sets in fhe_models():
+        settings = settings_of[model_name]
         module = load_model(model_bytes)
-        x_train, x_test, y_test = shape(data["x_train"]), shape(data["x_test"]), data["y_test"]
+        x_train, x_test, y_test = sets["x_calib"], sets["x_test"], sets["y_test"]
+        ident = input_id(model_bytes, x_train, x_test, y_test)
         float_acc = accuracy(module(x_test), y_test)
         for name, n_bits, rounding in settings[:2] if quick else settings:
-            row: dict[str, Any] = {"model": model_name, "setting": name, "float_accuracy": float_acc}
+            row: dict[str, Any] = {"model": model_name, "setting": name, "float_accuracy": float_acc,
+                                   "input_id": ident}
             auto = rounding == "auto"
             qmodule = module.quantize(x_train, n_bits=n_bits, rounding_threshold_bits=None if auto else rounding)
             if auto:  # tuned on the training set, never on the test set
@@ -189,8 +263,6 @@ def fhe_path(samples: int, quick: bool) -> list[dict[str, Any]]:
 
 def environment() -> dict[str, Any]:
     versions = {p: metadata.version(p) for p in ("cml-core", "concrete-python", "numpy", "onnx", "onnxruntime", "torch")}
-    import os
-
     return {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "system": platform.platform(), **versions,
             "date": time.strftime("%Y-%m-%d")}
@@ -213,7 +285,7 @@ REFERENCE_EXACT6 = {"complexity": 1.07e11, "seconds_per_encrypted_sample": 6.9}
 REFERENCE_BEST_WITHIN_1PT = {"complexity": 7.9e10}
 
 
-def targets(results: dict[str, Any]) -> list[str]:
+def targets(results: dict[str, Any], reference: dict[str, Any] | None = None) -> list[str]:
     """The issue's targets, checked against this run's figures."""
     lines = ["## Targets, checked on this run", ""]
     floats = results.get("float", [])
@@ -245,6 +317,7 @@ def targets(results: dict[str, Any]) -> list[str]:
             lines.append(f"  - time per encrypted sample {t:.2f} s: {ratio}; the reference's 6-bit exact-rounding row "
                          f"took {REFERENCE_EXACT6['seconds_per_encrypted_sample']} s on its own machine "
                          f"(a quarter: {REFERENCE_EXACT6['seconds_per_encrypted_sample'] / 4:.2f} s).")
+        lines += reference_target(results, reference)
     lines += classical_targets(results.get("classical", []))
     return lines + [""]
 
@@ -318,8 +391,122 @@ def classical_targets(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write(results: dict[str, Any], command: str) -> None:
-    (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=2))
+#: the reference tool's figures (``nox -s bench_reference``), read beside benchmarks.json
+REFERENCE_JSON = "benchmarks-reference.json"
+#: two measurements on the same machine and boot at most this far apart count as one run (ratios shown)
+SAME_RUN_HOURS = 12
+REFERENCE_COLUMNS = ["model", "setting", "tool", "float_accuracy", "quantized_accuracy", "simulated_accuracy", "pbs",
+                     "max_bit_width", "complexity", "global_p_error", "compile_s", "keygen_s",
+                     "seconds_per_encrypted_sample", "error"]
+#: divided (the reference's figure over ours) in the ratio rows
+RATIO_KEYS = ["pbs", "complexity", "compile_s", "keygen_s", "seconds_per_encrypted_sample"]
+
+
+def _when(stamp: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(stamp)
+
+
+def not_same_run(results: dict[str, Any], reference: dict[str, Any]) -> str | None:
+    """Why this page's FHE figures and the reference's may not be divided; None when they come from one run
+    (same host, CPU, core count and boot, measured at most SAME_RUN_HOURS apart)."""
+    run = results.get("runs", {}).get("fhe")
+    if not run:
+        return "this page's FHE figures carry no machine record (they were measured before such records were kept)"
+    ours, theirs = run.get("machine", {}), reference.get("machine", {})
+    differ = [k for k in ("host", "cpu", "cpus", "boot_id") if ours.get(k) != theirs.get(k)]
+    if differ:
+        return f"the two were measured on different machines or boots ({', '.join(differ)} differ)"
+    # the gap between the two measuring windows (0 when they overlap)
+    gap = max(_when(run["started"]), _when(reference["started"])) - min(_when(run["finished"]),
+                                                                          _when(reference["finished"]))
+    hours = max(gap.total_seconds(), 0) / 3600
+    if hours > SAME_RUN_HOURS:
+        return f"the two were measured {hours:.1f} hours apart (more than {SAME_RUN_HOURS})"
+    return None
+
+
+def reference_section(results: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
+    """The reference tool's figures beside this page's FHE rows of the same model and setting."""
+    lines = ["### Beside the reference tool, measured here", ""]
+    if reference is None:
+        return lines + ["Reference figures absent: run `nox -s bench_reference` (it writes "
+                        f"`docs/{REFERENCE_JSON}`), then `python -m benchmarks --page` or any benchmark run.", ""]
+    versions, where = reference.get("versions", {}), reference.get("machine", {})
+    tool = f"concrete-ml {versions.get('concrete-ml', '?')}"
+    why_not = not_same_run(results, reference)
+    ours_by = {(r["model"], r["setting"]): r for r in results.get("fhe", [])}
+    ours_run = results.get("runs", {}).get("fhe", {})
+    # each model's inputs: the same (input ids equal), other, or unverified (this page's rows carry no id)
+    ids = {r["model"]: r.get("input_id") for r in results.get("fhe", [])}
+    theirs = {m: v.get("input_id") for m, v in reference.get("models", {}).items()}
+    other_inputs = sorted(m for m in theirs if ids.get(m) and ids[m] != theirs[m])
+    unverified = sorted(m for m in theirs if m in ids and not ids[m])
+    rows: list[dict[str, Any]] = []
+    for ref in reference["rows"]:
+        ours = ours_by.get((ref["model"], ref["setting"]))
+        label = {"model": ref["model"], "setting": ref["setting"]}
+        rows.append({**label, "tool": "cml", **(ours or {"error": "not in this page's FHE rows"})})
+        rows.append({**label, **ref, "tool": tool})
+        if (ours and why_not is None and ref["model"] not in other_inputs + unverified
+                and "error" not in ours and "error" not in ref):
+            ratios = {k: ref[k] / ours[k] for k in RATIO_KEYS
+                      if isinstance(ref.get(k), (int, float)) and isinstance(ours.get(k), (int, float)) and ours[k]}
+            if ratios:
+                rows.append({**label, "tool": f"{tool} / cml", **ratios})
+    ran = (f"`nox -s bench_reference` ({reference.get('command', 'benchmarks/reference.py')}), "
+           f"{reference.get('started')} to {reference.get('finished')} UTC on {where.get('cpu')} "
+           f"({where.get('cpus')} CPUs, host {where.get('host')}, 1-minute load average "
+           + " and ".join(f"{load[0]:.1f}" for load in (reference.get("loadavg_start"), reference.get("loadavg_end"))
+                          if load)
+           + f" at start and end): {tool}, concrete-python "
+           f"{versions.get('concrete-python', '?')}, torch {versions.get('torch', '?')}, onnx {versions.get('onnx', '?')}")
+    lines += [
+        f"The reference tool in its own virtualenv, {ran}. It reads the ONNX files, calibration and test sets "
+        "that this benchmark's FHE section runs on (written by `python -m benchmarks --write-inputs`), and "
+        "compiles them with `compile_onnx_model(model, x_calib, n_bits=..., rounding_threshold_bits=...)` at "
+        "its own defaults otherwise (an integer `rounding_threshold_bits` rounds exactly; its default error "
+        "probability is far lower than cml's, see `global_p_error`, which costs it wider parameters). Its float accuracy "
+        "is onnxruntime's on the same test set. Time per encrypted sample: the median of the first "
+        f"{reference.get('samples')} test samples, each encrypted, run and decrypted on its own; empty above a "
+        f"complexity of {reference.get('execute_limit', EXECUTE_LIMIT):.0e}, as in this benchmark. "
+        f"Rows `{tool} / cml`: the reference's figure divided by this page's (above 1: cml is cheaper or faster).",
+        "",
+    ]
+    if why_not is not None:
+        lines += [f"No ratios: {why_not}. They are shown when `python -m benchmarks --only fhe` (or a whole run) "
+                  f"and `nox -s bench_reference` ran on the same machine and boot at most {SAME_RUN_HOURS} hours "
+                  f"apart; this page's FHE figures: {ours_run.get('started', 'no record')}.", ""]
+    if other_inputs:
+        lines += [f"Not the same inputs for {', '.join(other_inputs)}: the reference's input id (a hash of the "
+                  "ONNX file and the sets) differs from this page's, so no ratios there.", ""]
+    if unverified:
+        lines += [f"Inputs not verified for {', '.join(unverified)}: this page's FHE rows carry no input id (a hash "
+                  "of the ONNX file and the sets, recorded since the reference runs beside them).", ""]
+    return lines + [_md_table(rows, REFERENCE_COLUMNS), ""]
+
+
+def reference_target(results: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
+    """The 6-bit exact-rounding MLP of the reference measured in the same run, against this run's cheapest
+    MLP row within a point of float (the published figures are the target's; these are measured here)."""
+    if reference is None or not_same_run(results, reference) is not None:
+        return []
+    ref = next((r for r in reference["rows"]
+                if r["model"].startswith("MLP") and r["setting"] == "n_bits 6, 6-bit exact rounding"), None)
+    mlp = [r for r in results.get("fhe", []) if r["model"].startswith("MLP") and "complexity" in r]
+    good = [r for r in mlp if r["simulated_accuracy"] >= r["float_accuracy"] - 0.01]
+    if not ref or "complexity" not in ref or not good:
+        return []
+    best = min(good, key=lambda r: r["complexity"])
+    line = (f"  - against the reference measured here in the same run (6-bit exact rounding, complexity "
+            f"{ref['complexity']:.3g}): {ref['complexity'] / best['complexity']:.1f}x lower complexity")
+    t, t_ref = best.get("seconds_per_encrypted_sample"), ref.get("seconds_per_encrypted_sample")
+    if t and t_ref:
+        line += f"; time per encrypted sample {t_ref:.2f} s against cml's {t:.2f} s (ratio {t_ref / t:.2f})"
+    return [line + "."]
+
+
+def write(results: dict[str, Any], command: str, docs: Path = DOCS, reference: dict[str, Any] | None = None) -> None:
+    (docs / "benchmarks.json").write_text(json.dumps(results, indent=2))
     fhe_rows = results.get("fhe", [])
     try:
         import matplotlib
@@ -339,7 +526,7 @@ def write(results: dict[str, Any], command: str) -> None:
         ax.set_ylabel("simulated accuracy (%)")
         ax.set_title("digits: accuracy vs FHE cost (o MLP, s CNN)")
         fig.tight_layout()
-        fig.savefig(DOCS / "benchmarks.png", dpi=120)
+        fig.savefig(docs / "benchmarks.png", dpi=120)
     except ImportError:
         pass
     env = results["environment"]
@@ -372,6 +559,7 @@ def write(results: dict[str, Any], command: str) -> None:
                              "compile_s", "keygen_s", "seconds_per_encrypted_sample", "encrypted_equals_simulated",
                              "error"]),
         "",
+        *reference_section(results, reference),
         "## Quantization-aware training (Brevitas) against post-training quantization",
         "",
         "Digits, weights and activations at the same bits. QAT: trained with Brevitas, exported (QCDQ and QONNX), "
@@ -422,9 +610,9 @@ def write(results: dict[str, Any], command: str) -> None:
         "",
         *classical_notes(results.get("classical", [])),
     ]
-    text += targets(results)
+    text += targets(results, reference)
     notes = Path(__file__).with_name("NOTES.md")
-    (DOCS / "benchmarks.md").write_text("\n".join(text) + ("\n" + notes.read_text() if notes.exists() else ""))
+    (docs / "benchmarks.md").write_text("\n".join(text) + ("\n" + notes.read_text() if notes.exists() else ""))
 
 
 SECTIONS = ["float", "quantized", "fhe", "deployment", "qat", "classical"]
@@ -435,32 +623,61 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer settings and a smaller ResNet")
     parser.add_argument("--samples", type=int, default=3, help="encrypted samples per FHE setting")
     parser.add_argument("--only", choices=SECTIONS, action="append")
+    parser.add_argument("--page", action="store_true",
+                        help="measure nothing: rewrite benchmarks.md from benchmarks.json and the reference's JSON")
+    parser.add_argument("--docs", type=Path, default=DOCS,
+                        help=f"folder of benchmarks.json/.md/.png, read and written (default {DOCS})")
+    parser.add_argument("--reference", type=Path,
+                        help=f"the reference tool's figures (default: {REFERENCE_JSON} in the --docs folder)")
+    parser.add_argument("--write-inputs", type=Path, metavar="DIR",
+                        help="write the FHE section's models (ONNX) and sets (.npz) for benchmarks/reference.py, "
+                             "and nothing else")
     args = parser.parse_args()
-    sections = set(args.only or SECTIONS)
-    path = DOCS / "benchmarks.json"
+    if args.write_inputs:
+        write_inputs(args.write_inputs)
+        return
+    path = args.docs / "benchmarks.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    results["environment"] = environment()
-    if "float" in sections:
-        results["float"] = float_path(args.quick)
-    if "quantized" in sections:
-        results["quantized"] = quantized_path()
-    if "fhe" in sections:
-        results["fhe"] = fhe_path(args.samples, args.quick)
-    if "deployment" in sections:
-        from .deployment import deployment_path
+    reference_path = args.reference or args.docs / REFERENCE_JSON
+    if args.page:  # the page keeps the command of the run that measured last
+        previous = re.search(r"Produced by `([^`]+)`", (args.docs / "benchmarks.md").read_text()
+                             if (args.docs / "benchmarks.md").exists() else "")
+        command = results.get("command") or (previous.group(1) if previous else "python -m benchmarks")
+    else:
+        command = ("python -m benchmarks" + (" --quick" if args.quick else "")
+                   + "".join(f" --only {s}" for s in args.only or []))
+        results["environment"] = environment()
+        results["command"] = command
 
-        results["deployment"] = deployment_path(max(2, args.samples + 1))
-    if "qat" in sections:
-        from .qat import qat_path
+        def classical(samples: int, quick: bool) -> list[dict[str, Any]]:
+            from .classical import classical_path
 
-        results["qat"] = qat_path(args.samples)
-    if "classical" in sections:
-        from .classical import classical_path
+            return classical_path(samples, quick)
 
-        results["classical"] = classical_path(args.samples, args.quick)
-    command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(f" --only {s}" for s in args.only or [])
-    write(results, command)
-    print(f"wrote {DOCS / 'benchmarks.md'}")
+        def deployment(samples: int, quick: bool) -> list[dict[str, Any]]:
+            from .deployment import deployment_path
+
+            return deployment_path(max(2, samples + 1))
+
+        def qat(samples: int, quick: bool) -> list[dict[str, Any]]:
+            from .qat import qat_path
+
+            return qat_path(samples)
+
+        runners: dict[str, Callable[[int, bool], list[dict[str, Any]]]] = {
+            "float": lambda samples, quick: float_path(quick), "quantized": lambda samples, quick: quantized_path(),
+            "fhe": fhe_path, "deployment": deployment, "qat": qat, "classical": classical}
+        for section in SECTIONS:
+            if section in (args.only or SECTIONS):
+                started = now()
+                results[section] = runners[section](args.samples, args.quick)
+                # where and when each section was measured: figures of another tool are divided only by
+                # figures of the same machine and run
+                results.setdefault("runs", {})[section] = {"machine": machine(), "started": started,
+                                                           "finished": now(), "command": command}
+    reference = json.loads(reference_path.read_text()) if reference_path.exists() else None
+    write(results, command, args.docs, reference)
+    print(f"wrote {args.docs / 'benchmarks.md'}")
 
 
 if __name__ == "__main__":
