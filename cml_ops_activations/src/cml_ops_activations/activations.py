@@ -16,6 +16,14 @@ def _same_type(x, y):
     return np.asarray(y).astype(x.dtype, copy=False)
 
 
+class ProbabilityOp(ElementwiseOp):
+    """Sigmoid: as any element-wise op on the server; a Sigmoid of the model's final scores (with what
+    only finishes the outputs after it, e.g. a two-class ``Concat(1 - p, p)``) runs on the client, on
+    the decrypted scores (see ``cml_core.quantization.client_tail``)."""
+
+    finishes_on_client = True
+
+
 @OPS.op("Relu", since=(6, 13, 14), quantized=ElementwiseOp)
 def relu(x, /):
     return _same_type(x, np.maximum(x, _like(x, 0)))
@@ -70,7 +78,7 @@ def selu_1(x, /, *, alpha=1.6732, consumed_inputs=None, gamma=1.0507):
     return selu(x, alpha=alpha, gamma=gamma)
 
 
-@OPS.op("Sigmoid", since=(6, 13), quantized=ElementwiseOp)
+@OPS.op("Sigmoid", since=(6, 13), quantized=ProbabilityOp)
 def sigmoid(x, /):
     # stable for large |x|: only exponentials of non-positive numbers
     e = np.exp(-np.abs(x))
@@ -78,7 +86,7 @@ def sigmoid(x, /):
     return _same_type(x, np.where(x >= 0, one / (one + e), e / (one + e)))
 
 
-@OPS.op("Sigmoid", since=1, quantized=ElementwiseOp)
+@OPS.op("Sigmoid", since=1, quantized=ProbabilityOp)
 def sigmoid_1(x, /, *, consumed_inputs=None):
     return sigmoid(x)
 

@@ -92,6 +92,11 @@ def decoded_outputs(ctx: QuantContext, where: str, acc: Any, column_float: Calla
                 scores = np.stack([column_float(q[:, k], k) for k in range(n_columns)], axis=1)
                 return np.asarray(finish(scores)[index])
 
+            # the scores each integer column stands for, affine per column: lets a saved client decode the row
+            # (see cml_core.fhe.row_maps)
+            zero = np.array([column_float(np.zeros(1), k)[0] for k in range(n_columns)], dtype=np.float64)
+            one = np.array([column_float(np.ones(1), k)[0] for k in range(n_columns)], dtype=np.float64)
+            decode.row_scores = (one - zero, zero)  # type: ignore[attr-defined]
             outputs.append(QValue.lazy(acc, decode, False))
             continue
         selection = np.zeros((n_columns, len(sources)), dtype=np.int64)
@@ -206,30 +211,47 @@ class QuantizedTreeEnsemble(LinearOp):
     folds_feature_scales = True
 
     def _model(self, x: QValue) -> Any:
+        """The parsed trees: derived from the node's attributes, so kept beside ``state`` (which is saved)."""
         from .trees import tree_model
 
-        if "model" not in self.state:
+        model = getattr(self, "_tree_model", None)
+        if model is None:
             model = tree_model(self.impl.op_type, self.impl.since_version, _with_defaults(self), np.float32)
             if model.aggregate_function not in ("SUM", "AVERAGE"):
                 raise QuantizationError(f"{self.where}: aggregate_function {model.aggregate_function} has no "
                                         "quantized form (SUM and AVERAGE do)")
+            self._tree_model = model
+        if "scored" not in self.state:
             self.state["scored"] = self._scored_everywhere(model.forest)
-            self.state["model"] = model
-        return self.state["model"]
+        return model
 
-    def decision_ranges(self, index: int, n_features: int) -> tuple[NDArray[Any], NDArray[Any]] | None:
-        """Each feature's lowest and highest threshold: beyond them every comparison is decided alike (set
-        membership looks at every value: then None)."""
+    def decision_cuts(self, index: int, constants: Sequence[Any],
+                      shape: tuple[int, ...]) -> list[tuple[NDArray[Any], bool]] | None:
+        """Every node's threshold on its feature (NaN on the other features): ``x <= t`` and ``x > t`` are
+        decided by whether ``x`` passes ``t`` strictly, ``x < t`` and ``x >= t`` inclusively, an equality
+        (or set membership) by both at the value."""
         forest = self._model(None).forest
-        if index != 0 or (forest.mode == 6).any():
+        n_features = shape[-1] if len(shape) == 2 else 0
+        if index != 0 or not len(forest.feature) or forest.feature.max() >= n_features or forest.feature.min() < 0:
             return None
-        lows, highs = np.full(n_features, np.nan), np.full(n_features, np.nan)
-        for feature, threshold in zip(forest.feature, np.asarray(forest.threshold, dtype=np.float64)):
-            if not 0 <= feature < n_features:
-                return None
-            lows[feature] = np.fmin(lows[feature], threshold)
-            highs[feature] = np.fmax(highs[feature], threshold)
-        return lows, highs
+        cuts: list[tuple[NDArray[Any], bool]] = []
+
+        def cut(feature: int, threshold: float, inclusive: bool) -> None:
+            at = np.full(n_features, np.nan)
+            at[feature] = threshold
+            cuts.append((at, inclusive))
+
+        for node, (feature, mode) in enumerate(zip(forest.feature, forest.mode)):
+            threshold = float(forest.threshold[node])
+            if mode in (0, 3):  # LEQ, GT
+                cut(int(feature), threshold, False)
+            elif mode in (1, 2):  # LT, GTE
+                cut(int(feature), threshold, True)
+            else:  # EQ, NEQ, MEMBER: the value itself is an interval of its own
+                for value in ([threshold] if mode != 6 else sorted(forest.members[node])):
+                    cut(int(feature), float(value), True)
+                    cut(int(feature), float(value), False)
+        return cuts
 
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> tuple[QValue, ...] | QValue:
         from .trees import compare
@@ -250,13 +272,12 @@ class QuantizedTreeEnsemble(LinearOp):
         selection[features, np.arange(len(splits))] = 1
         split_float: Callable[[NDArray[Any]], NDArray[Any]]
         if x.is_per_feature:
-            # each comparison on its feature's own grid: the codes of column j are feature features[j]'s
+            # each comparison on its feature's own integers: the codes of column j are feature features[j]'s
             q = ctx.read_per_feature(x)
-            assert x.feature_scales is not None and x.feature_zero_points is not None
-            split_scales, split_zero_points = x.feature_scales[features], x.feature_zero_points[features]
+            grid = x.features
 
             def split_float(codes: NDArray[Any]) -> NDArray[Any]:
-                return split_scales * (np.asarray(codes, dtype=np.float64) - split_zero_points)
+                return grid.dequant_features(codes, features)  # type: ignore[no-any-return]
         else:
             q = ctx.requantize(x)
             assert q.to_float is not None

@@ -109,12 +109,35 @@ def _as_list(values: Any, tensor: Any, what: str) -> list[Any] | None:
     return None if values is None else list(values)
 
 
-def forest_from_nodes(*, nodes_treeids: list[int], nodes_nodeids: list[int], nodes_featureids: list[int],
-                      nodes_values: list[float], nodes_modes: list[str], nodes_truenodeids: list[int],
-                      nodes_falsenodeids: list[int], nodes_missing_value_tracks_true: list[int] | None,
-                      weight_treeids: list[int], weight_nodeids: list[int], weight_ids: list[int],
-                      weights: list[float], n_targets: int, threshold_dtype: Any) -> Forest:
-    """The ``Forest`` of TreeEnsembleClassifier/Regressor attributes (nodes identified by (tree, node id))."""
+#: forests parsed lately, keyed by the identity of the attribute lists they were parsed from (a node's
+#: attributes are the same objects at every call; calibration calls the op once per sample)
+_PARSED: dict[tuple[Any, ...], tuple[tuple[Any, ...], Forest]] = {}
+_PARSED_KEPT = 8
+
+
+def forest_from_nodes(**attributes: Any) -> Forest:
+    """The ``Forest`` of TreeEnsembleClassifier/Regressor attributes (nodes identified by (tree, node id)),
+    parsed once per set of attribute objects (see ``_parse_forest`` for the arguments)."""
+    names = sorted(attributes)
+    values = tuple(attributes[n] for n in names)
+    key = tuple(id(v) for v in values)
+    kept = _PARSED.get(key)
+    if kept is not None and all(a is b for a, b in zip(kept[0], values)):
+        return kept[1]
+    forest = _parse_forest(**attributes)
+    if all(isinstance(v, (list, tuple, np.ndarray)) and len(v) for v in values
+           if v is not None and not isinstance(v, (int, type, np.dtype))):
+        if len(_PARSED) >= _PARSED_KEPT:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = (values, forest)  # holds the attribute objects: their ids stay theirs
+    return forest
+
+
+def _parse_forest(*, nodes_treeids: list[int], nodes_nodeids: list[int], nodes_featureids: list[int],
+                  nodes_values: list[float], nodes_modes: list[str], nodes_truenodeids: list[int],
+                  nodes_falsenodeids: list[int], nodes_missing_value_tracks_true: list[int] | None,
+                  weight_treeids: list[int], weight_nodeids: list[int], weight_ids: list[int],
+                  weights: list[float], n_targets: int, threshold_dtype: Any) -> Forest:
     count = len(nodes_nodeids)
     lengths = {"nodes_treeids": len(nodes_treeids), "nodes_featureids": len(nodes_featureids),
                "nodes_values": len(nodes_values), "nodes_modes": len(nodes_modes),
@@ -144,10 +167,12 @@ def forest_from_nodes(*, nodes_treeids: list[int], nodes_nodeids: list[int], nod
     tracks = list(nodes_missing_value_tracks_true or [])
     if tracks and len(tracks) != count:
         raise ValueError("nodes_missing_value_tracks_true must have one entry per node")
-    trees = sorted({int(t) for t in nodes_treeids})
+    members_of: dict[int, list[int]] = {}
+    for i, t in enumerate(nodes_treeids):
+        members_of.setdefault(int(t), []).append(i)
     roots = []
-    for tree in trees:
-        ids = [i for i in range(count) if int(nodes_treeids[i]) == tree]
+    for tree in sorted(members_of):
+        ids = members_of[tree]
         pointed = {(tree, int(nodes_truenodeids[i])) for i in ids if not is_leaf[i]}
         pointed |= {(tree, int(nodes_falsenodeids[i])) for i in ids if not is_leaf[i]}
         tops = [i for i in ids if (tree, int(nodes_nodeids[i])) not in pointed]

@@ -4,6 +4,7 @@ import numpy as np
 from cml_core.quantization import ElementwiseOp, QValue
 
 from ._opset import OPS
+from .quantized import ComparisonOp
 
 ARITHMETIC_VERSIONS = (7, 13, 14)
 
@@ -102,17 +103,17 @@ _register_legacy_binary("Mul", mul, (6,), (1,))
 _register_legacy_binary("Div", div, (6,), (1,))
 
 
-@OPS.op("Equal", since=(7, 11, 13, 19), quantized=ElementwiseOp)
+@OPS.op("Equal", since=(7, 11, 13, 19), quantized=ComparisonOp)
 def equal(a, b, /):
     return np.equal(a, b)
 
 
-@OPS.op("Greater", since=(7, 9, 13), quantized=ElementwiseOp)
+@OPS.op("Greater", since=(7, 9, 13), quantized=ComparisonOp)
 def greater(a, b, /):
     return np.greater(a, b)
 
 
-@OPS.op("Less", since=(7, 9, 13), quantized=ElementwiseOp)
+@OPS.op("Less", since=(7, 9, 13), quantized=ComparisonOp)
 def less(a, b, /):
     return np.less(a, b)
 
@@ -213,12 +214,12 @@ for _op_type, _function in (("Sum", sum_), ("Mean", mean), ("Max", maximum), ("M
     _register_variadic_1(_op_type, _function)
 
 
-@OPS.op("GreaterOrEqual", since=(12, 16), quantized=ElementwiseOp)
+@OPS.op("GreaterOrEqual", since=(12, 16), quantized=ComparisonOp)
 def greater_or_equal(a, b, /):
     return np.greater_equal(a, b)
 
 
-@OPS.op("LessOrEqual", since=(12, 16), quantized=ElementwiseOp)
+@OPS.op("LessOrEqual", since=(12, 16), quantized=ComparisonOp)
 def less_or_equal(a, b, /):
     return np.less_equal(a, b)
 

@@ -215,6 +215,13 @@ class QuantizedCast(ElementwiseOp):
             target_dtype = np.asarray(inputs[1].data).dtype if inputs[1].is_constant else np.dtype(np.float32)
         if is_string(target_dtype):
             raise QuantizationError(f"{self.where}: a Cast of an encrypted value to strings cannot be computed")
+        source = inputs[0]
+        if (source.is_per_feature or (source.is_affine and source.floor is None)) \
+                and np.dtype(target_dtype) in (np.float32, np.float64):
+            # floats cast to float32/64 are the same floats (booleans and small whole numbers too): the value
+            # keeps its integers and their mapping (a per-feature input stays per feature, an affine value
+            # needs no lookup before the next linear op)
+            return source
         return super().encrypted_forward(ctx, inputs)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from cml_core.quantization import LinearOp, QValue
+from cml_core.quantization import ElementwiseOp, LinearOp, QValue
 from cml_core.quantization.context import QuantContext
 
 
@@ -21,8 +21,60 @@ def _pad(inputs: Sequence[QValue | None], n: int) -> list[QValue | None]:
     return list(inputs) + [None] * (n - len(inputs))
 
 
+class ComparisonOp(ElementwiseOp):
+    """Less, LessOrEqual, Greater, GreaterOrEqual, Equal: a lookup like any element-wise op; against a
+    constant, the encrypted operand matters only through which side of the constant it lies on."""
+
+    #: per op type, the cuts deciding it (True: inclusive, ``x >= t``; False: strict, ``x > t``) when the
+    #: encrypted operand is the first input, then when it is the second
+    CUTS = {"Less": ((True,), (False,)), "LessOrEqual": ((False,), (True,)), "Greater": ((False,), (True,)),
+            "GreaterOrEqual": ((True,), (False,)), "Equal": ((True, False), (True, False))}
+
+    def decision_cuts(self, index: int, constants: Sequence[Any],
+                      shape: tuple[int, ...]) -> list[tuple[np.ndarray, bool]] | None:
+        kinds = self.CUTS.get(self.impl.op_type)
+        if kinds is None or len(constants) != 2 or index not in (0, 1) or constants[1 - index] is None:
+            return None
+        if "broadcast" in self.attributes:  # before opset 7 broadcasting follows other rules
+            return None
+        threshold = np.asarray(constants[1 - index])
+        if threshold.dtype.kind not in "fiu":
+            return None
+        return [(threshold.astype(np.float64), inclusive) for inclusive in kinds[index]]
+
+
 class _MatrixProduct(LinearOp):
     """Shared by Gemm and MatMul: an integer product where one or both factors are encrypted."""
+
+    #: the scores of a linear model fold a per-feature input's scales into the weights at no cost
+    folds_feature_scales = "as output"
+
+    def _transposes(self) -> tuple[bool, bool]:
+        return bool(self.attributes.get("transA", 0)), bool(self.attributes.get("transB", 0))
+
+    def _plain_product(self, constants: Sequence[Any]) -> bool:
+        """Whether the op is ``A' @ B'`` alone (Gemm: alpha 1 and no C added)."""
+        return True
+
+    def feature_selection(self, index: int, constants: Sequence[Any], n_features: int) -> np.ndarray | None:
+        if index not in (0, 1) or len(constants) < 2 or constants[index] is not None \
+                or not self._plain_product(constants):
+            return None
+        trans_a, trans_b = self._transposes()
+        return _Selection.features(constants[0], constants[1], index, trans_a, trans_b, n_features)
+
+    def _selection(self, inputs: Sequence[QValue | None]) -> QValue | None:
+        """The output as copied integers when the product only copies features (see ``_Selection``)."""
+        a, b = inputs[0], inputs[1]
+        if a is None or b is None or a.is_constant == b.is_constant:
+            return None
+        constants = [None if v is None or not v.is_constant else v.data for v in inputs]
+        if not self._plain_product(constants):
+            return None
+        index = 1 if a.is_constant else 0
+        trans_a, trans_b = self._transposes()
+        return _Selection.apply(inputs[index], constants[0], constants[1], index, trans_a, trans_b,  # type: ignore[arg-type]
+                                self.bound.node.output[0])
 
     def product(self, ctx: QuantContext, a: QValue, b: QValue, trans_a: bool, trans_b: bool,
                 per_column: bool = True) -> tuple[Any, Any]:
@@ -52,9 +104,8 @@ class _MatrixProduct(LinearOp):
     @staticmethod
     def _folds_features(a: QValue, b: QValue, trans_a: bool, trans_b: bool) -> bool:
         """Whether ``a`` is a per-feature input whose feature axis the constant ``b`` reduces."""
-        if not a.is_per_feature or trans_a or not b.is_constant or np.ndim(b.data) < 2 or len(a.shape) < 2:
+        if a.feature_scales is None or trans_a or not b.is_constant or np.ndim(b.data) < 2 or len(a.shape) < 2:
             return False
-        assert a.feature_scales is not None
         reduced = np.shape(b.data)[-1 if trans_b else -2]
         return bool(reduced == a.shape[-1] == a.feature_scales.size)
 
@@ -77,12 +128,91 @@ class _MatrixProduct(LinearOp):
         return np.matmul(centered, data), np.array(scale)  # a copy: callers scale it in place (alpha)
 
 
+def _selected_features(weight: Any, axis: int) -> np.ndarray | None:
+    """For a constant 2-D ``weight`` whose every output (its slices along ``axis``, the axis the product
+    keeps) holds at most a single 1 and zeros elsewhere: the position of that 1 per output, -1 for an
+    output of zeros only (padding, a constant 0); else None."""
+    w = np.asarray(weight)
+    if w.ndim != 2 or w.dtype.kind not in "fiub" or w.size == 0:
+        return None
+    w = w if axis == 1 else w.T  # reduced axis first: (features, outputs)
+    ones = np.count_nonzero(w, axis=0)
+    if not np.all((w == 0) | (w == 1)) or not np.all(ones <= 1) or not ones.any():
+        return None
+    return np.where(ones == 1, np.argmax(w, axis=0), -1).astype(np.int64)
+
+
+class _Selection:
+    """Where a product only copies features of an encrypted (samples, features) operand (Hummingbird
+    feeds each tree comparison its feature through a 0/1 matrix): the output's integers are the copied
+    integers themselves, each keeping its feature's float mapping; no accumulator, no lookup."""
+
+    @staticmethod
+    def features(a_const: Any, b_const: Any, index: int, trans_a: bool, trans_b: bool,
+                 n_features: int) -> np.ndarray | None:
+        """Per output position of ``A' @ B'`` (broadcastable, samples' axis of size 1), the feature of the
+        encrypted operand ``index`` (0: A, 1: B) it copies; None unless the other factor selects."""
+        if index == 0 and not trans_a and b_const is not None:
+            chosen = _selected_features(b_const, 0 if trans_b else 1)  # B' columns pick rows of A's features
+            if chosen is not None and np.shape(b_const)[1 if trans_b else 0] == n_features:
+                return chosen[None, :]
+        if index == 1 and trans_b and a_const is not None:
+            chosen = _selected_features(a_const, 1 if trans_a else 0)  # A' rows pick features of B
+            if chosen is not None and np.shape(a_const)[0 if trans_a else 1] == n_features:
+                return chosen[:, None]
+        return None
+
+    @staticmethod
+    def apply(value: QValue, a_const: Any, b_const: Any, index: int, trans_a: bool, trans_b: bool,
+              name: str) -> QValue | None:
+        """The copied integers of ``value`` (the encrypted operand ``index``), or None when not a selection."""
+        if len(value.shape) != 2:
+            return None
+        chosen = _Selection.features(a_const, b_const, index, trans_a, trans_b, value.shape[1])
+        if chosen is None:
+            return None
+        n, flat = value.shape[1], chosen.ravel()
+        outputs, copied = np.arange(flat.size)[flat >= 0], flat[flat >= 0]
+        padding = np.reshape(flat < 0, chosen.shape)
+        if padding.any() and not value.is_per_feature and not (value.is_affine and value.floor is None):
+            return None  # a constant 0 needs an integer of its own: known for an affine value
+        if index == 0:
+            matrix = np.zeros((n, flat.size), dtype=np.int64)
+            matrix[copied, outputs] = 1
+            data = np.matmul(value.data, matrix)
+        else:
+            matrix = np.zeros((flat.size, n), dtype=np.int64)
+            matrix[outputs, copied] = 1
+            data = np.matmul(matrix, np.transpose(value.data))
+        if value.is_per_feature:
+            grid, features = value.features, np.maximum(chosen, 0)
+
+            def to_float(q: np.ndarray) -> np.ndarray:
+                return np.where(padding, 0.0, grid.dequant_features(q, features))
+
+            return QValue.lazy(data, to_float, False, name)
+        if padding.any():
+            data = data + padding.astype(np.int64) * int(value.zero_point or 0)  # the zero point stands for 0
+        if not value.uniform:
+            return None
+        return QValue(data, value.to_float, True, value.scale, value.zero_point, name, floor=value.floor)
+
+
 class QuantizedGemm(_MatrixProduct):
     """Gemm: ``alpha * A' @ B' + beta * C`` in integers, C folded into the accumulator."""
 
     weight_inputs = ("a", "b")
 
+    def _plain_product(self, constants: Sequence[Any]) -> bool:
+        c = constants[2] if len(constants) > 2 else None
+        no_c = len(self.bound.node.input) < 3 or not self.bound.node.input[2] \
+            or float(self.attributes.get("beta", 1.0)) == 0 or (c is not None and not np.any(c))
+        return float(self.attributes.get("alpha", 1.0)) == 1.0 and no_c
+
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
+        selected = self._selection(inputs)
+        if selected is not None:
+            return selected
         a, b, c = _pad(inputs, 3)
         assert a is not None and b is not None
         alpha = float(self.attributes.get("alpha", 1.0))
@@ -154,7 +284,13 @@ class QuantizedMatMul(_MatrixProduct):
 
     weight_inputs = ("a", "b")
 
+    def _transposes(self) -> tuple[bool, bool]:
+        return False, False
+
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue:
+        selected = self._selection(inputs)
+        if selected is not None:
+            return selected
         a, b = inputs[0], inputs[1]
         assert a is not None and b is not None
         acc, scale = self.product(ctx, a, b, False, False)

@@ -219,15 +219,23 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 @dataclass(frozen=True)
 class OutputMap:
     """How a client turns an output's integers into floats: ``scale * q + offset`` per element
-    (``kind="affine"``), or a table from the integer ``low`` up (``kind="table"``)."""
+    (``kind="affine"``), a table from the integer ``low`` up (``kind="table"``), or a rule over whole rows
+    (``kind="rows"``: a classifier's label, SOFTMAX probabilities; see ``row_maps``), which may read the
+    floats of another output (``floats``: the outputs decoded before it)."""
 
     kind: str
     scale: NDArray[Any] | None = None
     offset: NDArray[Any] | None = None
     low: int = 0
     table: NDArray[Any] | None = None
+    rule: dict[str, Any] | None = None
 
-    def __call__(self, q: NDArray[Any]) -> NDArray[Any]:
+    def __call__(self, q: NDArray[Any], floats: list[NDArray[Any] | None] | None = None) -> NDArray[Any]:
+        if self.kind == "rows":
+            from .row_maps import apply_rule
+
+            assert self.rule is not None
+            return apply_rule(self.rule, np.asarray(q, dtype=np.int64), floats or [])
         q = np.asarray(q, dtype=np.int64)
         if self.kind == "affine":
             assert self.scale is not None and self.offset is not None
@@ -240,6 +248,19 @@ class OutputMap:
         return np.asarray(self.table[(index, *[np.broadcast_to(p, q.shape) for p in positions])])
 
 
+def _saved_map(entry: dict[str, Any], k: int, arrays: Any) -> OutputMap:
+    """The ``OutputMap`` of output ``k`` as ``client.zip`` describes it (``entry``) with its ``arrays``."""
+    if entry["map"] == "affine":
+        return OutputMap("affine", arrays[f"output{k}_scale"], arrays[f"output{k}_offset"])
+    if entry["map"] == "rows":
+        rule: dict[str, Any] = {"kind": str(entry["rule"]), "source": int(entry.get("source", -1))}
+        for key in ("scale", "offset", "labels"):
+            if f"output{k}_{key}" in arrays:
+                rule[key] = np.asarray(arrays[f"output{k}_{key}"])
+        return OutputMap("rows", rule=rule)
+    return OutputMap("table", low=int(entry["low"]), table=arrays[f"output{k}_table"])
+
+
 def _output_map(value: Any, spec: IntegerSpec, name: str) -> OutputMap:
     """The ``OutputMap`` of an output ``value`` of the integer program (its ``to_float``)."""
     shape = (1, *spec.sample_shape)
@@ -247,7 +268,15 @@ def _output_map(value: Any, spec: IntegerSpec, name: str) -> OutputMap:
         return OutputMap("affine", np.full(spec.sample_shape, value.scale), np.full(spec.sample_shape,
                                                                                    -value.scale * value.zero_point))
     to_float = value.to_float
-    offset = np.asarray(to_float(np.zeros(shape, np.int64)), np.float64).reshape(spec.sample_shape)
+    try:
+        offset = np.asarray(to_float(np.zeros(shape, np.int64)), np.float64).reshape(spec.sample_shape)
+    except (ValueError, CmlError) as exc:
+        raise DeploymentError(
+            f"output {name!r} is not a function of each of its integers alone: it is decoded from whole rows of "
+            "scores (an ONNX-ML classifier's label, or probabilities of a SOFTMAX post transform), which the "
+            "saved client cannot do yet. Save a model whose outputs are the scores (for a classifier, the "
+            "Hummingbird export, whose label is an ArgMax the client runs: cml_core.fhe.models.export_hummingbird)"
+        ) from exc
     scale = np.asarray(to_float(np.ones(shape, np.int64)), np.float64).reshape(spec.sample_shape) - offset
     probes = np.array([spec.low, spec.high, -7, 3, 1000, -1000], dtype=np.int64)
     probes = probes[(probes >= spec.low) & (probes <= spec.high)]
@@ -291,9 +320,15 @@ def _tail(description: Any, model_bytes: bytes | None, what: str) -> Any:
 
 
 def _quantizer_json(q: Any) -> dict[str, Any]:
-    """A quantizer as JSON: one scale and zero point, or (``per_feature``) one of each per feature."""
-    from ..quantization.quantizers import PerFeatureQuantizer
+    """A quantizer as JSON: one scale and zero point, (``per_feature``) one of each per feature, or
+    (``decisions``) each feature's thresholds and the floats its integers stand for."""
+    from ..quantization.quantizers import DecisionQuantizer, PerFeatureQuantizer
 
+    if isinstance(q, DecisionQuantizer):
+        return {"n_bits": q.n_bits, "decisions": True,
+                "thresholds": [[float(t).hex() for t in ts] for ts in q.thresholds],
+                "inclusive": [list(map(bool, inc)) for inc in q.inclusive],
+                "representatives": [[float(r).hex() for r in reps] for reps in q.representatives]}
     if isinstance(q, PerFeatureQuantizer):
         return {"n_bits": q.n_bits, "per_feature": True, "scales": [float(v).hex() for v in q.scales],
                 "zero_points": list(q.zero_points)}
@@ -305,8 +340,13 @@ def _quantizer_json(q: Any) -> dict[str, Any]:
 
 
 def _quantizer(data: dict[str, Any]) -> Any:
-    from ..quantization.quantizers import PerFeatureQuantizer, UniformQuantizer
+    from ..quantization.quantizers import DecisionQuantizer, PerFeatureQuantizer, UniformQuantizer
 
+    if data.get("decisions"):
+        return DecisionQuantizer(int(data["n_bits"]),
+                                 tuple(tuple(float.fromhex(t) for t in ts) for ts in data["thresholds"]),
+                                 tuple(tuple(bool(i) for i in inc) for inc in data["inclusive"]),
+                                 tuple(tuple(float.fromhex(r) for r in reps) for reps in data["representatives"]))
     if data.get("per_feature"):
         return PerFeatureQuantizer(int(data["n_bits"]), tuple(float.fromhex(v) for v in data["scales"]),
                                    tuple(int(v) for v in data["zero_points"]))
@@ -326,16 +366,64 @@ def _dtype_name(dtype: np.dtype[Any]) -> str:
     return np.dtype(dtype).str
 
 
+def _row_maps(qmodule: QuantizedModule, program: Program, maps: dict[int, OutputMap],
+              rowwise: list[int]) -> dict[int, OutputMap]:
+    """The ``rows`` maps of the outputs ``rowwise`` (decoded from whole rows of scores), each rule found and
+    checked against the output's own decoding (``row_maps.find_rule``).
+
+    Raises:
+        DeploymentError: an output follows none of the rules a saved client knows.
+    """
+    from .row_maps import find_rule, probe_rows
+
+    values, names = qmodule.output_values, qmodule.numpy_module.output_names
+    calibration: list[NDArray[Any]] | None = None
+    if qmodule._calibration_data:
+        q = [qz.quant(a[:256]) for qz, a in zip(qmodule.input_quantizers, qmodule._calibration_data)]
+        out = qmodule.quantized_forward(*q)
+        calibration = [np.asarray(o) for o in (out if isinstance(out, tuple) else (out,))]
+    found: dict[int, OutputMap] = {}
+    for i in rowwise:
+        spec = program.outputs[i]
+        columns = int(np.prod(spec.sample_shape)) if spec.sample_shape else 1
+        own = None if calibration is None else calibration[i].reshape(-1, columns)
+        rows = probe_rows(spec.low, spec.high, columns, own)
+        sources = [] if calibration is None else [(j, maps[j], calibration[j]) for j in sorted(maps)]
+        rule = find_rule(values[i].to_float, rows, own, sources)
+        if rule is None:
+            raise DeploymentError(
+                f"output {names[i]!r} is decoded from whole rows of scores by a rule the saved client does not know "
+                "(a softmax of the scores, the label of their argmax, or the label of another output's argmax): "
+                "save a model whose outputs are the scores")
+        found[i] = OutputMap("rows", rule=rule)
+    return found
+
+
 def _client_files(qmodule: QuantizedModule, program: Program, client_specs: bytes) -> dict[str, bytes]:
     module = qmodule.numpy_module
     arrays: dict[str, NDArray[Any]] = {}
     outputs = []
+    maps: dict[int, OutputMap] = {}
+    rowwise = []
     for i, (spec, value, integers) in enumerate(zip(module.outputs, qmodule.output_values, program.outputs)):
-        mapping = _output_map(value, integers, spec.name)
+        if hasattr(value.to_float, "row_scores"):
+            rowwise.append(i)
+        else:
+            maps[i] = _output_map(value, integers, spec.name)
+    if rowwise:
+        maps.update(_row_maps(qmodule, program, dict(maps), rowwise))
+    for i, (spec, integers) in enumerate(zip(module.outputs, program.outputs)):
+        mapping = maps[i]
         entry: dict[str, Any] = {"name": spec.name, "dtype": _dtype_name(spec.dtype), "integers": integers.as_json(),
                                  "map": mapping.kind}
         if mapping.kind == "affine":
             arrays[f"output{i}_scale"], arrays[f"output{i}_offset"] = mapping.scale, mapping.offset  # type: ignore
+        elif mapping.kind == "rows":
+            rule = dict(mapping.rule or {})
+            entry["rule"] = rule.pop("kind")
+            entry["source"] = int(rule.pop("source", -1))
+            for key, array in rule.items():  # scale, offset, labels
+                arrays[f"output{i}_{key}"] = np.asarray(array)
         else:
             arrays[f"output{i}_table"] = mapping.table  # type: ignore[assignment]
             entry["low"] = mapping.low
@@ -479,6 +567,7 @@ def _model_files(qmodule: QuantizedModule, program: Program, model_id: str) -> d
         "snapped_inputs": sorted(qmodule.snapped_inputs),
         "whole_numbers": sorted(qmodule.whole_numbers),
         "floors": {k: float(v).hex() for k, v in qmodule.floors.items()},
+        "index_tensors": sorted(qmodule.index_tensors),
         "sites": {k: asdict(s) for k, s in qmodule.sites.items()},
         "accumulators": {k: asdict(a) for k, a in qmodule.accumulators.items()},
         "ops": states,
@@ -559,6 +648,7 @@ def load_quantized(path: str | os.PathLike[str]) -> QuantizedModule:
     qmodule.snapped_inputs.update(saved.get("snapped_inputs", []))
     qmodule.whole_numbers = frozenset(saved.get("whole_numbers", []))
     qmodule.floors = {k: float.fromhex(v) for k, v in saved.get("floors", {}).items()}
+    qmodule.index_tensors = frozenset(saved.get("index_tensors", []))
     qmodule.client_tail = _tail(saved.get("tail"), model.get("tail.onnx"), "model.zip")
     qmodule.accumulators.update({k: AccumulatorRecord(**a) for k, a in saved["accumulators"].items()})
     inputs = [IntegerSpec.from_json(i) for i in saved["program"]["inputs"]]
@@ -683,9 +773,7 @@ class Client:
             self._clipped_by_model = {i["name"] for i in spec["inputs"] if i.get("clipped_by_model")}
             self.outputs = [(o["name"], np.dtype(o["dtype"])) for o in spec["outputs"]]
             self.output_integers = [IntegerSpec.from_json(o["integers"]) for o in spec["outputs"]]
-            self._maps = [OutputMap("affine", arrays[f"output{k}_scale"], arrays[f"output{k}_offset"])
-                          if o["map"] == "affine" else OutputMap("table", low=int(o["low"]), table=arrays[f"output{k}_table"])
-                          for k, o in enumerate(spec["outputs"])]
+            self._maps = [_saved_map(o, k, arrays) for k, o in enumerate(spec["outputs"])]
         except (KeyError, TypeError, ValueError) as exc:
             raise DeploymentError(f"{CLIENT_ZIP}: its spec is incomplete or malformed ({exc})") from exc
         self.tail = _tail(spec.get("tail"), members.get("tail.onnx"), CLIENT_ZIP)
@@ -802,10 +890,17 @@ class Client:
         """Floats (in the outputs' dtypes) of the outputs' integers, as ``dequantize_output`` gives them."""
         from ..quantization.module import as_integers
 
+        decoded: list[NDArray[Any] | None] = [None] * len(self._maps)
+        # rules over rows may read another output's floats: those come first
+        for k in sorted(range(len(self._maps)), key=lambda k: self._maps[k].kind == "rows"):
+            decoded[k] = self._maps[k](np.asarray(q[k]), decoded)
         outs = []
-        for (name, dtype), mapping, data in zip(self.outputs, self._maps, q):
-            floats = mapping(np.asarray(data))
-            outs.append(as_integers(floats, name, dtype) if dtype.kind in "iub" else floats.astype(dtype))
+        for (name, dtype), floats in zip(self.outputs, decoded):
+            assert floats is not None
+            if dtype.kind in "iub" and floats.dtype.kind in "iub":  # labels: already the output's values
+                outs.append(floats.astype(dtype))
+            else:
+                outs.append(as_integers(floats, name, dtype) if dtype.kind in "iub" else floats.astype(dtype))
         if self.tail is not None:  # the clear post-processing (an ArgMax of scores, a ZipMap)
             outs = self.tail.finish(dict(zip((name for name, _ in self.outputs), outs)))
         return outs[0] if len(outs) == 1 else tuple(outs)

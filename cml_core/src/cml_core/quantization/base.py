@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 class QuantizedOp:
     """Base of all quantized ops: binds a node's inputs and attributes by the numpy signature."""
 
+    #: whether a model input quantized per feature costs this op nothing, its scales folded into the op's own
+    #: parameters: always (True), or "as output" when the op's output is a model output (a linear model's
+    #: scores: nothing encrypted after it needs the features on one grid). Under ``per_feature_inputs="auto"``
+    #: an input read only by such ops is quantized per feature whatever its ranges.
+    folds_feature_scales: bool | str = False
+
     def __init__(self, bound: BoundNode) -> None:
         self.bound = bound
         self.impl = bound.impl
@@ -71,11 +77,22 @@ class QuantizedOp:
     def encrypted_forward(self, ctx: QuantContext, inputs: Sequence[QValue | None]) -> QValue | tuple[QValue, ...]:
         raise NotImplementedError(f"{type(self).__name__} does not implement encrypted_forward")
 
-    def decision_ranges(self, index: int, n_features: int) -> tuple[NDArray[Any], NDArray[Any]] | None:
-        """Per feature (last axis) of input ``index``, the span of values this op tells apart: the op gives a
-        value below ``lows[j]`` the output it gives ``lows[j]``, and likewise above ``highs[j]`` (NaN: the
-        feature is not read). A model input read only by such ops is quantized over those spans, its grid
-        spent where the op looks (a tree's thresholds). None (the default): every value matters."""
+    def decision_cuts(self, index: int, constants: Sequence[Any],
+                      shape: tuple[int, ...]) -> list[tuple[NDArray[Any], bool]] | None:
+        """When the op reads input ``index`` only through which side of thresholds each value lies on (a
+        tree's comparisons, a comparison with a constant): those thresholds, as pairs (thresholds
+        broadcastable to the input, NaN where a position has none; inclusive) -- an inclusive cut is
+        passed by ``x >= t``, a strict one by ``x > t``. A model input read only through such cuts is
+        quantized by counting the cuts each value passes (``DecisionQuantizer``): every decision exact.
+        ``constants``: the node's inputs known in the clear (None for the others); ``shape``: the input's.
+        None (the default): every value matters."""
+        return None
+
+    def feature_selection(self, index: int, constants: Sequence[Any], n_features: int) -> NDArray[Any] | None:
+        """When every output element of the op is one feature of its (samples, features) input ``index``,
+        copied (a product with a 0/1 matrix holding one 1 per output): per output position, the feature
+        it holds, broadcastable to the output (the samples' axis of size 1). Cuts its readers decide on
+        then reach the input's features. None (the default): the op computes something else."""
         return None
 
     def fitted_quantizer(self, ctx: QuantContext, key: str, values: Any, n_bits: int | None = None,
@@ -125,7 +142,17 @@ def _trim(values: Sequence[Any], drop_trailing_none: bool) -> list[Any]:
 
 
 def _is_scalar(value: QValue | None) -> bool:
-    return value is None or np.asarray(value.data).size == 1
+    """Whether a constant operand treats every position alike: one element, or all its elements equal (a
+    constant shaped by the batch, e.g. computed from the input's Shape, is the same at every batch size)."""
+    if value is None:
+        return True
+    arr = np.asarray(value.data)
+    if arr.size <= 1:
+        return True
+    try:
+        return bool(np.all(arr == arr.flat[0]))
+    except (TypeError, ValueError):
+        return False
 
 
 class ElementwiseOp(QuantizedOp):
@@ -165,6 +192,10 @@ class ElementwiseOp(QuantizedOp):
         constants: list[Any] = [None if v is None else v.data for v in inputs]
         for p in positions:
             constants[p] = None
+        shaped = list(constants)  # as given: they shape the output
+        reduced = self._reduced_constants(inputs, positions, constants, maps, source.shape)
+        if reduced is not None:
+            constants = reduced
 
         def to_float(q: NDArray[Any]) -> NDArray[Any]:
             args = list(constants)
@@ -175,7 +206,7 @@ class ElementwiseOp(QuantizedOp):
             return np.asarray(self.call_numpy(args))
 
         # the output's shape, from the op itself (constants may broadcast the input, or not at all)
-        probe = list(constants)
+        probe = list(shaped)
         with np.errstate(all="ignore"):  # zeros of each input's value type (floats, or integers after a Cast)
             for p in positions:
                 kind = np.asarray(maps[p](np.zeros(1, dtype=np.int64))).dtype  # type: ignore[misc]
@@ -185,6 +216,33 @@ class ElementwiseOp(QuantizedOp):
         uniform = (all(inputs[p].uniform for p in positions)  # type: ignore[union-attr]
                    and all(_is_scalar(v) for i, v in enumerate(inputs) if i not in positions))
         return QValue.lazy(data, to_float, uniform)
+
+    def _reduced_constants(self, inputs: Sequence[QValue | None], positions: list[int], constants: list[Any],
+                           maps: dict[int, Any], shape: tuple[int, ...]) -> list[Any] | None:
+        """``constants`` with each one whose elements are all alike (a constant shaped by the batch) as one
+        element, when the op gives the same result with them: the mapping then does not depend on the
+        constants' shapes (a layout op may move its integers). None when nothing changes or the op needs
+        the shapes (a BatchNormalization reshapes its parameters to the channels)."""
+        reduced = list(constants)
+        for i, value in enumerate(constants):
+            if value is not None and np.ndim(value) > 0 and np.size(value) >= 1 and _is_scalar(inputs[i]):
+                arr = np.asarray(value)
+                reduced[i] = np.asarray(arr.flat[0], dtype=arr.dtype)
+        if all(r is c for r, c in zip(reduced, constants)):
+            return None
+        probe, small = list(constants), list(reduced)
+        with np.errstate(all="ignore"):
+            for p in positions:
+                values = np.asarray(maps[p](np.zeros(shape, dtype=np.int64)))
+                probe[p] = small[p] = values
+            try:
+                full, alone = np.asarray(self.call_numpy(probe)), np.asarray(self.call_numpy(small))
+            except Exception:  # noqa: BLE001  (the op needs its constants' shapes)
+                return None
+        if full.shape != np.broadcast_shapes(full.shape, alone.shape) or \
+                not np.array_equal(np.broadcast_to(alone, full.shape), full, equal_nan=True):
+            return None
+        return reduced
 
     def _multi_lookup(self, ctx: QuantContext, inputs: Sequence[QValue | None], encrypted: list[int]) -> QValue:
         quantized = {i: ctx.requantize(inputs[i]) for i in encrypted}  # type: ignore[arg-type]

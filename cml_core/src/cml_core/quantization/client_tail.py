@@ -65,12 +65,20 @@ def _graph_model(module: NumpyModule, nodes: list[onnx.NodeProto], inputs: list[
     return helper.make_model(graph, opset_imports=list(source.opset_import), ir_version=source.ir_version)
 
 
-def _server_only(bound: Any) -> bool:
-    """Whether a node must stay on the server: weights, refusals that stand, and control flow (its bodies
-    are the model's own computation and read the server's tensors)."""
+def _server_only(bound: Any, constants: dict[str, Any]) -> bool:
+    """Whether a node must stay on the server: weights (a linear op reading a floating-point constant),
+    products of two computed tensors (attention's scores and values: the model's own computation, not a
+    finish; a sum over an axis of one tensor is), refusals that stand, and control flow (its bodies are the
+    model's own computation and read the server's tensors)."""
     family = bound.impl.quantized
-    return family is None or bool(getattr(bound, "subgraphs", None)) or issubclass(family, LinearOp) or (
-        issubclass(family, ConstantOnlyOp) and not family.client_side)
+    if family is None or bool(getattr(bound, "subgraphs", None)) or (
+            issubclass(family, ConstantOnlyOp) and not family.client_side):
+        return True
+    if not issubclass(family, LinearOp):
+        return False
+    read = [name for name in bound.inputs if name]
+    weights = any(name in constants and np.asarray(constants[name]).dtype.kind == "f" for name in read)
+    return weights or sum(name not in constants for name in read) > 1
 
 
 def _with_ranks(infos: dict[str, onnx.ValueInfoProto], names: list[str], module: NumpyModule,
@@ -127,7 +135,7 @@ def split_client_tail(module: NumpyModule, sample: list[Any]) -> tuple[NumpyModu
         return reached
 
     tail = downstream(stack)
-    if any(_server_only(nodes[i]) for i in tail):
+    if any(_server_only(nodes[i], module.constants) for i in tail):
         return module, None  # weights would reach the client: the clear-only op's refusal names it
     # ops that only finish the outputs (a Softmax of the final scores) run on the client too: the server
     # sends the scores they read, and the client spends nothing encrypted on them
@@ -137,7 +145,7 @@ def split_client_tail(module: NumpyModule, sample: list[Any]) -> tuple[NumpyModu
                 not any(name in encrypted for name in bound.inputs):
             continue
         after = downstream([index])
-        if not any(_server_only(nodes[i]) for i in after):
+        if not any(_server_only(nodes[i], module.constants) for i in after):
             tail |= after
     if not tail or len(tail) == len(nodes):
         return module, None  # nothing left for the server to compute

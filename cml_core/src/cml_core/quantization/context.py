@@ -287,6 +287,9 @@ class QuantContext:
     whole_numbers: frozenset[str] = frozenset()
     #: tensors holding masking values beside their data: tensor -> the lowest masking value seen
     floors: dict[str, float] = field(default_factory=dict)
+    #: whole-number tensors read as indices into constant tables (a tree walk's node index): quantized
+    #: exactly on the bits their range needs, up to ``MAX_LOOKUP_BITS``, whatever ``op_inputs``
+    index_tensors: frozenset[str] = frozenset()
     #: per model input, the quantizers of what requantized its integers (None: used as they are)
     input_reads: dict[str, set[UniformQuantizer | None]] = field(default_factory=dict)
     #: per model input quantized per feature, the nodes that requantized its codes to one grid (a lookup)
@@ -337,7 +340,10 @@ class QuantContext:
         bits = n_bits or self.config.op_inputs
         if tensor in self.floors:
             return UniformQuantizer.masking(low, high, min(bits, MAX_BITS - 1), self.floors[tensor])
-        exact = UniformQuantizer.for_whole_numbers(low, high, bits) if tensor in self.whole_numbers else None
+        exact = None
+        if tensor in self.whole_numbers:
+            allowed = max(bits, MAX_LOOKUP_BITS) if tensor in self.index_tensors else bits
+            exact = UniformQuantizer.for_whole_numbers(low, high, allowed)
         return exact or UniformQuantizer.fit(low, high, bits)
 
     def requantize(self, value: QValue, n_bits: int | None = None) -> QValue:

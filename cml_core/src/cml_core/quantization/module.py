@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
 from numpy.typing import NDArray
 
 from ..errors import (
@@ -35,7 +36,7 @@ from .context import (
     QuantConfig,
     QuantContext,
 )
-from .quantizers import InputQuantizer, PerFeatureQuantizer, UniformQuantizer, check_n_bits
+from .quantizers import DecisionQuantizer, InputQuantizer, PerFeatureQuantizer, UniformQuantizer, check_n_bits
 from .values import QValue
 
 if TYPE_CHECKING:
@@ -154,8 +155,8 @@ def quantize_inputs(specs: Sequence[TensorSpec], quantizers: Sequence[InputQuant
                     f"input {spec.name!r} holds {bad} NaN or infinite value(s) (of {arr.size}); the quantized "
                     "model has no integer for them: replace them (or drop those samples) before the call"
                 )
-        per_feature = isinstance(qz, PerFeatureQuantizer)
-        if isinstance(qz, PerFeatureQuantizer) and (arr.ndim < 2 or arr.shape[-1] != qz.n_features):
+        per_feature = isinstance(qz, (PerFeatureQuantizer, DecisionQuantizer))
+        if isinstance(qz, (PerFeatureQuantizer, DecisionQuantizer)) and (arr.ndim < 2 or arr.shape[-1] != qz.n_features):
             raise InputError(f"input {spec.name!r} is quantized per feature (its last axis) for {qz.n_features} "
                              f"features; got shape {arr.shape}")
         integers, outside = qz.quant_counting(arr)
@@ -257,6 +258,7 @@ class QuantizedModule:
         self.whole_numbers: frozenset[str] = frozenset()
         #: tensors holding masking values beside their data (an attention mask's -inf): the lowest seen
         self.floors: dict[str, float] = {}
+        self.index_tensors: frozenset[str] = frozenset()  # see QuantContext.index_tensors
         self._outputs: list[QValue] = []
         #: the post-processing the client runs in the clear on the decrypted outputs (ArgMax ...), if any
         self.client_tail: ClientTail | None = None
@@ -540,7 +542,8 @@ class QuantizedModule:
                            calibrating, calibration=calibration, stated=self.stated_quantizers,
                            stated_constants=self.stated_constants, input_reads=self.input_reads,
                            input_regrids=self.input_regrids,
-                           whole_numbers=self.whole_numbers, floors=self.floors)
+                           whole_numbers=self.whole_numbers, floors=self.floors,
+                           index_tensors=self.index_tensors)
         env: dict[str, QValue] = {name: QValue.constant(v, name) for name, v in self.numpy_module.constants.items()}
         for spec, qz, data in zip(self.numpy_module.inputs, self.input_quantizers, q_inputs):
             env[spec.name] = input_value(qz, data, spec.name)
@@ -669,9 +672,9 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
                 producers[name] = (bound.name, bound.impl.display_name)
     n_samples = calibration.sample_count(module, inputs)
     statistics = calibration.float_statistics(module, inputs, n_samples, producers)
-    ranges, index_inputs = widen_to_index_domains(module, statistics.ranges, statistics.whole_numbers)
-    folding = {spec.name: all(getattr(b.impl.quantized, "folds_feature_scales", False)
-                              for b in module.nodes if spec.name in b.node.input) for spec in module.inputs}
+    ranges, index_inputs, index_tensors = widen_to_index_domains(module, statistics.ranges,
+                                                                 statistics.whole_numbers)
+    folding = {spec.name: readers_fold(module, spec.name) for spec in module.inputs}
     per_feature = [per_feature_wanted(spec, arr, per_feature_setting, folding[spec.name])
                    for spec, arr in zip(module.inputs, inputs)]
     has_weights = any(isinstance(b.impl.quantized, type) and issubclass(b.impl.quantized, LinearOp)
@@ -695,6 +698,7 @@ def quantize_module(module: NumpyModule, calibration_data: Any, n_bits: Any = 8,
         built.snapped_inputs.update(decided)
         built.whole_numbers = statistics.whole_numbers
         built.floors = dict(statistics.floors)
+        built.index_tensors = index_tensors
         built.client_tail = tail
         built.varying_outputs = statistics.varying_outputs
         built._calibration_data = inputs
@@ -737,62 +741,110 @@ VALUE_KEEPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identi
 
 
 def widen_to_index_domains(module: NumpyModule, ranges: dict[str, tuple[float, float]],
-                           whole_numbers: frozenset[str]) -> tuple[dict[str, tuple[float, float]], set[str]]:
+                           whole_numbers: frozenset[str]
+                           ) -> tuple[dict[str, tuple[float, float]], set[str], frozenset[str]]:
     """``ranges`` with each whole-number model input that a Gather reads as indices into a constant
     table (token ids into an embedding) widened to every row of the table: calibration text rarely
     holds every token, and an id outside the calibrated range would be clipped to a neighbour's row.
     Also returns those inputs' names: an index has no meaning rounded, so they are quantized exactly on
-    as many bits as the table's rows need (up to the 16 a lookup takes), whatever ``n_bits``."""
+    as many bits as the table's rows need (up to the 16 a lookup takes), whatever ``n_bits``; and the
+    whole-number tensors the model computes and reads as such indices (a tree walk's node index), widened
+    and quantized alike (``QuantContext.index_tensors``)."""
     widened = dict(ranges)
     indices: set[str] = set()
+    computed: set[str] = set()
     producer = {out: b.node for b in module.nodes for out in b.node.output if out}
     for bound in module.nodes:
         node = bound.node
         if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in module.constants:
             continue
         name = node.input[1]
+        chain = [name]
         while name in producer and producer[name].op_type in VALUE_KEEPING and producer[name].input:
             name = producer[name].input[0]  # the ids reshaped or cast on their way
-        if name not in module.input_names or name not in whole_numbers or name not in widened:
-            continue
+            chain.append(name)
         rows = np.shape(module.constants[node.input[0]])[int(bound.attributes.get("axis", 0))]
+        if name not in module.input_names:  # computed indices (a tree walk's node): exact, on their own bits
+            for tensor in chain:
+                if tensor in whole_numbers and tensor in widened and tensor not in module.input_names:
+                    low, high = widened[tensor]
+                    widened[tensor] = (min(low, 0.0 if low >= 0 else -float(rows)), max(high, float(rows - 1)))
+                    computed.add(tensor)
+            continue
+        if name not in whole_numbers or name not in widened:
+            continue
         low, high = widened[name]
         first = 0.0 if low >= 0 else -float(rows)  # negative indices count from the end
         widened[name] = (min(low, first), max(high, float(rows - 1)))
         indices.add(name)
-    return widened, indices
+    return widened, indices, frozenset(computed)
 
 
 def decided_inputs(module: NumpyModule, inputs: Sequence[NDArray[Any]], ops_of: dict[int, QuantizedOp],
-                   n_bits: int) -> dict[str, PerFeatureQuantizer]:
-    """Per-feature quantizers for the (samples, features) float inputs read only by ops that decide on spans
-    of values (a tree ensemble's thresholds, see ``QuantizedOp.decision_ranges``).
+                   n_bits: int) -> dict[str, DecisionQuantizer]:
+    """Quantizers for the (samples, features) float inputs read only through decisions on thresholds
+    (``QuantizedOp.decision_cuts``): a tree ensemble's comparisons, or comparisons with constants reached
+    through a product that copies features (``QuantizedOp.feature_selection``, Hummingbird's trees).
 
-    Each read feature's grid covers its span with one step to spare at each end, so that every value beyond
-    the span keeps its side of every threshold when clipped: the grid is spent between the thresholds, not
-    on the calibration data's outliers. A feature no op reads takes one integer. A feature of whole numbers
-    whose calibrated range fits ``n_bits`` keeps its exact grid."""
-    decided: dict[str, PerFeatureQuantizer] = {}
+    Each feature's integers count the thresholds a value passes (``DecisionQuantizer``): every decision is
+    exact, on the bits the most-cut feature needs, up to ``n_bits`` (beyond, the cuts misplacing the fewest
+    calibration samples are kept)."""
+    readers: dict[str, list[tuple[Any, int]]] = {}
+    for bound in module.nodes:
+        for i, name in enumerate(bound.node.input):
+            if name:
+                readers.setdefault(name, []).append((bound, i))
+    decided: dict[str, DecisionQuantizer] = {}
     for spec, data in zip(module.inputs, inputs):
         if data.ndim != 2 or data.shape[1] < 1 or spec.dtype.kind != "f":
             continue
-        readers = [(b, [i for i, n in enumerate(b.node.input) if n == spec.name])
-                   for b in module.nodes if spec.name in b.node.input]
-        spans = [ops_of[id(b)].decision_ranges(i, data.shape[1]) for b, indices in readers for i in indices]
-        if not spans or any(s is None for s in spans):
-            continue
-        lows = np.fmin.reduce([s[0] for s in spans if s is not None])
-        highs = np.fmax.reduce([s[1] for s in spans if s is not None])
-        data_lows, data_highs, whole = feature_ranges(data)
-        steps = 2**n_bits - 1
-        read = ~np.isnan(lows)
-        spare = np.where(highs > lows, (highs - lows) / max(steps - 2, 1), np.maximum(np.abs(lows) * 1e-3, 1e-6))
-        low = np.where(read, lows - spare, data_lows)
-        high = np.where(read, highs + spare, data_lows)
-        exact = whole & (data_highs - data_lows < 2**n_bits)
-        low, high = np.where(exact, data_lows, low), np.where(exact, data_highs, high)
-        decided[spec.name] = PerFeatureQuantizer.fit(low, high, n_bits, exact)
+        cuts = _input_cuts(module, readers, ops_of, spec.name, data.shape)
+        if cuts is not None:
+            decided[spec.name] = DecisionQuantizer.fit(cuts, data, n_bits)
     return decided
+
+
+def _input_cuts(module: NumpyModule, readers: dict[str, list[tuple[Any, int]]], ops_of: dict[int, QuantizedOp],
+                name: str, shape: tuple[int, ...]) -> list[list[tuple[float, bool]]] | None:
+    """Per feature of model input ``name``, the cuts its readers decide on; None when a reader looks at
+    more than cuts (or the input is a model output itself)."""
+    n_features = shape[-1]
+    per_feature: list[list[tuple[float, bool]]] = [[] for _ in range(n_features)]
+    if name in module.output_names or not readers.get(name):
+        return None
+
+    def constants(bound: Any) -> list[Any]:
+        return [module.constants.get(n) for n in bound.node.input]
+
+    def collect(found: list[tuple[NDArray[Any], bool]], features: NDArray[Any], at: tuple[int, ...]) -> bool:
+        for thresholds, inclusive in found:
+            try:
+                t, f = np.broadcast_arrays(np.asarray(thresholds, dtype=np.float64), features)
+            except ValueError:
+                return False
+            for value, feature in zip(t.ravel(), f.ravel()):
+                if not np.isnan(value) and feature >= 0:  # -1: a position copying no feature
+                    per_feature[int(feature)].append((float(value), bool(inclusive)))
+        return True
+
+    for bound, index in readers[name]:
+        op = ops_of[id(bound)]
+        direct = op.decision_cuts(index, constants(bound), shape)
+        if direct is not None:
+            if not collect(direct, np.arange(n_features), shape):
+                return None
+            continue
+        selected = op.feature_selection(index, constants(bound), n_features)
+        out = bound.node.output[0] if bound.node.output else ""
+        if selected is None or out in module.output_names or not readers.get(out):
+            return None
+        for reader, i in readers[out]:
+            found = ops_of[id(reader)].decision_cuts(i, constants(reader), tuple(np.shape(selected)))
+            if found is None or not collect(found, np.asarray(selected), shape):
+                return None
+    if not any(per_feature):
+        return None
+    return per_feature
 
 
 def input_quantizer(float_range: tuple[float, float], whole_numbers: bool, n_bits: int,
@@ -810,8 +862,8 @@ def input_quantizer(float_range: tuple[float, float], whole_numbers: bool, n_bit
 
 def input_value(quantizer: InputQuantizer, data: Any, name: str) -> QValue:
     """A model input's integers ``data`` as the value the integer program starts from."""
-    if isinstance(quantizer, PerFeatureQuantizer):
-        return QValue.per_feature(data, quantizer.scales, quantizer.zero_points, name)
+    if isinstance(quantizer, (PerFeatureQuantizer, DecisionQuantizer)):
+        return QValue.per_feature(data, quantizer, name)
     return QValue.affine(data, quantizer.scale, quantizer.zero_point, name)
 
 
@@ -832,6 +884,30 @@ def feature_ranges(data: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any], NDAr
     """Per feature (last axis) of ``data``: lowest and highest value, and whether every value is a whole number."""
     columns = np.asarray(data, dtype=np.float64).reshape(-1, np.shape(data)[-1])
     return columns.min(axis=0), columns.max(axis=0), np.all(columns == np.round(columns), axis=0)
+
+
+#: casts that keep a float input's values (a float32 input cast to float32 or float64)
+_FLOAT_CASTS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE})
+
+
+def readers_fold(module: NumpyModule, name: str) -> bool:
+    """Whether every node reading model input ``name`` (through casts to float) folds per-feature scales
+    into its own parameters (its family's ``folds_feature_scales``; "as output" when its output is a
+    model output)."""
+    readers = [b for b in module.nodes if name in b.node.input]
+    if not readers:
+        return False
+    for bound in readers:
+        if bound.node.op_type == "Cast" and bound.attributes.get("to") in _FLOAT_CASTS and bound.node.output:
+            if not readers_fold(module, bound.node.output[0]):
+                return False
+            continue
+        folds = getattr(bound.impl.quantized, "folds_feature_scales", False)
+        if folds == "as output":
+            folds = all(out in module.output_names for out in bound.node.output if out)
+        if folds is not True:
+            return False
+    return True
 
 
 def per_feature_wanted(spec: TensorSpec, data: NDArray[Any], setting: bool | str, readers_fold: bool = False) -> bool:

@@ -308,6 +308,179 @@ class PerFeatureQuantizer:
         """Floats (float64) that ``qvalues`` (features along the last axis) represent."""
         return self.scale_array * (np.asarray(qvalues, dtype=np.float64) - self.zero_point_array)
 
+    def dequant_features(self, codes: Any, features: Any) -> NDArray[Any]:
+        """Floats of ``codes`` where ``codes[...]`` is an integer of feature ``features[...]`` (broadcast)."""
+        f = np.asarray(features, dtype=np.int64)
+        return self.scale_array[f] * (np.asarray(codes, dtype=np.float64) - self.zero_point_array[f])
 
-#: a model input's quantizer: one for the whole tensor, or one per feature (last axis)
-InputQuantizer = UniformQuantizer | PerFeatureQuantizer
+
+@dataclass(frozen=True)
+class DecisionQuantizer:
+    """Per feature (last axis), integers that count the decision thresholds a value passes.
+
+    A model input read only by ops that decide on which side of thresholds each value lies (tree
+    ensembles, comparisons with constants) needs nothing else: the integer of a value is the number of
+    its feature's thresholds it passes, so every decision is taken exactly as on the float, with as few
+    bits as the thresholds need. ``thresholds[j]`` are feature ``j``'s thresholds in increasing order
+    and ``inclusive[j]`` says whether a value equal to the threshold passes it (``x >= t``, a strict
+    comparison ``x < t`` decides there) or not (``x > t``, for ``x <= t``). ``representatives[j][c]``
+    is a float of the values integer ``c`` stands for (one that decides every comparison as they do).
+    """
+
+    n_bits: int
+    thresholds: tuple[tuple[float, ...], ...]
+    inclusive: tuple[tuple[bool, ...], ...]
+    representatives: tuple[tuple[float, ...], ...]
+    is_signed: bool = False
+    is_symmetric: bool = False
+
+    @property
+    def q_min(self) -> int:
+        return 0
+
+    @property
+    def q_max(self) -> int:
+        return int(2**self.n_bits - 1)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.thresholds)
+
+    @property
+    def zero_point_array(self) -> NDArray[np.int64]:
+        """Per feature, the integer a sample of zeros gets (what an empty sample is filled with)."""
+        return np.asarray(self.quant(np.zeros((1, self.n_features)))[0], dtype=np.int64)
+
+    @classmethod
+    def fit(cls, cuts: list[list[tuple[float, bool]]], data: Any, n_bits: int) -> DecisionQuantizer:
+        """The quantizer telling apart every cut ``(threshold, inclusive)`` of each feature (``cuts[j]``)
+        when a feature has at most ``2**n_bits - 1`` distinct cuts. A feature with more keeps the
+        ``2**n_bits - 1`` cuts that misplace the fewest calibration samples ``data`` (samples, features):
+        adjacent intervals are merged while the merge moves the fewest samples onto another interval's
+        representative. The integers take as many bits as the feature with most cuts needs (at least 1).
+
+        Raises:
+            QuantizationError: ``n_bits`` out of range, or ``data`` not (samples, len(cuts)).
+        """
+        check_n_bits(n_bits)
+        arr = np.asarray(data, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] != len(cuts):
+            raise QuantizationError(f"decision cuts for {len(cuts)} features, calibration data of shape {arr.shape}")
+        thresholds, inclusive, representatives = [], [], []
+        for j, feature_cuts in enumerate(cuts):
+            # a value equal to t passes the inclusive cut at t before the strict one
+            ordered = sorted(set((float(t), bool(inc)) for t, inc in feature_cuts), key=lambda c: (c[0], not c[1]))
+            column = arr[:, j]
+            reps = [_representative(column, ordered, c) for c in range(len(ordered) + 1)]
+            if len(ordered) > 2**n_bits - 1:
+                ordered, reps = _merged_cuts(column, ordered, reps, 2**n_bits - 1)
+            thresholds.append(tuple(t for t, _ in ordered))
+            inclusive.append(tuple(inc for _, inc in ordered))
+            representatives.append(tuple(reps))
+        width = max(1, max((int(np.ceil(np.log2(len(r)))) for r in representatives if len(r) > 1), default=1))
+        return cls(width, tuple(thresholds), tuple(inclusive), tuple(representatives))
+
+    def _check_features(self, values: NDArray[Any]) -> None:
+        if values.ndim == 0 or values.shape[-1] != self.n_features:
+            raise QuantizationError(f"a per-feature quantizer of {self.n_features} features (the last axis) got "
+                                    f"values of shape {values.shape}")
+
+    def quant(self, values: Any) -> NDArray[Any]:
+        """Integers (int64): per value, how many of its feature's thresholds it passes."""
+        return self.quant_counting(values)[0]
+
+    def quant_counting(self, values: Any) -> tuple[NDArray[Any], int]:
+        """``quant(values)`` and 0: no value is ever clipped (beyond the outer thresholds every value decides alike)."""
+        arr = np.asarray(values, dtype=np.float64)
+        self._check_features(arr)
+        out = np.zeros(arr.shape, dtype=np.int64)
+        for j, (ts, inc) in enumerate(zip(self.thresholds, self.inclusive)):
+            if ts:
+                out[..., j] = _passed(arr[..., j], np.asarray(ts), np.asarray(inc, dtype=bool))
+        return out, 0
+
+    def dequant(self, qvalues: Any) -> NDArray[Any]:
+        """Floats (float64) standing for ``qvalues`` (features along the last axis)."""
+        q = np.asarray(qvalues, dtype=np.int64)
+        q = np.broadcast_to(q, np.broadcast_shapes(q.shape, (self.n_features,)))  # as an affine mapping broadcasts
+        return self.dequant_features(q, np.broadcast_to(np.arange(self.n_features), q.shape))
+
+    def dequant_features(self, codes: Any, features: Any) -> NDArray[Any]:
+        """Floats of ``codes`` where ``codes[...]`` is an integer of feature ``features[...]`` (broadcast)."""
+        codes, features = np.broadcast_arrays(np.asarray(codes, dtype=np.int64), np.asarray(features, dtype=np.int64))
+        out = np.empty(codes.shape, dtype=np.float64)
+        for j in np.unique(features):
+            where = features == j
+            reps = np.asarray(self.representatives[int(j)], dtype=np.float64)
+            out[where] = reps[np.clip(codes[where], 0, len(reps) - 1)]
+        return out
+
+
+def _passed(values: NDArray[Any], thresholds: NDArray[Any], inclusive: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """How many cuts each value passes (``x >= t`` for an inclusive cut, ``x > t`` for a strict one)."""
+    strict, at = np.sort(thresholds[~inclusive]), np.sort(thresholds[inclusive])
+    passed = np.searchsorted(strict, values, side="left") + np.searchsorted(at, values, side="right")
+    return np.asarray(passed, dtype=np.int64)
+
+
+def _representative(column: NDArray[Any], cuts: list[tuple[float, bool]], code: int) -> float:
+    """A float of interval ``code`` (between cut ``code - 1`` and cut ``code``) that passes exactly the
+    cuts below it, in float64 and in float32: the median of the calibration values there, else a
+    point chosen from the bounds."""
+    ts = np.asarray([t for t, _ in cuts], dtype=np.float64)
+    inc = np.asarray([i for _, i in cuts], dtype=bool)
+
+    def fits(v: float) -> bool:
+        return all(int(_passed(np.asarray([x]), ts, inc)[0]) == code
+                   for x in (float(v), float(np.float32(v))))
+
+    if len(ts):
+        inside = column[_passed(column, ts, inc) == code]
+        if inside.size:
+            median = float(np.sort(inside)[inside.size // 2])  # a value the data holds
+            if fits(median):
+                return median
+    low = ts[code - 1] if code > 0 else None
+    high = ts[code] if code < len(ts) else None
+    candidates: list[float] = []
+    if low is not None and high is not None:
+        candidates += [(low + high) / 2, low, high]
+    for bound, direction in ((low, np.inf), (high, -np.inf)):
+        if bound is not None:
+            candidates += [float(np.nextafter(np.float32(bound), np.float32(direction))), bound + direction * 0.0]
+            candidates.append(bound + (1.0 if direction > 0 else -1.0) * max(1.0, abs(bound)))
+    if not len(ts):
+        candidates.append(float(np.median(column)) if column.size else 0.0)
+    for v in candidates:
+        if np.isfinite(v) and fits(v):
+            return float(v)
+    return float(candidates[0]) if candidates else 0.0  # an interval no float32 lies in: never reached
+
+
+def _merged_cuts(column: NDArray[Any], cuts: list[tuple[float, bool]], reps: list[float],
+                 limit: int) -> tuple[list[tuple[float, bool]], list[float]]:
+    """At most ``limit`` of ``cuts``: adjacent intervals merged, each time the pair whose merge misplaces the
+    fewest calibration samples (those outside the merged interval's most populated part, whose
+    representative it keeps)."""
+    ts = np.asarray([t for t, _ in cuts], dtype=np.float64)
+    inc = np.asarray([i for _, i in cuts], dtype=bool)
+    counts = np.bincount(_passed(column, ts, inc), minlength=len(cuts) + 1)
+    # groups of consecutive intervals: [first interval, last interval, mass, mass of its heaviest, that interval]
+    groups = [[c, c, int(n), int(n), c] for c, n in enumerate(counts)]
+    while len(groups) > limit + 1:
+        best, best_cost = 0, None
+        for g in range(len(groups) - 1):
+            left, right = groups[g], groups[g + 1]
+            cost = min(left[3], right[3])  # the lighter part's heaviest interval joins the misplaced
+            if best_cost is None or cost < best_cost:
+                best, best_cost = g, cost
+        left, right = groups[best], groups[best + 1]
+        heavy = left if left[3] >= right[3] else right
+        groups[best:best + 2] = [[left[0], right[1], left[2] + right[2], heavy[3], heavy[4]]]
+    kept = [cuts[g[1]] for g in groups[:-1]]  # the cut above each group's last interval
+    return kept, [reps[g[4]] for g in groups]
+
+
+#: a model input's quantizer: one for the whole tensor, one per feature (last axis), or per feature over
+#: the thresholds its readers decide on
+InputQuantizer = UniformQuantizer | PerFeatureQuantizer | DecisionQuantizer

@@ -23,7 +23,10 @@ class QValue:
       ``scale * (data - zero_point)``. A model input quantized per feature is *per-feature affine*
       (``feature_scales``/``feature_zero_points`` set, one per position of the last axis):
       ``feature_scales * (data - feature_zero_points)``, not uniform; consumers that reduce over
-      the feature axis fold the scales into their weights, others requantize it.
+      the feature axis fold the scales into their weights, others requantize it. ``features`` is
+      the input's quantizer, which maps any feature's integers to floats (``dequant_features``): it
+      is also set for an input whose integers count decision thresholds (``DecisionQuantizer``,
+      not affine at all), read by the ops that decide on them.
 
     A chain of univariate ops only composes ``to_float``; the integers change only at a lookup,
     so such a chain costs one table lookup at the point an integer is needed.
@@ -40,6 +43,8 @@ class QValue:
     #: of an affine value holding masking values: (first data integer, the masking value the integers
     #: below it stand for), see ``UniformQuantizer.masking``
     floor: tuple[int, float] | None = field(default=None, compare=False)
+    #: of a model input quantized per feature: its quantizer (``dequant_features(codes, feature_ids)``)
+    features: Any = field(default=None, compare=False)
 
     @classmethod
     def constant(cls, value: Any, name: str = "") -> QValue:
@@ -69,15 +74,17 @@ class QValue:
         return cls.affine(data, quantizer.scale, quantizer.zero_point, name, floor)
 
     @classmethod
-    def per_feature(cls, data: Any, scales: Any, zero_points: Any, name: str = "") -> QValue:
-        """Integers whose float is ``scales[j] * (data[..., j] - zero_points[j])`` (a per-feature input)."""
-        s = np.asarray(scales, dtype=np.float64)
-        z = np.asarray(zero_points, dtype=np.int64)
+    def per_feature(cls, data: Any, quantizer: Any, name: str = "") -> QValue:
+        """Integers of a model input quantized per feature (its last axis) by ``quantizer``: affine per
+        feature (a ``PerFeatureQuantizer``: ``feature_scales`` set) or counting thresholds."""
+        affine = hasattr(quantizer, "scale_array")
+        s = quantizer.scale_array if affine else None
+        z = quantizer.zero_point_array if affine else None
 
         def to_float(q: NDArray[Any]) -> NDArray[Any]:
-            return s * (np.asarray(q, dtype=np.float64) - z)
+            return np.asarray(quantizer.dequant(q), dtype=np.float64)
 
-        return cls(data, to_float, False, None, None, name, s, z)
+        return cls(data, to_float, False, None, None, name, s, z, features=quantizer)
 
     @classmethod
     def lazy(cls, data: Any, to_float: FloatFunction, uniform: bool, name: str = "") -> QValue:
@@ -93,7 +100,8 @@ class QValue:
 
     @property
     def is_per_feature(self) -> bool:
-        return self.feature_scales is not None
+        """A model input quantized per feature (affine per feature, or counting thresholds)."""
+        return self.features is not None
 
     @property
     def shape(self) -> tuple[int, ...]:
