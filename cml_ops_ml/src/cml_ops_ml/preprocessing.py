@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from ._opset import ML_DOMAIN, OPS
 from ._scores import as_matrix
 from .quantized import PerFeatureElementwiseOp
+from .quantized_preprocessing import QuantizedLabelEncoder, QuantizedNormalizer, QuantizedOneHotEncoder
 
 
 def _per_feature(values: list[float] | None, n_features: int, name: str, fill: float) -> NDArray[np.float32]:
@@ -35,7 +36,7 @@ def scaler(x: NDArray[Any], /, *, offset: list[float] | None = None, scale: list
 NORMS = ("MAX", "L1", "L2")
 
 
-@OPS.op("Normalizer", since=1, domain=ML_DOMAIN, quantized=ConstantOnlyOp)
+@OPS.op("Normalizer", since=1, domain=ML_DOMAIN, quantized=QuantizedNormalizer)
 def normalizer(x: NDArray[Any], /, *, norm: str = "MAX") -> NDArray[Any]:
     """Each row divided by its maximum (MAX), the sum of its absolute values (L1) or its Euclidean
     norm (L2), rows whose norm is zero left unchanged; float32."""
@@ -138,7 +139,7 @@ def _is_strings(x: NDArray[Any]) -> bool:
     return x.dtype.kind in "OUS"
 
 
-@OPS.op("OneHotEncoder", since=1, domain=ML_DOMAIN, quantized=ConstantOnlyOp)
+@OPS.op("OneHotEncoder", since=1, domain=ML_DOMAIN, quantized=QuantizedOneHotEncoder)
 def one_hot_encoder(x: NDArray[Any], /, *, cats_int64s: list[int] | None = None,
                     cats_strings: list[str] | None = None, zeros: int = 1) -> NDArray[Any]:
     """One float32 indicator per category, on a new last axis; a value outside the categories gives all
@@ -250,7 +251,7 @@ def _values_and_default(values_floats: Any, values_int64s: Any, values_strings: 
     return list(values), default_string, object
 
 
-@OPS.op("LabelEncoder", since=2, domain=ML_DOMAIN, quantized=ConstantOnlyOp)
+@OPS.op("LabelEncoder", since=2, domain=ML_DOMAIN, quantized=QuantizedLabelEncoder)
 def label_encoder_2(x: NDArray[Any], /, *, default_float: float = -0.0, default_int64: int = -1,
                     default_string: str = "_Unused", keys_floats: list[float] | None = None,
                     keys_int64s: list[int] | None = None, keys_strings: list[str] | None = None,
@@ -263,7 +264,7 @@ def label_encoder_2(x: NDArray[Any], /, *, default_float: float = -0.0, default_
     return _encode(x, list(keys), values, default, dtype)
 
 
-@OPS.op("LabelEncoder", since=4, domain=ML_DOMAIN, quantized=ConstantOnlyOp)
+@OPS.op("LabelEncoder", since=4, domain=ML_DOMAIN, quantized=QuantizedLabelEncoder)
 def label_encoder_4(x: NDArray[Any], /, *, default_float: float = -0.0, default_int64: int = -1,
                     default_string: str = "_Unused", default_tensor: NDArray[Any] | None = None,
                     keys_floats: list[float] | None = None, keys_int64s: list[int] | None = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from cml_core.quantization import ConstantOnlyOp
 from numpy.typing import NDArray
 
 from ._opset import ML_DOMAIN, OPS
@@ -20,6 +19,7 @@ from ._scores import (
     transform_columns,
     two_class_scores,
 )
+from .quantized_svm import QuantizedSVMClassifier, QuantizedSVMRegressor
 
 KERNELS = ("LINEAR", "POLY", "RBF", "SIGMOID")
 
@@ -69,7 +69,7 @@ def pairwise_coupling(pairs: NDArray[Any], n_classes: int) -> NDArray[Any]:
     return p
 
 
-@OPS.op("SVMClassifier", since=1, domain=ML_DOMAIN, quantized=ConstantOnlyOp)
+@OPS.op("SVMClassifier", since=1, domain=ML_DOMAIN, quantized=QuantizedSVMClassifier)
 def svm_classifier(x: NDArray[Any], /, *, classlabels_ints: list[int] | None = None,
                    classlabels_strings: list[str] | None = None, coefficients: list[float] | None = None,
                    kernel_params: list[float] | None = None, kernel_type: str = "LINEAR",
@@ -167,7 +167,7 @@ def _labels(chosen: list[Any], strings: bool) -> NDArray[Any]:
     return np.zeros(0, dtype=object if strings else np.int64)
 
 
-@OPS.op("SVMRegressor", since=1, domain=ML_DOMAIN, quantized=ConstantOnlyOp)
+@OPS.op("SVMRegressor", since=1, domain=ML_DOMAIN, quantized=QuantizedSVMRegressor)
 def svm_regressor(x: NDArray[Any], /, *, coefficients: list[float] | None = None,
                   kernel_params: list[float] | None = None, kernel_type: str = "LINEAR", n_supports: int = 0,
                   one_class: int = 0, post_transform: str = "NONE", rho: list[float] | None = None,
