@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,6 +85,8 @@ class BoundNode:
         self.subgraphs = {k: v for k, v in self.attributes.items() if isinstance(v, BoundGraph)}
         self.free_names = tuple(dict.fromkeys(n for g in self.subgraphs.values() for n in g.free_names))
         self.reads = tuple(dict.fromkeys([*(n for n in self.inputs if n), *self.free_names]))
+        #: the kernel the op's ``prepare`` made for this node (see ``signature.Preparer``), if any
+        self.kernel: Callable[..., Any] | None = None
 
     def call(self, values: list[Any], scope: dict[str, Any] | None = None) -> tuple[Any, ...]:
         """Run the numpy implementation on ``values`` (``None`` for omitted inputs).
@@ -93,7 +97,17 @@ class BoundNode:
         if self.subgraphs:
             outer = scope or {}
             kwargs = {**kwargs, **{k: g.bind({n: outer[n] for n in g.free_names}) for k, g in self.subgraphs.items()}}
-        out = self.impl.function(*values[: self._arity], **kwargs)
+        return self.outputs_of(self.impl.function(*values[: self._arity], **kwargs))
+
+    def run(self, values: list[Any], scope: dict[str, Any] | None = None) -> tuple[Any, ...]:
+        """``call`` as the graph runs it: with the kernel prepared for the node when there is one, which
+        reads the constants it was prepared from (``values`` must hold the graph's own)."""
+        if self.kernel is None:
+            return self.call(values) if scope is None else self.call(values, scope)
+        return self.outputs_of(self.kernel(*values[: self._arity]))
+
+    def outputs_of(self, out: Any) -> tuple[Any, ...]:
+        """The node's outputs from what its implementation returned (one value or a tuple)."""
         if not isinstance(out, tuple):
             out = (out,)
         n = len(self.outputs)
@@ -103,7 +117,7 @@ class BoundNode:
                 f"{self.where}: its implementation computes {len(out)} output(s); the node also asks for "
                 f"{missing}, which is not supported"
             )
-        return out[:n]
+        return tuple(out[:n])
 
     def renamed(self, names: dict[str, str], node_name: str | None = None) -> BoundNode:
         """This node with its input and output names mapped through ``names`` (a copy), and named
@@ -199,8 +213,9 @@ class BoundGraph:
     Binding checks each node (arity, attributes, the op's load-time check), binds the GRAPH
     attributes of its nodes as ``BoundGraph``s themselves, folds the nodes whose inputs (and
     outer-scope reads) are all constants, inlines each If whose condition is then known (its
-    chosen branch's nodes take its place), and plans when each intermediate is freed. A
-    subgraph's ``free_names`` are the values it reads from enclosing graphs.
+    chosen branch's nodes take its place), lets ops prepare their nodes' kernels, and plans
+    how the nodes run and when each intermediate is freed. A subgraph's ``free_names`` are the
+    values it reads from enclosing graphs.
     """
 
     def __init__(self, graph: onnx.GraphProto, binding: _Binding, outer_shapes: dict[str, Any],
@@ -220,11 +235,14 @@ class BoundGraph:
         shapes.update(self._static_shapes(graph))
         self.nodes = self._bind_nodes(graph, binding, shapes)
         self._dead_after: list[tuple[str, ...]] = []
+        self._steps: list[_Step] = []
         if binding.missing:
             return  # the model is refused once every graph is bound: nothing to prepare
         self._fold_constants()
+        self._prepare_kernels(shapes)
         self.free_names = self._find_free_names()
         self._dead_after = self._compute_dead_after()
+        self._steps = self._compile_steps()
 
     def bind(self, scope: dict[str, Any]) -> _ScopedSubgraph:
         """This graph with the outer-scope values it reads, ready for an op to call."""
@@ -248,13 +266,18 @@ class BoundGraph:
 
         Intermediates no later node (nor the graph's outputs) reads are removed as soon as
         possible, unless ``keep_intermediates``. ``observe(name, value)`` sees each produced value.
+        Without either, nodes run as compiled at load (``_compile_steps``): in-place forms write over
+        arrays no one else holds, and chains of element-wise ops run with the node that feeds them.
         """
         env[""] = None  # omitted optional inputs
+        if not keep_intermediates and observe is None:
+            self._run_steps(env)
+            return
         for bound, dead in zip(self.nodes, self._dead_after):
             values = [env[name] for name in bound.inputs]
             try:
-                results = bound.call(values, {n: env[n] for n in bound.free_names}) if bound.free_names \
-                    else bound.call(values)
+                results = bound.run(values, {n: env[n] for n in bound.free_names}) if bound.free_names \
+                    else bound.run(values)
             except CmlError:
                 raise
             except MemoryError as exc:
@@ -274,6 +297,54 @@ class BoundGraph:
             if not keep_intermediates:
                 for name in dead:
                     env.pop(name, None)
+
+    def _run_steps(self, env: dict[str, Any]) -> None:
+        """``execute`` without observing nor keeping intermediates: each node's kernel straight on ``env``,
+        in place where its op allows it and its first input is an array only ``env`` holds."""
+        step: _Step | None = None
+        values: list[Any] = []
+        refcount = sys.getrefcount
+        read = env.__getitem__
+        try:
+            for step in self._steps:
+                values = list(map(read, step.inputs))
+                if step.inplace is not None:
+                    first = values[0]
+                    # held by env, values, first and getrefcount's argument only, and its memory by no other
+                    # array (a view's base is held by the view alone): no one else sees it
+                    if type(first) is np.ndarray and refcount(first) == 4 and first.flags.writeable and (
+                            first.base is None or _sole_base(first.base)):
+                        del first
+                        result = step.inplace(*values)
+                    else:
+                        del first
+                        assert step.kernel is not None  # a step with an in-place form has a kernel too
+                        result = step.kernel(*values)
+                elif step.kernel is not None:
+                    result = step.kernel(*values)
+                else:  # a node with subgraphs, which read values of this scope
+                    result = step.bound.call(values, {n: env[n] for n in step.bound.free_names})
+                if step.output is not None and type(result) is not tuple:
+                    env[step.output] = result
+                else:
+                    env.update(zip(step.bound.outputs, step.bound.outputs_of(result)))
+                del result
+                for name in step.dead:
+                    env.pop(name, None)
+        except CmlError:
+            raise
+        except MemoryError as exc:
+            assert step is not None
+            raise OutOfMemoryError(
+                f"{step.where} ran out of memory on inputs of shapes {_shapes(values)}; run a smaller batch "
+                "(fewer samples per call)"
+            ) from exc
+        except Exception as exc:  # an op implementation failed on these values
+            if step is None:
+                raise
+            raise NodeExecutionError(
+                f"{step.where} failed on inputs of shapes {_shapes(values)}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     # -- binding --------------------------------------------------------------------------------
     def _bind_nodes(self, graph: onnx.GraphProto, binding: _Binding,
@@ -331,6 +402,114 @@ class BoundGraph:
             raise ModelLoadError(
                 f"{bound.where}: the load-time check from {provider} failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _prepare_kernels(self, shapes: dict[str, tuple[int | None, ...] | None]) -> None:
+        """Let each op that declares ``prepare`` make its node's kernel, now that constants are known."""
+        for bound in self.nodes:
+            prepare = bound.impl.prepare
+            if prepare is None or bound.subgraphs:
+                continue
+            inputs = [StaticInput(_static_shape(self.constants[name]) if name in self.constants else shapes.get(name),
+                                  self.constants.get(name)) if name else None
+                      for name in bound.inputs]
+            defaults = {k: v for k, v in bound.impl.signature.attributes.items() if v is not REQUIRED}
+            try:
+                bound.kernel = prepare(inputs, {**defaults, **bound._kwargs})
+            except CmlError:
+                raise
+            except ValueError as exc:
+                raise ModelLoadError(f"{bound.where}: {exc}") from exc
+            except Exception as exc:  # a plugin's preparation that itself failed
+                provider = bound.impl.provider.distribution
+                raise ModelLoadError(
+                    f"{bound.where}: the load-time preparation from {provider} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def _compile_steps(self) -> list[_Step]:
+        """What ``_run_steps`` runs: per node, its kernel (prepared, or the implementation with its
+        attributes bound) and its op's in-place form where its first input dies there. A node whose only
+        output feeds only an op with an in-place form, as that op's first input (an activation, a bias
+        or residual Add, a gate's Mul), runs that op in the same step, over its fresh result: a chain
+        like Conv, Add, Relu is one step, and its intermediates never reach ``env``."""
+        nodes = self.nodes
+        readers: dict[str, list[int]] = {}
+        for index, bound in enumerate(nodes):
+            for name in bound.reads:
+                readers.setdefault(name, []).append(index)
+        made_at = {name: index for index, bound in enumerate(nodes) for name in bound.outputs if name}
+        groups: list[list[int]] = []
+        taken: set[int] = set()
+        for index in range(len(nodes)):
+            if index not in taken:
+                groups.append(self._chain_from(index, readers, made_at, taken))
+        # what each group reads from env, and where each value is read last
+        reads = [list(dict.fromkeys(n for i in group for n in nodes[i].reads
+                                    if n not in {nodes[j].outputs[0] for j in group[:-1]}))
+                 for group in groups]
+        last: dict[str, int] = {}
+        for at, (group, names) in enumerate(zip(groups, reads)):
+            for name in names:
+                if name not in self.constants:
+                    last[name] = at
+            for name in nodes[group[-1]].outputs:
+                if name and name not in last:
+                    last[name] = at
+        keep = set(self.output_names)
+        dead: list[list[str]] = [[] for _ in groups]
+        for name, at in last.items():
+            if name not in keep:
+                dead[at].append(name)
+        return [self._step([nodes[i] for i in group], tuple(names)) for group, names in zip(groups, dead)]
+
+    def _chain_from(self, index: int, readers: dict[str, list[int]], made_at: dict[str, int],
+                    taken: set[int]) -> list[int]:
+        """The node ``index`` and the in-place ops that can run right after it in one step (see
+        ``_compile_steps``): each reads the previous one's only output, which nothing else reads, and
+        its other inputs exist before the chain starts."""
+        nodes = self.nodes
+        chain = [index]
+        while True:
+            head = nodes[chain[-1]]
+            out = head.outputs[0] if len(head.outputs) == 1 else ""
+            if not out or head.subgraphs or out in self.output_names or len(readers.get(out, ())) != 1:
+                return chain
+            after = readers[out][0]
+            tail = nodes[after]
+            others = tail.inputs[1 : tail._arity]
+            if (tail.impl.inplace is None or tail.subgraphs or len(tail.outputs) != 1 or not tail.outputs[0]
+                    or not tail.inputs or tail.inputs[0] != out or out in others
+                    or any(made_at.get(n, -1) >= index for n in others if n)):
+                return chain
+            chain.append(after)
+            taken.add(after)
+
+    def _step(self, chain: list[BoundNode], dead: tuple[str, ...]) -> _Step:
+        head = chain[0]
+        kernel: Callable[..., Any] | None = head.kernel
+        if kernel is None and not head.subgraphs:
+            kernel = functools.partial(head.impl.function, **head._kwargs) if head._kwargs else head.impl.function
+        first = head.inputs[0] if head.inputs else ""
+        inplace = head.impl.inplace
+        if inplace is None or head.subgraphs or not first or first not in dead or first in head.inputs[1:]:
+            inplace = None
+        elif head._kwargs:
+            inplace = functools.partial(inplace, **head._kwargs)
+        inputs = head.inputs[: head._arity]
+        tails = chain[1:]
+        if tails:
+            forms = []
+            for tail in tails:
+                tail_kernel = tail.kernel or functools.partial(tail.impl.function, **tail._kwargs)
+                assert tail.impl.inplace is not None
+                forms.append((tail_kernel, functools.partial(tail.impl.inplace, **tail._kwargs),
+                              tail._arity - 1))
+                inputs += tail.inputs[1 : tail._arity]
+            assert kernel is not None
+            kernel = _chained(kernel, head._arity, forms)
+            inplace = None if inplace is None else _chained(inplace, head._arity, forms)
+        last = chain[-1]
+        single = last.outputs[0] if len(last.outputs) == 1 and last.outputs[0] else None
+        return _Step(head, inputs, kernel, inplace, single, dead, tuple(tails))
 
     def _fold_constants(self) -> None:
         """Evaluate at load every node whose inputs and outer-scope reads are all constants.
@@ -441,6 +620,61 @@ class BoundGraph:
             if name not in keep:
                 dead[step].append(name)
         return [tuple(names) for names in dead]
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One node as ``BoundGraph._run_steps`` runs it."""
+
+    bound: BoundNode
+    inputs: tuple[str, ...]
+    #: the node's kernel taking its inputs alone; ``None`` for a node with subgraphs (run by ``bound.call``)
+    kernel: Callable[..., Any] | None
+    #: the op's in-place form (attributes bound), when the node's first input dies at this node
+    inplace: Callable[..., Any] | None
+    #: the name of the node's only output, ``None`` when it has several
+    output: str | None
+    #: the values no later node reads, freed after this one
+    dead: tuple[str, ...]
+    #: the in-place ops run after ``bound`` in this step, on its result (see ``BoundGraph._compile_steps``)
+    tails: tuple[BoundNode, ...] = ()
+
+    @property
+    def where(self) -> str:
+        return self.bound.where + (f" (run with {', '.join(t.where for t in self.tails)})" if self.tails else "")
+
+
+def _chained(head: Callable[..., Any], arity: int,
+             tails: Sequence[tuple[Callable[..., Any], Callable[..., Any], int]]) -> Callable[..., Any]:
+    """A kernel running ``head`` on its first ``arity`` arguments, then each tail (kernel, in-place form,
+    number of other inputs) on the result and its next arguments: in place when no one else holds
+    the result (``head`` may return a view of an input)."""
+    def chained(*args: Any) -> Any:
+        result = head(*args[:arity])
+        if type(result) is tuple:
+            result = result[0]
+        at = arity
+        for kernel, inplace, count in tails:
+            # held by this frame and getrefcount's argument only
+            if type(result) is np.ndarray and sys.getrefcount(result) == 2 and result.flags.writeable and (
+                    result.base is None or _sole_base(result.base)):
+                result = inplace(result, *args[at : at + count])
+            else:
+                result = kernel(result, *args[at : at + count])
+            at += count
+        return result
+
+    return chained
+
+
+def _sole_base(base: Any) -> bool:
+    """Whether ``base``, the base of an array, owns its memory and is held by that array alone."""
+    # the array's reference, this frame's and getrefcount's argument
+    return type(base) is np.ndarray and base.base is None and sys.getrefcount(base) == 3
+
+
+def _static_shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, np.ndarray) else None
 
 
 class NumpyModule:

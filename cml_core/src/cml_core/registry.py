@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import DuplicateOpError, UnsupportedOpError
-from .signature import OpSignature, Validator
+from .errors import DuplicateOpError, OpSignatureError, UnsupportedOpError
+from .signature import OpSignature, Preparer, Validator
 
 if TYPE_CHECKING:
     from .quantization.base import QuantizedOp
@@ -47,6 +47,10 @@ class OpImpl:
     provider: Provider
     #: load-time check of a node's attributes and static input shapes (see ``signature.Validator``)
     validate: Validator | None = None
+    #: load-time preparation of a node's kernel (see ``signature.Preparer``)
+    prepare: Preparer | None = None
+    #: the implementation's form that may write its result over its first input (see ``OpSet.op``)
+    inplace: Callable[..., Any] | None = None
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -68,6 +72,8 @@ class OpDefinition:
     quantized: type[QuantizedOp] | None = None
     replace: bool = False
     validate: Validator | None = None
+    prepare: Preparer | None = None
+    inplace: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -94,20 +100,45 @@ class OpSet:
         quantized: type[QuantizedOp] | None = None,
         replace: bool = False,
         validate: Validator | None = None,
+        prepare: Preparer | None = None,
+        inplace: Callable[..., Any] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator declaring ``function`` as the numpy implementation of ``op_type``.
 
-        ``validate`` is an optional load-time check of each node (see ``signature.Validator``).
+        ``validate`` is an optional load-time check of each node (see ``signature.Validator``);
+        ``prepare`` an optional load-time preparation of each node's kernel (see ``signature.Preparer``).
+        ``inplace`` is an optional form of ``function`` (same signature, same result) that may write
+        its result over its first input: the interpreter calls it instead when that input is an
+        array no one else holds and no later node reads. It may return a new array when it cannot
+        (a result of another shape or dtype).
         """
         versions = (since,) if isinstance(since, int) else tuple(since)
 
         def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
             self.definitions.append(
-                OpDefinition(op_type, versions, function, normalize_domain(domain), quantized, replace, validate)
+                OpDefinition(op_type, versions, function, normalize_domain(domain), quantized, replace, validate,
+                             prepare, inplace)
             )
             return function
 
         return decorate
+
+    def attach(self, function: Callable[..., Any], *, prepare: Preparer | None = None,
+               inplace: Callable[..., Any] | None = None) -> None:
+        """Give the ops already declared with ``function`` a ``prepare`` or ``inplace`` form (as
+        ``op`` would), from another module of the same plugin.
+
+        Raises:
+            ValueError: no op of this set is implemented by ``function``.
+        """
+        found = [d for d in self.definitions if d.function is function]
+        if not found:
+            raise ValueError(f"no op of this set is implemented by {getattr(function, '__qualname__', function)!r}")
+        for definition in found:
+            if prepare is not None:
+                definition.prepare = prepare
+            if inplace is not None:
+                definition.inplace = inplace
 
 
 @dataclass(frozen=True)
@@ -151,6 +182,8 @@ class OpRegistry:
         replace: bool = False,
         provider: Provider = LOCAL,
         validate: Validator | None = None,
+        prepare: Preparer | None = None,
+        inplace: Callable[..., Any] | None = None,
     ) -> OpImpl:
         """Register one implementation.
 
@@ -160,11 +193,15 @@ class OpRegistry:
         Raises:
             DuplicateOpError: (not deferred) the key is offered by several providers and neither a
                 pin nor ``replace`` settles which one wins; the registry is left unchanged.
-            OpSignatureError: ``function``'s signature breaks the input/attribute contract.
+            OpSignatureError: ``function``'s signature breaks the input/attribute contract, or
+                ``inplace``'s differs from it.
         """
         domain = normalize_domain(domain)
+        if inplace is not None and OpSignature.of(inplace) != OpSignature.of(function):
+            raise OpSignatureError(f"{getattr(inplace, '__qualname__', inplace)}: the in-place form of {op_type} must "
+                                   f"take the inputs and attributes of {getattr(function, '__qualname__', function)}")
         impl = OpImpl(domain, op_type, int(since_version), function, OpSignature.of(function), quantized, provider,
-                      validate)
+                      validate, prepare, inplace)
         offer = _Offer(impl, replace)
         if self.deferred:
             self._offers.setdefault(impl.key, []).append(offer)
@@ -250,7 +287,8 @@ class OpRegistry:
             for version in d.since_versions:
                 self.register(
                     d.op_type, version, d.function, domain=d.domain, quantized=d.quantized,
-                    replace=d.replace, provider=provider, validate=d.validate,
+                    replace=d.replace, provider=provider, validate=d.validate, prepare=d.prepare,
+                    inplace=d.inplace,
                 )
 
     def __iter__(self) -> Iterator[OpImpl]:

@@ -150,6 +150,15 @@ class StaticInput:
 #: message saying which value is wrong and what is allowed; the core adds the node's name.
 Validator = Callable[[Sequence[StaticInput | None], dict[str, Any]], None]
 
+#: A load-time preparation an op may declare (``OpSet.op(..., prepare=...)``): called once per node after
+#: constant folding, with one ``StaticInput`` per node input (constants hold their value) and the node's
+#: attributes, defaults filled in. It returns a kernel that computes what the implementation computes for
+#: this node, or ``None`` to keep the implementation. The interpreter calls the kernel with the node's
+#: inputs alone (positionally, attributes bound) when it runs the graph, the constant inputs being the
+#: values it was prepared from: what depends only on them and the attributes (a weight's layout, a
+#: convolution's algorithm) is then done once, not at every call.
+Preparer = Callable[[Sequence[StaticInput | None], dict[str, Any]], Callable[..., Any] | None]
+
 
 class Subgraph(Protocol):
     """What an implementation receives for a GRAPH attribute (If's branches, Loop's and Scan's body).
