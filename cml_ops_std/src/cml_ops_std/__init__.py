@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (modules register their ops on OPS when imported)
     decoding,
     image,
     indexing,
+    inplace,
     layout,
     linalg,
     losses,

@@ -33,7 +33,7 @@ def windows(x, kernel_shape, strides, dilations, pads, pad_value=0):
     """A strided view ``(N, C, *out, *kernel)`` of the padded ``x`` (no copy beyond padding)."""
     n = len(kernel_shape)
     out_shape = output_shape(x.shape[2:], kernel_shape, strides, dilations, pads)
-    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + n]) for i in range(n)], constant_values=pad_value)
+    padded = _pad_like(x, pads, pad_value)
     st = padded.strides
     view = as_strided(
         padded,
@@ -42,6 +42,17 @@ def windows(x, kernel_shape, strides, dilations, pads, pad_value=0):
         writeable=False,
     )
     return view
+
+
+def _pad_like(x, pads, value=0):
+    """``x`` (N, C, *spatial) inside ``value``s, ``pads`` (begins, then ends) around its spatial axes; the
+    copy keeps ``x``'s memory order (a channels-last array stays channels-last)."""
+    n = len(pads) // 2
+    shape = x.shape[:2] + tuple(x.shape[2 + a] + pads[a] + pads[a + n] for a in range(n))
+    order = sorted(range(x.ndim), key=lambda axis: -abs(x.strides[axis])) if x.ndim else []
+    padded = np.full([shape[axis] for axis in order], value, dtype=x.dtype).transpose(np.argsort(order))
+    padded[(slice(None), slice(None)) + tuple(slice(pads[a], pads[a] + x.shape[2 + a]) for a in range(n))] = x
+    return padded
 
 
 COLUMN_BUDGET = 1 << 20  # im2col elements built at once: a few samples at a time stay in cache
@@ -75,11 +86,12 @@ def _window_slices(lead, kernel_shape, out, strides, dilations):
     return tuple(plan)
 
 
-def _im2col(source, lead, kernel_shape, out, strides, dilations, pads):
+def _im2col(source, lead, kernel_shape, out, strides, dilations, pads, into=None):
     """Columns ``(*lead axes, *kernel, *out, *trailing axes)`` of ``source``'s spatial axes.
 
     ``source`` has ``lead`` axes, then the spatial axes, then possibly more (the batch, when it is
-    last). One strided slice copy per kernel position.
+    last). One strided slice copy per kernel position, into the array ``into`` when given (of that
+    shape: a buffer reused across calls spares the page faults of fresh memory).
     """
     n = len(kernel_shape)
     size = source.shape[lead : lead + n]
@@ -88,7 +100,8 @@ def _im2col(source, lead, kernel_shape, out, strides, dilations, pads):
                            *source.shape[lead + n :]), dtype=source.dtype)
         padded[(slice(None),) * lead + tuple(slice(pads[a], pads[a] + size[a]) for a in range(n))] = source
         source = padded
-    cols = np.empty((*source.shape[:lead], *kernel_shape, *out, *source.shape[lead + n :]), dtype=source.dtype)
+    cols = np.empty((*source.shape[:lead], *kernel_shape, *out, *source.shape[lead + n :]), dtype=source.dtype) \
+        if into is None else into
     for target, window in _window_slices(lead, tuple(kernel_shape), tuple(out), tuple(strides), tuple(dilations)):
         cols[target] = source[window]
     return cols
@@ -116,15 +129,48 @@ def conv_nd(x, w, b=None, *, strides, pads, dilations, group):
         if b is not None:
             y += np.asarray(b, dtype=y.dtype).reshape(-1, *(1,) * (len(out) + 1))
         return np.moveaxis(y, -1, 0)
-    step = max(1, COLUMN_BUDGET // max(per_sample, 1))
-    parts = []
-    for i in range(0, max(x.shape[0], 1), step):
-        cols = _im2col(x[i : i + step], 2, kernel_shape, out, strides, dilations, pads)  # (n, C, *K, *out)
-        product = np.matmul(weight, cols.reshape(cols.shape[0], group, -1, math.prod(out)))  # (n, G, Mg, P)
-        parts.append(product.reshape(cols.shape[0], out_channels, *out))
-    y = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if per_sample > COLUMN_BUDGET and x.shape[0] and out[0] > 1:
+        y = _conv_row_bands(x, weight, kernel_shape, out, strides, dilations, pads)
+    else:
+        step = max(1, COLUMN_BUDGET // max(per_sample, 1))
+        parts = []
+        for i in range(0, max(x.shape[0], 1), step):
+            cols = _im2col(x[i : i + step], 2, kernel_shape, out, strides, dilations, pads)  # (n, C, *K, *out)
+            product = np.matmul(weight, cols.reshape(cols.shape[0], group, -1, math.prod(out)))  # (n, G, Mg, P)
+            parts.append(product.reshape(cols.shape[0], out_channels, *out))
+        y = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if b is not None:
         y += np.asarray(b, dtype=y.dtype).reshape(-1, *(1,) * len(out))
+    return y
+
+
+def _conv_row_bands(x, weight, kernel_shape, out, strides, dilations, pads):
+    """The convolution of samples too large for one im2col in cache: each sample's output is made a band of
+    rows (first spatial axis) at a time, from the im2col of the input rows that band reads."""
+    n = len(kernel_shape)
+    if any(pads):
+        size = x.shape[2:]
+        padded = np.zeros((*x.shape[:2], *(size[a] + pads[a] + pads[a + n] for a in range(n))), dtype=x.dtype)
+        padded[(slice(None), slice(None)) + tuple(slice(pads[a], pads[a] + size[a]) for a in range(n))] = x
+        x = padded
+    group, group_out, _ = weight.shape
+    rest = math.prod(out[1:])
+    per_row = x.shape[1] * math.prod(kernel_shape) * rest
+    rows = max(1, min(out[0], COLUMN_BUDGET // 4 // max(per_row, 1)))
+    y = np.empty((x.shape[0], group * group_out, *out), dtype=np.result_type(x, weight))
+    span = (kernel_shape[0] - 1) * dilations[0] + 1
+    buffer = np.empty((1, x.shape[1], *kernel_shape, rows, *out[1:]), dtype=x.dtype)
+    for sample in range(x.shape[0]):
+        for r0 in range(0, out[0], rows):
+            r1 = min(out[0], r0 + rows)
+            slab = x[sample : sample + 1, :, r0 * strides[0] : (r1 - 1) * strides[0] + span]
+            into = buffer if r1 - r0 == rows else np.empty((1, x.shape[1], *kernel_shape, r1 - r0, *out[1:]), x.dtype)
+            cols = _im2col(slab, 2, kernel_shape, [r1 - r0, *out[1:]], strides, dilations, [0] * (2 * n), into)
+            if group == 1:
+                product = np.matmul(weight[0], cols.reshape(-1, (r1 - r0) * rest))  # (M, rows * rest)
+            else:
+                product = np.matmul(weight, cols.reshape(group, -1, (r1 - r0) * rest))  # (G, Mg, rows * rest)
+            y[sample, :, r0:r1] = product.reshape(-1, r1 - r0, *out[1:])
     return y
 
 
@@ -176,3 +222,286 @@ def check_conv(inputs, attributes):
                          f"expects {w_shape[1] * group}")
     if b is not None and b.shape is not None and tuple(b.shape) not in ((w_shape[0],), (None,)):
         raise ValueError(f"the bias must have shape ({w_shape[0]},), got {b.shape}")
+
+
+# -- prepared float kernels (the float path; the quantized twin keeps ``conv_nd``) ---------------------------
+
+#: output columns per block of the banded products of a depthwise convolution (``_depthwise_banded``)
+DEPTHWISE_BLOCK = 8
+#: up to this output width, a depthwise convolution with a small kernel (3 wide) sums its taps over
+#: channels-last columns instead
+DEPTHWISE_NARROW = 8
+#: padded input elements a depthwise convolution works on at once (a few channels, in cache)
+DEPTHWISE_BUDGET = 1 << 17
+
+
+def prepare_conv(inputs, attributes):
+    """Conv's load-time preparation (see ``cml_core.signature.Preparer``): a kernel for a 2-D float
+    convolution whose weight (and bias) are constants; ``None`` otherwise.
+
+    The weight is laid out once for the products each kind of convolution makes: pointwise
+    convolutions are one product against the weight matrix, depthwise ones per-channel banded products
+    (``_depthwise_banded``) or tap sums (``_depthwise_taps``), the others (group 1) im2col products
+    written channels-last (``_conv_channels_last``; many small samples keep ``conv_nd``'s batch-last
+    path). Grouped convolutions keep the implementation.
+    Results may be NCHW views of channels-last memory, which the next convolution reads as such.
+    Geometry that depends on the input's size (auto_pad) is worked out per call.
+    """
+    x, w, b = (list(inputs) + [None, None])[:3]
+    if w is None or w.value is None or (b is not None and b.value is None):
+        return None
+    weight = w.value
+    if weight.ndim != 4 or weight.dtype not in (np.float32, np.float64):
+        return None
+    bias = None if b is None else np.asarray(b.value, dtype=weight.dtype)
+    group = attributes["group"]
+    out_channels, group_channels, kh, kw = weight.shape
+    kernel_shape, strides, dilations, _ = conv_attributes((0, 0, 0, 0), weight.shape, "NOTSET",
+                                                          attributes["dilations"], attributes["kernel_shape"],
+                                                          None, attributes["strides"])
+    auto_pad, pads = attributes["auto_pad"], attributes["pads"]
+
+    def geometry(x):
+        return resolve_pads(auto_pad, x.shape[2:], kernel_shape, strides, dilations, pads)
+
+    def generic(x):
+        return conv_nd(x, weight, bias, strides=strides, pads=geometry(x), dilations=dilations,
+                       group=group).astype(x.dtype, copy=False)
+
+    def fits(x):
+        return x.dtype == weight.dtype and x.ndim == 4 and x.shape[1] == group_channels * group
+
+    if group == 1 and kh == kw == 1 and auto_pad in ("", "NOTSET", "VALID") and not any(pads or ()):
+        matrix = np.ascontiguousarray(weight.reshape(out_channels, group_channels))
+        transposed = np.ascontiguousarray(matrix.T)
+
+        def pointwise(x, w, b=None, /):
+            if not fits(x):
+                return generic(x)
+            return _pointwise(x[:, :, :: strides[0], :: strides[1]] if strides != [1, 1] else x, matrix, transposed,
+                              bias)
+
+        return pointwise
+
+    if group == 1:
+        # (C * kh * kw, M) for columns read channel-first, (kh * kw * C, M) for columns read channels-last
+        by_channel = np.ascontiguousarray(weight.reshape(out_channels, -1).T)
+        by_position = np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(-1, out_channels))
+
+        def convolution(x, w, b=None, /):
+            if not fits(x):
+                return generic(x)
+            explicit = geometry(x)
+            out = output_shape(x.shape[2:], kernel_shape, strides, dilations, explicit)
+            if x.shape[0] >= BATCH_LAST_MIN_BATCH and x.shape[1] * kh * kw * math.prod(out) <= BATCH_LAST_MAX_COLUMNS:
+                return generic(x)  # many small samples: conv_nd's batch-last products
+            return _conv_channels_last(x, by_channel, by_position, bias, (kh, kw), out, strides, dilations, explicit)
+
+        return convolution
+
+    if not (group_channels == 1 and group == out_channels):
+        return None  # grouped: conv_nd's products per group
+    taps = np.ascontiguousarray(weight.reshape(out_channels, kh * kw).T)  # (K, C): a tap's weights per channel
+    bands: dict[int, np.ndarray] = {}  # per block width, the banded matrices of ``_depthwise_banded``
+
+    def depthwise(x, w, b=None, /):
+        if not fits(x):
+            return generic(x)
+        explicit = geometry(x)
+        out = output_shape(x.shape[2:], kernel_shape, strides, dilations, explicit)
+        if (out[1] <= DEPTHWISE_NARROW and kw <= 3) or not np.isfinite(x.sum()):
+            y = _depthwise_taps(x, taps, (kh, kw), out, strides, dilations, explicit)
+        else:
+            block = _block_width(out[1])
+            if block not in bands:
+                bands[block] = _bands(weight, block, strides[1], dilations[1])
+            y = _depthwise_banded(np.ascontiguousarray(x), bands[block], (kh, kw), out, strides, dilations, explicit)
+        if bias is not None:
+            y += bias.reshape(-1, 1, 1)
+        return y
+
+    return depthwise
+
+
+def channels_last(x):
+    """``x`` (N, C, H, W) as its channels-last array (N, H, W, C) when that is how its memory is laid out
+    (an NCHW view of channels-last memory), else ``None``."""
+    view = x.transpose(0, 2, 3, 1)
+    return view if view.flags.c_contiguous and not x.flags.c_contiguous else None
+
+
+def _pointwise(x, matrix, transposed, bias):
+    """A 1x1 convolution: channels-last inputs give channels-last results ((N*H*W, C) @ (C, M)), the others
+    NCHW ones ((M, C) @ (C, H*W) per sample)."""
+    n, c, h, w = x.shape
+    last = channels_last(x)
+    if last is not None:
+        y = np.matmul(last.reshape(-1, c), transposed)
+        if bias is not None:
+            y += bias
+        return y.reshape(n, h, w, -1).transpose(0, 3, 1, 2)
+    y = np.matmul(matrix, x.reshape(n, c, h * w))
+    if bias is not None:
+        y += bias.reshape(-1, 1)
+    return y.reshape(n, -1, h, w)
+
+
+def _conv_channels_last(x, by_channel, by_position, bias, kernel, out, strides, dilations, pads):
+    """A 2-D convolution (group 1) as im2col products written channels-last: each product is
+    ``columns (positions, K) @ weight (K, M)``, the orientation BLAS runs fastest when M is small, and its
+    result is a block of rows of the (N, H, W, M) output. Channels-last inputs are read channels-last
+    (a copy per kernel row moves whole runs of ``kw * C`` values), the others channel-first. Returns
+    the NCHW view of the channels-last result."""
+    n, c = x.shape[:2]
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    m = by_channel.shape[1]
+    y = np.empty((n, out[0], out[1], m), dtype=x.dtype)
+    last = channels_last(x)
+    k = c * kh * kw
+    positions = max(1, COLUMN_BUDGET // 4 // k)  # output positions per product
+    if last is not None:
+        positions = max(1, COLUMN_BUDGET // k)  # channels-last columns are cut in large runs: bigger products
+        per_sample = out[0] * out[1]
+        samples, rows = (min(n, max(1, positions // per_sample)), out[0]) if per_sample <= positions else \
+            (1, max(1, positions // out[1]))
+        h, w = x.shape[2:]
+        # a few samples at a time inside zeros (only the interior is written), then their columns: per
+        # kernel row one copy of windows over the padded rows (kw * C values each when dw == 1)
+        padded = np.zeros((samples, h + pads[0] + pads[2], w + pads[1] + pads[3], c), dtype=x.dtype)
+        ps = tuple(v // x.itemsize for v in padded.strides)
+        buffer = np.empty((samples, rows, out[1], kh, kw * c if dw == 1 else kw, c if dw != 1 else 1), x.dtype)
+        for s0 in range(0, n, samples):
+            s1 = min(n, s0 + samples)
+            padded[: s1 - s0, pads[0] : pads[0] + h, pads[1] : pads[1] + w] = last[s0:s1]
+            for r0 in range(0, out[0], rows):
+                r1 = min(out[0], r0 + rows)
+                cols = buffer[: s1 - s0, : r1 - r0]
+                shape = (s1 - s0, r1 - r0, out[1])
+                for i in range(kh):
+                    top = (r0 * sh + i * dh) * ps[1]
+                    if dw == 1:  # the kernel row's taps are one run of kw * C values
+                        cols[:, :, :, i, :, 0] = _strided(padded, top, (*shape, kw * c),
+                                                          (ps[0], sh * ps[1], sw * ps[2], 1))
+                    else:
+                        for j in range(kw):
+                            cols[:, :, :, i, j, :] = _strided(padded, top + j * dw * ps[2], (*shape, c),
+                                                              (ps[0], sh * ps[1], sw * ps[2], 1))
+                np.matmul(cols.reshape(-1, k), by_position, out=y[s0:s1, r0:r1].reshape(-1, m))
+    else:
+        padded = _padded(x, pads) if any(pads) else x
+        per_sample = out[0] * out[1]
+        rows = out[0] if per_sample <= positions else max(1, positions // out[1])
+        buffer = np.empty((c, kh, kw, rows, out[1]), x.dtype)
+        for sample in range(n):
+            for r0 in range(0, out[0], rows):
+                r1 = min(out[0], r0 + rows)
+                cols = buffer if r1 - r0 == rows else np.empty((c, kh, kw, r1 - r0, out[1]), x.dtype)
+                for i in range(kh):
+                    for j in range(kw):
+                        top, left = r0 * sh + i * dh, j * dw
+                        cols[:, i, j] = padded[sample, :, top : top + (r1 - r0 - 1) * sh + 1 : sh,
+                                               left : left + (out[1] - 1) * sw + 1 : sw]
+                np.matmul(cols.reshape(k, -1).T, by_channel, out=y[sample, r0:r1].reshape(-1, m))
+    if bias is not None:
+        y += bias
+    return y.transpose(0, 3, 1, 2)
+
+
+def _strided(base, offset, shape, strides):
+    """A view of the C-contiguous array ``base`` from element ``offset`` on, with ``shape`` and ``strides``
+    in elements (windows that may overlap; numpy's ``as_strided`` costs ten times as much to make)."""
+    size = base.itemsize
+    return np.ndarray(shape, base.dtype, buffer=base, offset=offset * size, strides=tuple(v * size for v in strides))
+
+
+def _padded(x, pads, width=None):
+    """``x`` (N, C, H, W) inside zeros: ``pads`` (top, left, bottom, right), at least ``width`` columns."""
+    n, c, h, w = x.shape
+    columns = max(w + pads[1] + pads[3], width or 0)
+    padded = np.zeros((n, c, h + pads[0] + pads[2], columns), dtype=x.dtype)
+    padded[:, :, pads[0] : pads[0] + h, pads[1] : pads[1] + w] = x
+    return padded
+
+
+def _block_width(width):
+    """Output columns per banded block: the width itself when narrow, else a divisor of it near
+    ``DEPTHWISE_BLOCK`` (no cropping), else ``DEPTHWISE_BLOCK``."""
+    if width <= DEPTHWISE_BLOCK:
+        return width
+    for block in (DEPTHWISE_BLOCK, 7, 9, 10, 6, 11, 12, 14):
+        if width % block == 0:
+            return block
+    return DEPTHWISE_BLOCK
+
+
+def _bands(weight, block, stride, dilation):
+    """Per channel and kernel row, the matrix taking ``span`` input columns to ``block`` output columns:
+    ``(C, kh, span, block)``, ``span = (block - 1) * stride + (kw - 1) * dilation + 1``."""
+    channels, _, kh, kw = weight.shape
+    span = (block - 1) * stride + (kw - 1) * dilation + 1
+    bands = np.zeros((channels, kh, span, block), dtype=weight.dtype)
+    for column in range(block):
+        for j in range(kw):
+            bands[:, :, column * stride + j * dilation, column] = weight[:, 0, :, j]
+    return bands
+
+
+def _depthwise_banded(x, bands, kernel, out, strides, dilations, pads):
+    """A depthwise convolution as products: each kernel row is, per channel, a product of the input rows
+    (cut into overlapping blocks of ``span`` columns) with a banded matrix (``_bands``). The zeros of the
+    bands cost flops but the products run in BLAS. The input must be finite (a zero times an infinity
+    would reach outputs that do not read it). A few channels at a time, in buffers reused from one to
+    the next (fresh memory costs its page faults)."""
+    n, c, h, w = x.shape
+    (kh, _), (sh, sw), (dh, _) = kernel, strides, dilations
+    block, span = bands.shape[3], bands.shape[2]
+    blocks = -(-out[1] // block)
+    height = h + pads[0] + pads[2]
+    width = max(w + pads[1] + pads[3], (blocks * block - 1) * sw + span - (block - 1) * sw)
+    y = np.empty((n, c, out[0], blocks * block), dtype=x.dtype)
+    chunk = max(1, min(c, DEPTHWISE_BUDGET // (height * width)))
+    padded = np.zeros((chunk, height, width), dtype=x.dtype)  # only the interior is ever written
+    if sh == 1:  # per channel, the blocked rows, cut once: each kernel row reads a run of them
+        rows = np.empty((chunk, height, blocks, span), dtype=x.dtype)
+        part = np.empty((chunk, out[0] * blocks, block), dtype=x.dtype)
+    else:  # per channel and output row, the blocks every kernel row reads, side by side: one product
+        rows = np.empty((chunk, out[0], blocks, kh, span), dtype=x.dtype)
+        tall = bands.reshape(c, kh * span, block)
+    for sample in range(n):
+        for c0 in range(0, c, chunk):
+            k = min(c, c0 + chunk) - c0
+            source = padded[:k]
+            source[:, pads[0] : pads[0] + h, pads[1] : pads[1] + w] = x[sample, c0 : c0 + k]
+            st = source.strides
+            target = y[sample, c0 : c0 + k].reshape(k, out[0] * blocks, block)
+            if sh != 1:
+                for i in range(kh):
+                    rows[:k, :, :, i] = as_strided(source[:, i * dh :], (k, out[0], blocks, span),
+                                                   (st[0], sh * st[1], block * sw * st[2], st[2]))
+                np.matmul(rows[:k].reshape(k, out[0] * blocks, kh * span), tall[c0 : c0 + k], out=target)
+                continue
+            rows[:k] = as_strided(source, (k, height, blocks, span), (st[0], st[1], block * sw * st[2], st[2]))
+            for i in range(kh):
+                read = rows[:k, i * dh : i * dh + out[0]].reshape(k, out[0] * blocks, span)
+                if i == 0:
+                    np.matmul(read, bands[c0 : c0 + k, i], out=target)
+                else:
+                    np.matmul(read, bands[c0 : c0 + k, i], out=part[:k])
+                    target += part[:k]
+    return y if blocks * block == out[1] else y[..., : out[1]]
+
+
+def _depthwise_taps(x, taps, kernel, out, strides, dilations, pads):
+    """A depthwise convolution summing, for each output, its taps times their weights: channels-last
+    columns ``(N, P, K, C)`` contracted with the weights ``(K, C)``; the result is an NCHW view of
+    channels-last memory."""
+    n, c = x.shape[:2]
+    padded = np.zeros((n, x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3], c), dtype=x.dtype)
+    padded[:, pads[0] : pads[0] + x.shape[2], pads[1] : pads[1] + x.shape[3]] = x.transpose(0, 2, 3, 1)
+    cols = np.empty((n, out[0], out[1], kernel[0], kernel[1], c), dtype=x.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            cols[:, :, :, i, j] = padded[:, i * dilations[0] : i * dilations[0] + (out[0] - 1) * strides[0] + 1 : strides[0],
+                                         j * dilations[1] : j * dilations[1] + (out[1] - 1) * strides[1] + 1 : strides[1]]
+    y = np.einsum("npkc,kc->npc", cols.reshape(n, out[0] * out[1], kernel[0] * kernel[1], c), taps)
+    return y.reshape(n, out[0], out[1], c).transpose(0, 3, 1, 2)

@@ -1,5 +1,8 @@
 """Pooling, normalization and reductions."""
 
+import itertools
+import math
+
 import numpy as np
 from cml_core.errors import QuantizationError
 from cml_core.quantization import ElementwiseOp, LinearOp, QuantizedOp, QValue, backend
@@ -104,9 +107,9 @@ def _max_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, st
                                                      ceil_mode)
     low = np.finfo(x.dtype).min if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     view = windows(x, kernel_shape, strides, dilations, total, pad_value=low)
-    y = view.max(axis=tuple(range(-n, 0)))
     if not with_indices:
-        return y
+        return _tap_maximum(view, n)
+    y = view.max(axis=tuple(range(-n, 0)))
     out = y.shape[2:]
     flat = view.reshape(view.shape[: 2 + n] + (-1,))
     offsets = np.unravel_index(np.argmax(flat, axis=-1), tuple(kernel_shape))
@@ -118,6 +121,24 @@ def _max_pool(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, st
     planes = np.arange(x.shape[0] * x.shape[1], dtype=np.int64).reshape(x.shape[:2] + (1,) * n)
     indices = planes * int(np.prod(spatial, dtype=np.int64)) + position
     return y, indices.astype(np.int64)
+
+
+#: up to this many positions per window, a maximum over windows is taken position by position
+TAPS = 64
+
+
+def _tap_maximum(view, n):
+    """The maximum over the last ``n`` axes of a windows view ``(N, C, *out, *kernel)``: for small windows
+    one ``np.maximum`` per kernel position over whole output planes (a reduction over the strided
+    window axes walks them element by element)."""
+    kernel = view.shape[-n:]
+    if math.prod(kernel) > TAPS:
+        return view.max(axis=tuple(range(-n, 0)))
+    positions = itertools.product(*(range(k) for k in kernel))
+    y = view[(Ellipsis, *next(positions))].copy(order="K")  # in the input's memory order
+    for position in positions:
+        np.maximum(y, view[(Ellipsis, *position)], out=y)
+    return y
 
 
 class QuantizedMaxPool(QuantizedOp):

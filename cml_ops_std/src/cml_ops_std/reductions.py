@@ -320,12 +320,16 @@ def _softmax_axes(x, axis, version):
     return tuple(range(axis, x.ndim)) if version < 13 else (axis,)
 
 
-def _softmax(x, axes, log=False):
+def _softmax(x, axes, log=False, out=None):
+    """Softmax (or LogSoftmax) over ``axes``, into ``out`` when given (which may be ``x``)."""
     top = np.max(x, axis=axes, keepdims=True)
-    shifted = x - top
-    total = np.sum(np.exp(shifted), axis=axes, keepdims=True)
-    out = shifted - np.log(total) if log else np.exp(shifted) / total
-    return out.astype(x.dtype, copy=False)
+    shifted = np.subtract(x, top, out=out)
+    if log:
+        shifted -= np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))
+        return shifted.astype(x.dtype, copy=False)
+    exponentials = np.exp(shifted, out=shifted)
+    exponentials /= np.sum(exponentials, axis=axes, keepdims=True)
+    return exponentials.astype(x.dtype, copy=False)
 
 
 class QuantizedSoftmax(QuantizedOp):
@@ -391,10 +395,16 @@ def _softmax_family(op_type, log):
     def new(x, /, *, axis=-1):
         return _softmax(x, _softmax_axes(x, axis, 13), log)
 
+    def old_into(x, /, *, axis=1):
+        return _softmax(x, _softmax_axes(x, axis, 11), log, x if x.dtype.kind == "f" else None)
+
+    def new_into(x, /, *, axis=-1):
+        return _softmax(x, _softmax_axes(x, axis, 13), log, x if x.dtype.kind == "f" else None)
+
     old.__name__ = old.__qualname__ = f"{op_type.lower()}_11"
     new.__name__ = new.__qualname__ = op_type.lower()
-    OPS.op(op_type, since=(1, 11), quantized=Old)(old)
-    OPS.op(op_type, since=13, quantized=New)(new)
+    OPS.op(op_type, since=(1, 11), quantized=Old, inplace=old_into)(old)
+    OPS.op(op_type, since=13, quantized=New, inplace=new_into)(new)
 
 
 _softmax_family("Softmax", log=False)
