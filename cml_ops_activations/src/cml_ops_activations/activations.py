@@ -5,6 +5,7 @@ from cml_core.errors import QuantizationError
 from cml_core.quantization import ElementwiseOp
 
 from ._opset import OPS
+from .chunks import CHUNK, chunked
 
 
 def _like(x, value):
@@ -14,6 +15,14 @@ def _like(x, value):
 
 def _same_type(x, y):
     return np.asarray(y).astype(x.dtype, copy=False)
+
+
+def _scalar(x, value):
+    """``value`` as a scalar of ``x``'s dtype, rounded through float32 like ``_like`` (no array made)."""
+    return x.dtype.type(np.float32(value) if isinstance(value, float) else value)
+
+
+_FAST = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes the element-wise shortcuts below serve
 
 
 class ProbabilityOp(ElementwiseOp):
@@ -26,7 +35,14 @@ class ProbabilityOp(ElementwiseOp):
 
 @OPS.op("Relu", since=(6, 13, 14), quantized=ElementwiseOp)
 def relu(x, /):
-    return _same_type(x, np.maximum(x, _like(x, 0)))
+    return _same_type(x, np.maximum(x, _scalar(x, 0)))
+
+
+def relu_into(x, /):
+    return np.maximum(x, _scalar(x, 0), out=x)
+
+
+OPS.attach(relu, inplace=relu_into)
 
 
 @OPS.op("Relu", since=1, quantized=ElementwiseOp)
@@ -80,10 +96,35 @@ def selu_1(x, /, *, alpha=1.6732, consumed_inputs=None, gamma=1.0507):
 
 @OPS.op("Sigmoid", since=(6, 13), quantized=ProbabilityOp)
 def sigmoid(x, /):
+    if x.dtype in _FAST:
+        return _logistic(x, np.empty_like(x))
     # stable for large |x|: only exponentials of non-positive numbers
     e = np.exp(-np.abs(x))
     one = _like(x, 1)
     return _same_type(x, np.where(x >= 0, one / (one + e), e / (one + e)))
+
+
+def _logistic(x, out):
+    """``1 / (1 + exp(-x))`` into ``out`` (float32 or float64; ``out`` may be ``x``), a cache-sized chunk at
+    a time: no cancellation anywhere, and where ``exp(-x)`` overflows the result is 0, below the smallest
+    normal number anyway."""
+    one = x.dtype.type(1)
+
+    def step(xs, t):
+        np.negative(xs, out=t)
+        np.exp(t, out=t)
+        t += one
+        np.reciprocal(t, out=t)
+
+    with np.errstate(over="ignore"):
+        return chunked(x, out, step)
+
+
+def sigmoid_into(x, /):
+    return _logistic(x, x) if x.dtype in _FAST else sigmoid(x)
+
+
+OPS.attach(sigmoid, inplace=sigmoid_into)
 
 
 @OPS.op("Sigmoid", since=1, quantized=ProbabilityOp)
@@ -93,7 +134,24 @@ def sigmoid_1(x, /, *, consumed_inputs=None):
 
 @OPS.op("HardSigmoid", since=(6, 22), quantized=ElementwiseOp)
 def hard_sigmoid(x, /, *, alpha=0.2, beta=0.5):
+    if x.dtype in _FAST:
+        return _hard_gate(x, alpha, beta, np.empty_like(x))
     return _same_type(x, np.clip(x * _like(x, alpha) + _like(x, beta), _like(x, 0), _like(x, 1)))
+
+
+def _hard_gate(x, alpha, beta, out):
+    """``max(0, min(1, alpha * x + beta))`` into ``out`` (which may be ``x``)."""
+    np.multiply(x, _scalar(x, alpha), out=out)
+    out += _scalar(x, beta)
+    np.maximum(out, _scalar(x, 0), out=out)
+    return np.minimum(out, _scalar(x, 1), out=out)
+
+
+def hard_sigmoid_into(x, /, *, alpha=0.2, beta=0.5):
+    return _hard_gate(x, alpha, beta, x) if x.dtype in _FAST else hard_sigmoid(x, alpha=alpha, beta=beta)
+
+
+OPS.attach(hard_sigmoid, inplace=hard_sigmoid_into)
 
 
 @OPS.op("HardSigmoid", since=1, quantized=ElementwiseOp)
@@ -112,6 +170,13 @@ def tanh(x, /):
     return _same_type(x, np.tanh(x))
 
 
+def tanh_into(x, /):
+    return np.tanh(x, out=x) if x.dtype in _FAST else tanh(x)
+
+
+OPS.attach(tanh, inplace=tanh_into)
+
+
 @OPS.op("Tanh", since=1, quantized=ElementwiseOp)
 def tanh_1(x, /, *, consumed_inputs=None):
     return tanh(x)
@@ -124,8 +189,28 @@ def softsign(x, /):
 
 @OPS.op("HardSwish", since=(14, 22), quantized=ElementwiseOp)
 def hard_swish(x, /):
+    if x.dtype in _FAST:
+        return _hard_swish(x, np.empty_like(x))
     gate = np.clip(x * _like(x, 1 / 6) + _like(x, 0.5), _like(x, 0), _like(x, 1))
     return _same_type(x, x * gate)
+
+
+def _hard_swish(x, out):
+    """``x * max(0, min(1, x / 6 + 1 / 2))`` into ``out`` (which may be ``x``), a cache-sized chunk at a time."""
+    gate = np.empty(min(x.size, CHUNK), x.dtype)
+
+    def step(xs, result):
+        g = _hard_gate(xs, 1 / 6, 0.5, gate[: xs.size])
+        np.multiply(xs, g, out=result)
+
+    return chunked(x, out, step)
+
+
+def hard_swish_into(x, /):
+    return _hard_swish(x, x) if x.dtype in _FAST else hard_swish(x)
+
+
+OPS.attach(hard_swish, inplace=hard_swish_into)
 
 
 @OPS.op("Mish", since=(18, 22), quantized=ElementwiseOp)
@@ -135,6 +220,30 @@ def mish(x, /):
 
 @OPS.op("Gelu", since=20, quantized=ElementwiseOp)
 def gelu(x, /, *, approximate="none"):
+    if x.dtype == np.float32 and approximate in ("none", "tanh"):
+        return _gelu_float32(x, approximate, None)
+    return _gelu_float64(x, approximate)
+
+
+def gelu_into(x, /, *, approximate="none"):
+    if x.dtype == np.float32 and approximate in ("none", "tanh"):
+        return _gelu_float32(x, approximate, x)
+    return gelu(x, approximate=approximate)
+
+
+OPS.attach(gelu, inplace=gelu_into)
+
+
+def _gelu_float32(x, approximate, out):
+    """Gelu of a float32 array from a table of its gate (``tables``), the inputs below the table computed
+    apart in float64 (where the output is tiny, its relative accuracy comes from there)."""
+    from . import tables
+
+    table = tables.normal_cdf() if approximate == "none" else tables.tanh_gate()
+    return tables.gated(x, table, lambda v: _gelu_float64(v, approximate), out)
+
+
+def _gelu_float64(x, approximate):
     # in float64, and without forming 1 + erf(.) or 1 + tanh(.): for x << 0 that sum cancels, and the
     # tiny output lost all its digits (float32 Gelu(-5.5, tanh) was off by 6e-9 on -1.04e-7)
     x64 = np.asarray(x, np.float64)

@@ -57,7 +57,16 @@ def _erfc(x):
     return np.asarray(_erfc_scalar(np.asarray(x, dtype=np.float64)), dtype=np.float64)
 
 
-erf = _unary("Erf", (9, 13), _erf)
+def _erf_any(x):
+    """erf: from a table for float32 (``tables.erf``, absolute error below 1e-7), else exactly in float64."""
+    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+        from .tables import erf as erf_float32
+
+        return erf_float32(x)
+    return _erf(x)
+
+
+erf = _unary("Erf", (9, 13), _erf_any)
 
 neg = _unary("Neg", (6, 13), np.negative, since_consumed=(1,))
 sqrt = _unary("Sqrt", (6, 13), np.sqrt, since_consumed=(1,))
