@@ -559,3 +559,19 @@ def test_a_deployed_two_class_svc_decodes_as_the_module(tmp_path):
     qmodule.compile(x)
     with pytest.raises(DeploymentError, match="'label'"):
         qmodule.save(tmp_path / "iris")
+
+
+def test_normalizer_of_rows_the_client_decodes_is_refused_on_the_server():
+    """A Normalizer of SOFTMAX probabilities runs on the client when nothing encrypted follows (skl2onnx's
+    LogisticRegression); followed by a product with weights it would have to read rows only the client decodes,
+    and is refused naming it."""
+    x, y = _data("iris")
+    module = _export(LogisticRegression(max_iter=1000).fit(x, y), x)
+    model = module.onnx_model
+    weights = onnx.numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    model.graph.node.append(helper.make_node("MatMul", ["probabilities", "w"], ["weighted"]))
+    model.graph.initializer.append(weights)
+    model.graph.output.append(helper.make_tensor_value_info("weighted", onnx.TensorProto.FLOAT, ["n", 3]))
+    assert _quantize(module, x, 6).client_tail is not None
+    with pytest.raises(QuantizationError, match="Normalizer.*whole rows of scores"):
+        _quantize(load_model(model), x, 6)

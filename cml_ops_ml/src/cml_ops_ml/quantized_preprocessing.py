@@ -57,6 +57,10 @@ class QuantizedNormalizer(QuantizedOp):
         if len(source.shape) < 2:
             raise QuantizationError(f"{self.where}: the quantized Normalizer takes (samples, features) inputs, "
                                     f"got shape {source.shape}")
+        if getattr(source.to_float, "row_scores", None) is not None:
+            raise QuantizationError(f"{self.where}: its input is decoded by the client from whole rows of scores (a "
+                                    "label, or SOFTMAX probabilities), which no lookup can read; normalize the "
+                                    "decrypted output instead")
         q = ctx.requantize(source)
         if q.floor is not None:
             raise QuantizationError(f"{self.where}: the input holds masking values (-inf); a norm of them has "
