@@ -51,3 +51,24 @@ def test_a_deployed_classifier_gives_the_simulated_label_and_probabilities(name,
     expected = qmodule.dequantize_output(*integers)
     np.testing.assert_array_equal(decoded[0], expected[0])
     np.testing.assert_allclose(decoded[1], expected[1], rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_whose_weights_are_attributes_stays_on_the_server():
+    """A Normalizer (client-side when it only finishes outputs) before a LogisticRegression must not take
+    the regression, whose coefficients are attributes, to the client: the server computes the scores."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    pipeline = make_pipeline(StandardScaler(), Normalizer(), LogisticRegression(max_iter=3000)).fit(x, y)
+    module = load_model(export_sklearn(pipeline, x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodule = module.quantize(x, n_bits=6)
+    server_ops = {b.impl.op_type for b in qmodule.numpy_module.nodes}
+    assert "LinearClassifier" in server_ops
+    tail_ops = set() if qmodule.client_tail is None else {n.op_type for n in qmodule.client_tail.model.graph.node}
+    assert "LinearClassifier" not in tail_ops
+    labels, _ = module(x)
+    assert np.mean(qmodule(x)[0] == labels) >= 0.99

@@ -209,7 +209,8 @@ class ElementwiseOp(QuantizedOp):
         probe = list(shaped)
         with np.errstate(all="ignore"):  # zeros of each input's value type (floats, or integers after a Cast)
             for p in positions:
-                kind = np.asarray(maps[p](np.zeros(1, dtype=np.int64))).dtype  # type: ignore[misc]
+                # on one value per position: a mapping may differ per position (a per-feature input)
+                kind = np.asarray(maps[p](np.zeros(source.shape, dtype=np.int64))).dtype  # type: ignore[misc]
                 probe[p] = np.zeros(source.shape, dtype=kind)
             out_shape = np.shape(self.call_numpy(probe))
         data = source.data if tuple(out_shape) == source.shape else backend.broadcast(source.data, out_shape)

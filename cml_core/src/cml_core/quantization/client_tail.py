@@ -77,7 +77,9 @@ def _server_only(bound: Any, constants: dict[str, Any]) -> bool:
     if not issubclass(family, LinearOp):
         return False
     read = [name for name in bound.inputs if name]
-    weights = any(name in constants and np.asarray(constants[name]).dtype.kind == "f" for name in read)
+    weights = any(name in constants and np.asarray(constants[name]).dtype.kind == "f" for name in read) or any(
+        isinstance(value, (list, tuple, np.ndarray)) and np.asarray(value).dtype.kind == "f"
+        for value in bound.attributes.values())  # an ONNX-ML model's coefficients, a tree's leaf weights
     return weights or sum(name not in constants for name in read) > 1
 
 

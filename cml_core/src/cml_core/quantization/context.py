@@ -412,6 +412,11 @@ class QuantContext:
         running reuses what was recorded.
         """
         key = key or value.name
+        if hasattr(value.to_float, "row_scores"):  # a mapping of whole rows: no table of each integer computes it
+            raise QuantizationError(
+                f"{self.where} reads {value.name or 'a value'} on encrypted values, but that value is decoded by the "
+                "client from whole rows of scores (a classifier's label, SOFTMAX probabilities): end the encrypted "
+                "model at the scores, and compute what follows on the client")
         if self.calibrating:
             return self._calibrate_lookup(value, table, key)
         site = self.sites[key]
