@@ -225,8 +225,32 @@ class QuantizedArray:
                 f"shape={self.qvalues.shape})")
 
 
+class _FeatureAxis:
+    """What the per-feature input quantizers share: unsigned ``n_bits`` integers, features along the last
+    axis (``n_features`` of them)."""
+
+    n_bits: int
+
+    @property
+    def n_features(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def q_min(self) -> int:
+        return 0
+
+    @property
+    def q_max(self) -> int:
+        return int(2**self.n_bits - 1)
+
+    def _check_features(self, values: NDArray[Any]) -> None:
+        if values.ndim == 0 or values.shape[-1] != self.n_features:
+            raise QuantizationError(f"a per-feature quantizer of {self.n_features} features (the last axis) got "
+                                    f"values of shape {values.shape}")
+
+
 @dataclass(frozen=True)
-class PerFeatureQuantizer:
+class PerFeatureQuantizer(_FeatureAxis):
     """Maps floats to ``n_bits`` unsigned integers with one scale and zero point per feature, the
     last axis: ``float[..., j] = scales[j] * (q[..., j] - zero_points[j])``.
 
@@ -241,14 +265,6 @@ class PerFeatureQuantizer:
     zero_points: tuple[int, ...]
     is_signed: bool = False
     is_symmetric: bool = False
-
-    @property
-    def q_min(self) -> int:
-        return 0
-
-    @property
-    def q_max(self) -> int:
-        return int(2**self.n_bits - 1)
 
     @property
     def n_features(self) -> int:
@@ -283,11 +299,6 @@ class PerFeatureQuantizer:
             zero_points.append(int(column.zero_point))
         return cls(n_bits, tuple(scales), tuple(zero_points))
 
-    def _check_features(self, values: NDArray[Any]) -> None:
-        if values.ndim == 0 or values.shape[-1] != self.n_features:
-            raise QuantizationError(f"a per-feature quantizer of {self.n_features} features (the last axis) got "
-                                    f"values of shape {values.shape}")
-
     def quant(self, values: Any) -> NDArray[Any]:
         """Integers (int64) representing ``values`` (features along the last axis), clipped to the range."""
         return self.quant_counting(values)[0]
@@ -315,7 +326,7 @@ class PerFeatureQuantizer:
 
 
 @dataclass(frozen=True)
-class DecisionQuantizer:
+class DecisionQuantizer(_FeatureAxis):
     """Per feature (last axis), integers that count the decision thresholds a value passes.
 
     A model input read only by ops that decide on which side of thresholds each value lies (tree
@@ -333,14 +344,6 @@ class DecisionQuantizer:
     representatives: tuple[tuple[float, ...], ...]
     is_signed: bool = False
     is_symmetric: bool = False
-
-    @property
-    def q_min(self) -> int:
-        return 0
-
-    @property
-    def q_max(self) -> int:
-        return int(2**self.n_bits - 1)
 
     @property
     def n_features(self) -> int:
@@ -379,11 +382,6 @@ class DecisionQuantizer:
             representatives.append(tuple(reps))
         width = max(1, max((int(np.ceil(np.log2(len(r)))) for r in representatives if len(r) > 1), default=1))
         return cls(width, tuple(thresholds), tuple(inclusive), tuple(representatives))
-
-    def _check_features(self, values: NDArray[Any]) -> None:
-        if values.ndim == 0 or values.shape[-1] != self.n_features:
-            raise QuantizationError(f"a per-feature quantizer of {self.n_features} features (the last axis) got "
-                                    f"values of shape {values.shape}")
 
     def quant(self, values: Any) -> NDArray[Any]:
         """Integers (int64): per value, how many of its feature's thresholds it passes."""
