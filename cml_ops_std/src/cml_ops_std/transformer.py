@@ -301,9 +301,14 @@ class QuantizedRootMeanSquare(QuantizedNormalization):
     themselves in place of their deviations from the mean (each row keeps its own resolution)."""
 
     @staticmethod
-    def centered_sum(q, axes, count):
-        c = q.data - q.zero_point if q.zero_point else q.data
-        return c * count
+    def centered_sum(data, slope, offset, axes, count):
+        """The values themselves: ``K * q`` and the offset, folded into the integers when it is a whole number
+        of steps (an affine input's zero point)."""
+        if not np.ndim(offset) and not np.ndim(slope):
+            zero_point = -float(offset) / float(slope)
+            if zero_point == round(zero_point):
+                return (data - int(round(zero_point))) * count, 0.0
+        return data * count, offset
 
 
 class QuantizedRMSNormalization(QuantizedRootMeanSquare):
