@@ -75,9 +75,10 @@ def test_a_class_token_row_keeps_its_resolution_through_concat_and_layer_norm(n_
 def test_a_row_is_resolved_whatever_its_scale(tokens, features, log_std, encrypted_cls, seed):
     """Layer normalization does not see a row's scale (with an epsilon far below the variances, 1e-12 as in ViT and
     BERT): at 8 bits, the class row's error with a std of 1e-3 to 1 beside rows of std 1 stays near its error at
-    std 1, on the same draws (seen at most 2.5 times it, and 0.004 above twice it). The absolute bounds are loose:
-    with four features and two rows, calibration sees too few values of each input and row, and clipping alone
-    takes the class row to 0.05 at std 1 and the other rows to 0.06 (0.12 on one grid)."""
+    std 1, on the same draws (seen at most 2.5 times it, and 0.004 above twice it). Only the other rows are held to
+    an absolute bound, a loose one: with four features a row's variance can be tiny, and normalizing it magnifies
+    any error (the class row of std 1 among 4 features reaches 0.11 on some draws, 0.14 on one grid; the other
+    rows 0.06, 0.12 on one grid)."""
     errors = {}
     for std in (10.0**log_std, 1.0):
         rng = np.random.default_rng(seed)
@@ -89,7 +90,7 @@ def test_a_row_is_resolved_whatever_its_scale(tokens, features, log_std, encrypt
 
         errors[std] = _row_errors(module, data(64), data(32), 8)
     scaled, alike = errors[10.0**log_std], errors[1.0]
-    assert scaled[0] < 0.1 and scaled[1:].mean() < 0.15, scaled
+    assert scaled[1:].mean() < 0.15, scaled
     assert scaled[0] < 2 * alike[0] + 0.01, (scaled, alike)
 
 
