@@ -1,4 +1,5 @@
-"""Models the benchmarks run: the shipped digits MLP, a small digits CNN, a ResNet-style network, and torchvision's
+"""Models the benchmarks run: the shipped digits MLP, a small digits CNN, a logistic regression and a
+mixed-activation MLP on digits, a ResNet-style network, and torchvision's
 resnet18, mobilenet_v3_small, efficientnet_b0, convnext_tiny and a ViT-tiny re-implemented in plain torch."""
 
 from __future__ import annotations
@@ -51,6 +52,31 @@ def cnn() -> bytes:
                         nn.Flatten(), nn.Linear(8 * 3 * 3, 10))
     _train(net, x, data["y_train"], 150)
     return _export(net, x)
+
+
+def logistic_regression() -> bytes:
+    """A logistic regression on digits: Gemm(64->10) then Sigmoid (one-vs-rest probabilities)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    data = digits()
+    linear = nn.Linear(64, 10)
+    _train(linear, data["x_train"], data["y_train"], 300)
+    return _export(nn.Sequential(linear, nn.Sigmoid()), data["x_train"])
+
+
+def mixed_mlp() -> bytes:
+    """A 64-32-32-32-10 MLP with a different activation after each hidden Gemm: ReLU, Sigmoid, Tanh."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    data = digits()
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.Sigmoid(), nn.Linear(32, 32), nn.Tanh(),
+                        nn.Linear(32, 10))
+    _train(net, data["x_train"], data["y_train"], 400)
+    return _export(net, data["x_train"])
 
 
 def resnet(width: int = 32, blocks: int = 4, size: int = 32) -> tuple[bytes, np.ndarray]:

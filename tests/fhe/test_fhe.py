@@ -195,6 +195,59 @@ def test_choose_rounding_rejects_bad_settings(kwargs):
         choose_rounding(qmodule, x, x, **kwargs)
 
 
+def _demo_mlp_rounded(samples=300):
+    from cml_core.demo import load_example
+
+    model, data = load_example()
+    x_train = data["x_train"][:samples]
+    qmodule = load_model(model).quantize(x_train, n_bits={"model_inputs": 5, "op_inputs": 6, "op_weights": 6},
+                                         rounding_threshold_bits=5)
+    return qmodule, x_train, data["x_test"][:200], data["y_test"][:200]
+
+
+def test_choose_p_error_takes_the_largest_probability_that_keeps_the_target_and_is_cheaper():
+    from cml_core import choose_p_error
+
+    qmodule, x_train, x_val, y_val = _demo_mlp_rounded()
+    choice = choose_p_error(qmodule, x_train, x_val, y_val, max_drop=0.02, repeats=2)
+    default = choice.trials[0]
+    assert default.p_error is None and 0 < default.global_p_error <= 1.1e-5
+    assert choice.p_error is not None, str(choice)  # the digits MLP keeps its accuracy well above 1e-5
+    assert choice.score >= choice.target and choice.complexity < default.complexity
+    # the module is left compiled with the choice: concrete-python's own statistics show it
+    stats = qmodule.fhe_circuit.statistics
+    assert stats["p_error"] <= choice.p_error * 1.0001 and qmodule.fhe_circuit.complexity == choice.complexity
+    # bisection: every probability above the choice that was tried missed the target
+    for t in choice.trials[1:]:
+        if t.p_error > choice.p_error:
+            assert t.error is not None or t.score < choice.target, str(choice)
+    assert "chosen p_error=" in str(choice) and len(str(choice).splitlines()) == len(choice.trials) + 1
+
+
+def test_choose_p_error_keeps_the_default_when_errors_cost_accuracy():
+    """At an error probability of 0.9 per lookup nearly every lookup errs: the simulation shows it, and the
+    default is kept."""
+    from cml_core import choose_p_error
+
+    qmodule, x_train, x_val, y_val = _demo_mlp_rounded()
+    choice = choose_p_error(qmodule, x_train, x_val, y_val, max_drop=0.005, repeats=1, candidates=(0.9,))
+    assert [t.p_error for t in choice.trials] == [None, 0.9]
+    assert choice.trials[1].score < choice.target and choice.p_error is None
+    assert qmodule.fhe_circuit.complexity == choice.trials[0].complexity
+
+
+@pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"max_drop": -0.1}, {"candidates": (0.0,)},
+                                    {"candidates": (1.5,)}, {"candidates": ()}])
+def test_choose_p_error_rejects_bad_settings(kwargs):
+    from cml_core import QuantizationError, choose_p_error
+
+    model, shape = FAMILIES["linear+univariate"]
+    x = np.random.default_rng(2).uniform(-1, 1, size=(10, *shape)).astype(np.float32)
+    qmodule = load_model(model).quantize(x, n_bits=6)
+    with pytest.raises(QuantizationError, match="choose_p_error"):
+        choose_p_error(qmodule, x, x, **kwargs)
+
+
 def test_row_grids_compile_simulate_like_the_clear_program_and_are_saved(tmp_path):
     """A class token's row on grids of its own (tables that differ by position, in one- and two-input lookups),
     sums carried on them: the circuit simulates exactly what the clear integer program computes, and a saved

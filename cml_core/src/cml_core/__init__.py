@@ -56,6 +56,7 @@ __all__ = [
     "RoundingWarning",
     "SaturationWarning",
     "UnsupportedOpError",
+    "choose_p_error",
     "choose_rounding",
     "compile_brevitas_model",
     "compile_onnx_model",
@@ -70,6 +71,7 @@ __all__ = [
 _LAZY = {
     "QuantizedArray": ("quantization.quantizers", "QuantizedArray"),
     "QuantizedModule": ("quantization.module", "QuantizedModule"),
+    "choose_p_error": ("tuning", "choose_p_error"),
     "choose_rounding": ("tuning", "choose_rounding"),
     "compile_brevitas_model": ("fhe", "compile_brevitas_model"),
     "compile_onnx_model": ("fhe", "compile_onnx_model"),

@@ -1,0 +1,196 @@
+"""Compile cost: seconds and peak memory of quantizing and compiling, checked against a recorded baseline.
+
+    python -m benchmarks --only compile                       measure, compare with the baseline
+    python -m benchmarks --only compile --compile-baseline    measure and record the figures as the baseline
+
+Each model is measured in a fresh Python process of its own (``python -m benchmarks.compile_cost FILE``), so
+that its peak resident memory is its own: the digits CNN, a CIFAR-shaped CNN (3x32x32 input, three conv
+blocks, random weights) and one transformer encoder block (BERT-tiny's width: 128 features, 2 heads, MLP 512,
+8 tokens, random weights). Quantization and compilation are timed apart; the compile is repeated and its
+fastest run kept (a busy machine slows a run, it never speeds one up). A figure more than
+``REGRESSION`` above the baseline's, measured on the same kind of machine, fails the check: the benchmark exits
+with status 1 and names it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: a compile time or peak memory more than this fraction above the baseline's is a regression
+REGRESSION = 0.10
+BASELINE = "benchmarks-compile-baseline.json"
+#: compiles per model (the fastest is reported)
+REPEATS = 2
+#: quantization setting of every model: the reference tool's default (n_bits 6, 6-bit exact rounding)
+N_BITS, ROUNDING = 6, 6
+
+
+def _export(net: Any, x: np.ndarray) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(net.eval(), (torch.tensor(x[:1]),), buffer, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    return buffer.getvalue()
+
+
+def cifar_cnn() -> tuple[bytes, np.ndarray]:
+    """Three blocks of Conv 3x3 - ReLU - AvgPool 2 (3->8->16->32 channels) then a Gemm, on 3x32x32 inputs;
+    random weights, 100 calibration images of standard normal pixels."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for cin, cout in ((3, 8), (8, 16), (16, 32)):
+        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2)]
+    net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
+    x = np.random.default_rng(0).normal(size=(100, 3, 32, 32)).astype(np.float32)
+    return _export(net, x), x
+
+
+def transformer_block() -> tuple[bytes, np.ndarray]:
+    """One pre-norm encoder block at BERT-tiny's width (LayerNorm, 2-head self-attention, residual, LayerNorm,
+    Linear 128->512, GELU, Linear 512->128, residual) on 8 tokens; random weights, 100 calibration sequences
+    of standard normal embeddings."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, dim: int = 128, heads: int = 2, mlp: int = 512) -> None:
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+            self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+        def forward(self, x):
+            y = self.ln_1(x)
+            x = x + self.attention(y, y, y, need_weights=False)[0]
+            return x + self.mlp(self.ln_2(x))
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(size=(100, 8, 128)).astype(np.float32)
+    return _export(Block(), x), x
+
+
+def digits_cnn() -> tuple[bytes, np.ndarray]:
+    from . import models
+
+    return models.cnn(), models.digits()["x_train"].reshape(-1, 1, 8, 8)
+
+
+CASES = {"CNN digits": digits_cnn, "CIFAR CNN 3x32x32": cifar_cnn,
+         "Transformer block (width 128, 2 heads, 8 tokens)": transformer_block}
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux), in MiB."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def measure_one(model_path: Path, data_path: Path, repeats: int) -> dict[str, Any]:
+    """In this (fresh) process: load, quantize and compile ``repeats`` times; the figures as a dict."""
+    from cml_core.fhe import circuit_summary
+
+    from cml_core import load_model
+
+    x = np.load(data_path)
+    row: dict[str, Any] = {"rss_start_mb": _rss_mb()}
+    start = time.perf_counter()
+    module = load_model(model_path.read_bytes())
+    qmodule = module.quantize(x, n_bits=N_BITS, rounding_threshold_bits=ROUNDING)
+    row["quantize_s"] = time.perf_counter() - start
+    row["max_lookup_bits"] = qmodule.bitwidth_report().max_lookup_bits
+    row["rss_before_compile_mb"] = _rss_mb()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        qmodule.compile(x)
+        seconds.append(time.perf_counter() - start)
+    row["compile_s"] = min(seconds)
+    row["compile_s_runs"] = seconds
+    row.update(circuit_summary(qmodule.fhe_circuit))
+    # ru_maxrss: the process's peak resident set, in KiB on Linux
+    row["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def compile_path(repeats: int = REPEATS) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cml-compile-bench-") as folder:
+        for name, build in CASES.items():
+            model_bytes, x = build()
+            model_path, data_path = Path(folder) / "model.onnx", Path(folder) / "x.npy"
+            model_path.write_bytes(model_bytes)
+            np.save(data_path, x)
+            row: dict[str, Any] = {"model": name, "setting": f"n_bits {N_BITS}, {ROUNDING}-bit exact rounding",
+                                   "loadavg_start": os.getloadavg()[0]}
+            done = subprocess.run([sys.executable, "-m", "benchmarks.compile_cost", str(model_path), str(data_path),
+                                   str(repeats)], capture_output=True, text=True)
+            if done.returncode:
+                row["error"] = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:400]
+            else:
+                row.update(json.loads(done.stdout.strip().splitlines()[-1]))
+            row["loadavg_end"] = os.getloadavg()[0]
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def regressions(rows: list[dict[str, Any]], baseline: dict[str, Any] | None,
+                machine: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The page's lines on the check, and the regressions found (empty: the check passes)."""
+    if baseline is None:
+        return [f"- Compile cost: no baseline (`docs/{BASELINE}`); record one with "
+                "`python -m benchmarks --only compile --compile-baseline`."], []
+    theirs = baseline.get("machine", {})
+    if any(theirs.get(k) != machine.get(k) for k in ("cpu", "cpus")):
+        return [f"- Compile cost: the baseline was measured on another kind of machine ({theirs.get('cpu')}, "
+                f"{theirs.get('cpus')} CPUs): not compared."], []
+    lines, found = [], []
+    for row in rows:
+        base = baseline.get("rows", {}).get(row["model"])
+        if base is None or "error" in base:
+            lines.append(f"- Compile cost, {row['model']}: not in the baseline.")
+            continue
+        if "error" in row:
+            found.append(f"{row['model']}: failed ({row['error']})")
+            lines.append(f"- Compile cost, {row['model']}: failed, the baseline compiled: regression.")
+            continue
+        for key, unit in (("compile_s", "s"), ("peak_mb", "MiB")):
+            limit = base[key] * (1 + REGRESSION)
+            verdict = "met" if row[key] <= limit else "regression"
+            lines.append(f"- Compile cost, {row['model']}, {key}: {row[key]:.3g} {unit} against the baseline's "
+                         f"{base[key]:.3g} {unit} (at most +{100 * REGRESSION:.0f}%: {limit:.3g}): {verdict}.")
+            if verdict != "met":
+                found.append(f"{row['model']} {key} {row[key]:.3g} > {limit:.3g}")
+    return [f"Baseline: `docs/{BASELINE}`, recorded {baseline.get('recorded')}.", "", *lines], found
+
+
+def baseline_of(rows: list[dict[str, Any]], machine: dict[str, Any], recorded: str) -> dict[str, Any]:
+    keep = ("compile_s", "peak_mb", "quantize_s", "pbs", "complexity", "error")
+    return {"recorded": recorded, "machine": machine,
+            "rows": {r["model"]: {k: r[k] for k in keep if k in r} for r in rows}}
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure_one(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))))
+    sys.stdout.flush()
+    # once concrete's runtime has run, the interpreter's own exit may report 0 whatever the status
+    os._exit(0)
