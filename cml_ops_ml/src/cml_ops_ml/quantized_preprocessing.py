@@ -24,8 +24,6 @@ decided exactly as in float whatever the bits.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,26 +126,6 @@ class QuantizedNormalizer(QuantizedOp):
         return row, row_norm
 
 
-def answering_type_probes(value: QValue) -> QValue:
-    """``value`` with a float mapping that also answers a call on integers not shaped like its data (an
-    ``ElementwiseOp`` reading it asks the type of its values with a one-element array) with zeros of that
-    type. A per-position mapping (per category, per score column) has no meaning on other shapes; every
-    other caller passes integers of the data's shape (one sample or more), which are mapped as they are."""
-    to_float = value.to_float
-    assert to_float is not None
-    sample = (1,) + tuple(value.data.shape)[1:]
-
-    def mapping(codes: NDArray[Any]) -> NDArray[Any]:
-        codes = np.asarray(codes)
-        if codes.shape[1:] == sample[1:] and codes.ndim == len(sample):
-            return to_float(codes)
-        kind = np.asarray(to_float(np.zeros(sample, dtype=np.int64))).dtype
-        return np.zeros(codes.shape, dtype=kind)
-
-    functools.update_wrapper(mapping, to_float)  # what the mapping carries (a row decoding's row_scores) stays
-    return dataclasses.replace(value, to_float=mapping)
-
-
 def _categories(op: QuantizedOp) -> NDArray[np.int64]:
     a = _attributes(op)
     if not a.get("cats_int64s"):
@@ -204,7 +182,7 @@ class QuantizedOneHotEncoder(QuantizedOp):
                 out[..., i] = np.trunc(values) == float(category)
             return out
 
-        return answering_type_probes(QValue.lazy(data, one_hot, False))
+        return QValue.lazy(data, one_hot, False)
 
 
 #: LabelEncoder attributes whose strings have no encrypted form

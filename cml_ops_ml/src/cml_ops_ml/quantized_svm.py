@@ -27,9 +27,8 @@ from cml_core.quantization import QuantContext, QValue
 from cml_core.signature import REQUIRED
 from numpy.typing import NDArray
 
-from ._scores import COMPLEMENT, SIGNED, labels_array, logistic, probit, transform_columns, two_class_scores
+from ._scores import COMPLEMENT, SIGNED, labels_array, probit, transform_columns, two_class_scores
 from .quantized import _LinearModel, decoded_outputs
-from .quantized_preprocessing import answering_type_probes
 
 
 def _attributes(op: _LinearModel) -> dict[str, Any]:
@@ -98,9 +97,7 @@ class QuantizedSVMClassifier(_LinearModel):
             value: NDArray[Any] = scales[k] * np.asarray(codes, dtype=np.float64)
             return value if float_bias is None else value + float_bias[k]
 
-        # a Cast of the scores follows in skl2onnx's exports: the outputs answer its probe of their value type
-        outputs = decoded_outputs(ctx, self.where, acc, column_float, n, finish, label_output=0)
-        return tuple(answering_type_probes(v) for v in outputs)
+        return decoded_outputs(ctx, self.where, acc, column_float, n, finish, label_output=0)
 
     def _scores_per_column(self, ctx: QuantContext, x: QValue, weights: NDArray[np.float64], intercepts: NDArray[Any]
                            ) -> tuple[Any, NDArray[np.float64], NDArray[Any] | None]:
@@ -199,7 +196,7 @@ def _pairwise_finish(labels: list[Any], post_transform: str, prob_a: Any, prob_b
         raise QuantizationError("PROBIT on a two-class SVM without probabilities leaves the second score undefined")
 
     def finish(decision: NDArray[Any]) -> tuple[NDArray[Any], ...]:
-        from .svm import pairwise_coupling  # svm registers its ops with this module's twins
+        from .svm import platt_probabilities  # svm registers its ops with this module's twins
 
         decision = np.asarray(decision, dtype=np.float64)
         samples = decision.shape[0]
@@ -212,17 +209,7 @@ def _pairwise_finish(labels: list[Any], post_transform: str, prob_a: Any, prob_b
         chosen = [labels[k] for k in np.argmax(votes, axis=1)]
         values = decision.astype(np.float32)
         if a.size:
-            probabilities = np.zeros((samples, n_classes), dtype=np.float32)
-            for n in range(samples):
-                pairs = np.zeros((n_classes, n_classes), dtype=np.float32)
-                index = 0
-                for i in range(n_classes - 1):
-                    for j in range(i + 1, n_classes):
-                        value = np.float32(1) - logistic(values[n, index] * a[index] + b[index])
-                        value = np.clip(value, np.float32(1e-7), np.float32(1) - np.float32(1e-7))
-                        pairs[i, j], pairs[j, i] = value, np.float32(1) - value
-                        index += 1
-                probabilities[n] = pairwise_coupling(pairs, n_classes)
+            probabilities = platt_probabilities(values, a, b, n_classes)
             return _labels(chosen, labels), transform_columns(probabilities, post_transform)
         if n_classes > 2:
             return _labels(chosen, labels), transform_columns(values, post_transform)
@@ -280,4 +267,4 @@ class QuantizedSVMRegressor(_LinearModel):
                 score = probit(score)
             return (score.astype(np.float32),)
 
-        return answering_type_probes(decoded_outputs(ctx, self.where, acc, column_float, 1, finish, None)[0])
+        return decoded_outputs(ctx, self.where, acc, column_float, 1, finish, None)[0]

@@ -69,6 +69,32 @@ def pairwise_coupling(pairs: NDArray[Any], n_classes: int) -> NDArray[Any]:
     return p
 
 
+def platt_probabilities(decision: NDArray[Any], prob_a: NDArray[Any], prob_b: NDArray[Any],
+                        n_classes: int) -> NDArray[Any]:
+    """Class probabilities (samples, classes) in float32 from one-vs-one decision values (samples, pairs;
+    pairs i < j in libsvm's order): each pair's Platt scaling ``1 - logistic(decision * a + b)``, clipped
+    to [1e-7, 1 - 1e-7], then ``pairwise_coupling`` per sample.
+
+    Raises:
+        IndexError: ``prob_a`` or ``prob_b`` has fewer values than there are pairs.
+    """
+    decision = np.asarray(decision, dtype=np.float32)
+    a = np.asarray(prob_a, dtype=np.float32)
+    b = np.asarray(prob_b, dtype=np.float32)
+    probabilities = np.zeros((decision.shape[0], n_classes), dtype=np.float32)
+    for n in range(decision.shape[0]):
+        pairs = np.zeros((n_classes, n_classes), dtype=np.float32)
+        index = 0
+        for i in range(n_classes - 1):
+            for j in range(i + 1, n_classes):
+                value = np.float32(1) - logistic(decision[n, index] * a[index] + b[index])
+                value = np.clip(value, np.float32(1e-7), np.float32(1) - np.float32(1e-7))
+                pairs[i, j], pairs[j, i] = value, np.float32(1) - value
+                index += 1
+        probabilities[n] = pairwise_coupling(pairs, n_classes)
+    return probabilities
+
+
 @OPS.op("SVMClassifier", since=1, domain=ML_DOMAIN, quantized=QuantizedSVMClassifier)
 def svm_classifier(x: NDArray[Any], /, *, classlabels_ints: list[int] | None = None,
                    classlabels_strings: list[str] | None = None, coefficients: list[float] | None = None,
@@ -140,17 +166,7 @@ def svm_classifier(x: NDArray[Any], /, *, classlabels_ints: list[int] | None = N
         b = np.asarray(prob_b or [], dtype=np.float32)
         if a.size < n_pairs or b.size < n_pairs:
             raise ValueError("prob_a and prob_b need one value per pair of classes")
-        probabilities = np.zeros((features.shape[0], n_classes), dtype=np.float32)
-        for n in range(features.shape[0]):
-            pairs = np.zeros((n_classes, n_classes), dtype=np.float32)
-            index = 0
-            for i in range(n_classes - 1):
-                for j in range(i + 1, n_classes):
-                    value = np.float32(1) - logistic(decision[n, index] * a[index] + b[index])
-                    value = np.clip(value, np.float32(1e-7), np.float32(1) - np.float32(1e-7))
-                    pairs[i, j], pairs[j, i] = value, np.float32(1) - value
-                    index += 1
-            probabilities[n] = pairwise_coupling(pairs, n_classes)
+        probabilities = platt_probabilities(decision, a, b, n_classes)
         return _labels(chosen, strings), transform_columns(probabilities, post_transform)
     if n_classes > 2:
         return _labels(chosen, strings), transform_columns(decision, post_transform)

@@ -225,15 +225,11 @@ class QuantizedArray:
                 f"shape={self.qvalues.shape})")
 
 
-class _FeatureAxis:
-    """What the per-feature input quantizers share: unsigned ``n_bits`` integers, features along the last
-    axis (``n_features`` of them)."""
+class _UnsignedRange:
+    """Unsigned ``n_bits`` integers: the range [0, 2**n_bits - 1] of the quantizers with arrays of
+    parameters (per feature, per row)."""
 
     n_bits: int
-
-    @property
-    def n_features(self) -> int:
-        raise NotImplementedError
 
     @property
     def q_min(self) -> int:
@@ -242,6 +238,15 @@ class _FeatureAxis:
     @property
     def q_max(self) -> int:
         return int(2**self.n_bits - 1)
+
+
+class _FeatureAxis(_UnsignedRange):
+    """What the per-feature input quantizers share: unsigned ``n_bits`` integers, features along the last
+    axis (``n_features`` of them)."""
+
+    @property
+    def n_features(self) -> int:
+        raise NotImplementedError
 
     def _check_features(self, values: NDArray[Any]) -> None:
         if values.ndim == 0 or values.shape[-1] != self.n_features:

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from ..errors import QuantizationError
 from .context import PendingRange, QuantContext
-from .quantizers import UniformQuantizer
+from .quantizers import UniformQuantizer, _UnsignedRange
 from .values import QValue
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ STREAM_EXTRA_BITS = 3
 
 
 @dataclass(frozen=True)
-class RowQuantizer:
+class RowQuantizer(_UnsignedRange):
     """Unsigned ``n_bits`` integers with one scale and zero point per row: ``float = scale * (q -
     zero_point)``, both arrays shaped to broadcast against the tensor (size 1 along every other axis),
     where a ``UniformQuantizer`` has numbers. Each row's grid is ``UniformQuantizer.fit`` over its range."""
@@ -78,14 +78,6 @@ class RowQuantizer:
                 grid = UniformQuantizer.fit(float(lows[index] - margin), float(highs[index] + margin), n_bits)
                 scales[index], zero_points[index] = grid.scale, grid.zero_point
         return cls(n_bits, scales, zero_points)
-
-    @property
-    def q_min(self) -> int:
-        return 0
-
-    @property
-    def q_max(self) -> int:
-        return int(2**self.n_bits - 1)
 
     def quant(self, values: Any) -> NDArray[np.int64]:
         """Integers (int64) representing ``values``, clipped to ``n_bits``."""
