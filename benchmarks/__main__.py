@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -43,6 +42,7 @@ from . import models
 from .classical import EXECUTE_LIMIT as CLASSICAL_EXECUTE_LIMIT
 from .compile_cost import BASELINE as COMPILE_BASELINE
 from .compile_cost import baseline_of, compile_path, regressions
+from .runs import input_id, machine, now
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -218,37 +218,6 @@ def fhe_models() -> list[tuple[str, bytes, dict[str, np.ndarray]]]:
     return cases
 
 
-def input_id(model_bytes: bytes, x_calib: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> str:
-    """A hash of a model and its sets (the same function is in benchmarks/reference.py)."""
-    digest = hashlib.sha256(model_bytes)
-    for array in (x_calib, x_test, y_test):
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def machine() -> dict[str, Any]:
-    """What identifies this machine and boot (the same fields as ``benchmarks/reference.py``'s)."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        boot_id: str | None = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_id = None
-    return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "boot_id": boot_id,
-            "system": platform.platform(), "python": platform.python_version()}
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def write_inputs(folder: Path) -> None:
     """The FHE section's models (ONNX) and sets (.npz) with a manifest, for benchmarks/reference.py."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -312,6 +281,8 @@ def measure(qmodule: Any, row: dict[str, Any], sets: dict[str, np.ndarray], samp
         print(row, flush=True)
         return row
     row["compile_s"] = time.perf_counter() - start
+    if getattr(qmodule, "auto_rounding", None) is not None:  # no rounding set and a lookup above 16 bits
+        row["auto_rounding"] = dict(qmodule.auto_rounding.bits)
     row.update(circuit_summary(qmodule.fhe_circuit))
     runs = [accuracy(qmodule.forward(x_test, fhe="simulate"), y_test)
             for _ in range(1 if qmodule.config.rounding_exact and p_error is None else SIM_REPEATS)]
@@ -341,8 +312,9 @@ def measure(qmodule: Any, row: dict[str, Any], sets: dict[str, np.ndarray], samp
 
 
 def throughput(qmodule: Any, x: np.ndarray) -> dict[str, Any]:
-    """Samples per second of ``forward(batch, fhe="execute")`` with one worker and with one per core, on a batch
-    of two samples per core (keys already generated)."""
+    """Samples per second of ``forward(batch, fhe="execute")`` with one worker (samples one after the other) and
+    with one per core (samples side by side), on a batch of two samples per core (keys already generated), and
+    the cores each kept busy (concrete-python's runtime also spreads one sample's work over the cores)."""
     cores = execution_workers(10**6)
     batch = x[: 2 * cores]
     out: dict[str, Any] = {"throughput_batch": len(batch), "cores": cores}
@@ -350,9 +322,13 @@ def throughput(qmodule: Any, x: np.ndarray) -> dict[str, Any]:
     try:
         for workers in (1, cores):
             os.environ[WORKERS_VARIABLE] = str(workers)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             qmodule.forward(batch, fhe="execute")
-            out[f"samples_per_s_{'1_core' if workers == 1 else 'all_cores'}"] = len(batch) / (time.perf_counter() - start)
+            wall = time.perf_counter() - start
+            name = "1_worker" if workers == 1 else "all_workers"
+            out[f"samples_per_s_{name}"] = len(batch) / wall
+            # the process's CPU seconds (every thread) per second: how many cores the run kept busy
+            out[f"cores_busy_{name}"] = (time.process_time() - cpu) / wall
     finally:
         if saved is None:
             os.environ.pop(WORKERS_VARIABLE, None)
@@ -617,8 +593,10 @@ def reference_targets(results: dict[str, Any], reference: dict[str, Any] | None)
             lines.append(f"{label}: cml refuses ({ours.get('error', 'no circuit')[:120]}) where the reference "
                          f"compiles: not met.")
         elif "simulated_accuracy" in ours:
+            rounded = ("after rounding its lookups above 16 bits automatically, "
+                       if ours.get("auto_rounding") or ours.get("max_lookup_bits", 0) > MAX_LOOKUP_BITS else "")
             lines.append(f"{label}: the reference refuses ({ref.get('error', '')[:80]}), cml compiles "
-                         f"({ours['simulated_accuracy']:.3f}): met.")
+                         f"({rounded}simulated accuracy {ours['simulated_accuracy']:.3f}): met.")
         else:
             lines.append(f"{label}: neither compiles (cml: {ours.get('error', '')[:80]}; the reference: "
                          f"{ref.get('error', '')[:80]}).")
@@ -648,11 +626,14 @@ def reference_targets(results: dict[str, Any], reference: dict[str, Any] | None)
 def core_targets(results: dict[str, Any]) -> list[str]:
     lines = []
     for r in results.get("fhe", []):
-        if "samples_per_s_1_core" in r:
-            speedup = r["samples_per_s_all_cores"] / r["samples_per_s_1_core"]
+        one, every = r.get("samples_per_s_1_worker", r.get("samples_per_s_1_core")), \
+            r.get("samples_per_s_all_workers", r.get("samples_per_s_all_cores"))
+        if one and every:
+            busy = (f" (cores busy: {r['cores_busy_1_worker']:.2f} and {r['cores_busy_all_workers']:.2f} of "
+                    f"{r['cores']})" if "cores_busy_1_worker" in r else "")
             lines.append(f"- Every core busy, {r['model']} ({r['setting']}): forward(batch of {r['throughput_batch']}, "
-                         f"fhe=\"execute\") {r['samples_per_s_1_core']:.3g} samples/s on 1 core, "
-                         f"{r['samples_per_s_all_cores']:.3g} on {r['cores']} ({speedup:.2f}x).")
+                         f"fhe=\"execute\") {one:.3g} samples/s with 1 worker, {every:.3g} with {r['cores']} "
+                         f"({every / one:.2f}x){busy}.")
     return lines
 
 
@@ -731,7 +712,12 @@ def write(results: dict[str, Any], command: str, docs: Path = DOCS, reference: d
         "",
         "Time per encrypted sample: the median of the encrypted samples, each timed on its own. Simulated "
         "accuracy: the mean of three simulations under approximate rounding (it is randomized), one otherwise. "
-        "Complexity and PBS count: concrete-python's circuit statistics.",
+        "Complexity and PBS count: concrete-python's circuit statistics. `max_lookup_bits` is the widest "
+        "lookup before compiling: a \"no rounding\" row above 16 bits that has a circuit was compiled at the "
+        "defaults, which round those lookups automatically (the fewest bits keeping top-1 agreement with the "
+        "float model on the calibration data within a point). Rows \"then p_error\": the largest error "
+        "probability per lookup keeping the training accuracy within a point (`choose_p_error`): such a circuit "
+        "errs on some samples by design, so its encrypted integers need not equal one simulation's.",
         "",
         "![accuracy vs complexity](benchmarks.png)",
         "",

@@ -28,11 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import hashlib  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -43,6 +41,18 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+
+def _load_runs() -> Any:
+    """benchmarks/runs.py (input ids, machine records), loaded by path: this folder is off sys.path."""
+    spec = importlib.util.spec_from_file_location("benchmark_runs", HERE / "runs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_runs = _load_runs()
+input_id, machine, now = _runs.input_id, _runs.machine, _runs.now
 DEFAULT_OUTPUT = HERE.parent / "docs" / "benchmarks-reference.json"
 #: (setting name as our benchmark spells it, n_bits, rounding_threshold_bits): an int rounds exactly in concrete-ml
 SETTINGS: list[tuple[str, int, int | None]] = [
@@ -55,37 +65,6 @@ SETTINGS: list[tuple[str, int, int | None]] = [
 #: except at the reference's default setting (n_bits 6, 6-bit rounding): the baseline cml's costs are divided by
 EXECUTE_LIMIT = 3e11
 BASELINE = (6, 6)  # (n_bits, rounding_threshold_bits)
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def machine() -> dict[str, Any]:
-    """What identifies this machine and boot (the same fields as ``benchmarks.__main__.machine``)."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        boot_id: str | None = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_id = None
-    return {"host": platform.node(), "cpu": cpu, "cpus": os.cpu_count(), "boot_id": boot_id,
-            "system": platform.platform(), "python": platform.python_version()}
-
-
-def input_id(model_bytes: bytes, x_calib: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> str:
-    """The same hash as ``benchmarks.__main__.input_id``."""
-    digest = hashlib.sha256(model_bytes)
-    for array in (x_calib, x_test, y_test):
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 def accuracy(scores: Any, labels: np.ndarray) -> float:

@@ -27,13 +27,15 @@ def function_body(node: onnx.NodeProto, opset: int, input_types: list[onnx.TypeP
     except onnx.defs.SchemaError:
         return None
     proto = onnx.FunctionProto()
-    plain = [v for v in schema.function_opset_versions if v <= opset]
-    dependent = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+    # these OpSchema members are missing from onnx's type stubs
+    plain = [v for v in schema.function_opset_versions if v <= opset]  # type: ignore[attr-defined]
+    dependent = [v for v in schema.context_dependent_function_opset_versions  # type: ignore[attr-defined]
+                 if v <= opset]
     if dependent:
-        raw = schema.get_context_dependent_function_with_opset_version(
+        raw = schema.get_context_dependent_function_with_opset_version(  # type: ignore[attr-defined]
             max(dependent), node.SerializeToString(), [t.SerializeToString() for t in input_types])
     elif plain:
-        raw = schema.get_function_with_opset_version(max(plain))
+        raw = schema.get_function_with_opset_version(max(plain))  # type: ignore[attr-defined]
     else:
         return None
     proto.ParseFromString(raw)

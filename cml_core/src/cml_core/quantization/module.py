@@ -459,7 +459,7 @@ class QuantizedModule:
             for part in slices:
                 q = [qz.quant(a[part]) for qz, a in zip(self.input_quantizers, self._calibration_data)]
                 outputs = self._run(q, calibrating=True, calibration=recorder)
-                _widen_spans(spans, outputs, self._calibration_samples and int(np.shape(q[0])[0]) if q else 0)
+                _widen_spans(spans, outputs, int(np.shape(q[0])[0]) if q and self._calibration_samples else 0)
             if recorder.end_pass():
                 break
         self.calibration_passes = recorder.passes
@@ -959,8 +959,10 @@ def expand_fused_ops(module: NumpyModule) -> NumpyModule:
         targets = expansion_targets(module.nodes, FunctionBodyOp)
         if not targets:
             return module
-        expanded = expand_nodes(module.onnx_model,
-                                lambda node, targets=targets: bool(node.output) and node.output[0] in targets)
+        def chosen(node: onnx.NodeProto, targets: set[str] = targets) -> bool:
+            return bool(node.output) and node.output[0] in targets
+
+        expanded = expand_nodes(module.onnx_model, chosen)
         module = NumpyModule(expanded, module.registry)
     raise QuantizationError(f"fused ops' function bodies still hold fused ops after {MAX_EXPANSIONS} expansions")
 
