@@ -36,7 +36,7 @@ from cml_core.fhe import circuit_summary
 from cml_core.fhe.run import WORKERS_VARIABLE, execution_workers
 from cml_core.quantization.context import MAX_LOOKUP_BITS
 
-from cml_core import BitWidthError, choose_p_error, choose_rounding, load_model
+from cml_core import BitWidthError, CompileError, choose_p_error, choose_rounding, load_model
 
 from . import models
 from .classical import EXECUTE_LIMIT as CLASSICAL_EXECUTE_LIMIT
@@ -276,7 +276,7 @@ def measure(qmodule: Any, row: dict[str, Any], sets: dict[str, np.ndarray], samp
     start = time.perf_counter()
     try:
         qmodule.compile(x_train, p_error=p_error)
-    except BitWidthError as exc:
+    except (BitWidthError, CompileError) as exc:  # no circuit at this setting: a figure too
         row["error"] = str(exc).split(". Ways out")[0]
         print(row, flush=True)
         return row

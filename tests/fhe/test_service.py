@@ -334,13 +334,19 @@ def test_cml_predict(models, mlp_service, linear_service, tmp_path):
     assert not (work / "z.npy").exists()
 
 
+def test_cml_compile_refuses_a_bad_error_probability(tmp_path):
+    done = _cml("compile", "model.onnx", "--calibration", "c.npy", "--p-error", "2", "-o", "deploy", cwd=tmp_path)
+    assert done.returncode == 2 and "expected auto or a probability between 0 and 1, got '2'" in done.stderr
+
+
 def test_cml_compile_then_serve(tmp_path):
     onnx.save(_model(True, seed=5), tmp_path / "model.onnx")
     np.save(tmp_path / "calibration.npy", X)
     done = _cml("compile", "model.onnx", "--calibration", "calibration.npy", "--n-bits", "3", "--rounding", "auto",
-                "-o", "deploy", cwd=tmp_path)
+                "--p-error", "auto", "-o", "deploy", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "rounding: chosen" in done.stdout and "lookup" in done.stdout and "saved in deploy" in done.stdout
+    assert "error probability: chosen" in done.stdout
     assert "cml: compiling" in done.stderr or "cml: choosing the rounding" in done.stderr
     folder = tmp_path / "deploy"
     assert sorted(os.listdir(folder)) == ["client.zip", "manifest.json", "model.zip", "server.zip"]

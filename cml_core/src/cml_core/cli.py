@@ -193,6 +193,18 @@ def _rounding(text: str) -> str | int | None:
     raise argparse.ArgumentTypeError(f"expected auto, none or a number of bits, got {text!r}")
 
 
+def _p_error(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto or a probability between 0 and 1, got {text!r}")
+
+
 def _positive(text: str) -> int:
     if text.isdigit() and int(text) >= 1:
         return int(text)
@@ -218,7 +230,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
         say("choosing the rounding: compiling and simulating each candidate")
         choice = choose_rounding(qmodule, x, x)
         print(f"rounding: {str(choice).splitlines()[0]}")
-    if args.rounding != "auto" or args.p_error is not None:
+    if args.p_error == "auto":
+        from .tuning import choose_p_error
+
+        say("choosing the error probability per lookup: compiling and simulating each candidate")
+        error_choice = choose_p_error(qmodule, x, x)
+        print(f"error probability: {str(error_choice).splitlines()[0]}")
+    elif args.rounding != "auto" or args.p_error is not None:
         say("compiling" + ("" if args.p_error is None else f" at p_error={args.p_error}"))
         qmodule.compile(x, p_error=args.p_error)
     print(qmodule.bitwidth_report())
@@ -300,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     compile_.add_argument("--rounding", type=_rounding, default=None, metavar="auto|none|N",
                           help="bits kept before each lookup: N, none (default), or auto (chosen to keep "
                                "the float model's argmax on the calibration data: classifiers)")
-    compile_.add_argument("--p-error", type=float, default=None, help="error probability per lookup")
+    compile_.add_argument("--p-error", type=_p_error, default=None, metavar="auto|P",
+                          help="error probability per lookup: P in (0, 1), or auto (the largest that keeps the "
+                               "float model's argmax on the calibration data within a point); default: "
+                               "concrete-python's, 1e-5 for the whole circuit")
     compile_.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to save the model in")
     compile_.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     compile_.set_defaults(func=cmd_compile)
