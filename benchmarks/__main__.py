@@ -187,6 +187,8 @@ CNN_SETTINGS: list[tuple[str, Any, Any]] = [
 ]
 LOGREG = "LogReg 64-10 (Gemm, Sigmoid)"
 MIXED = "Mixed MLP 64-32-32-32-10 (ReLU, Sigmoid, Tanh)"
+#: the FHE section's models, in the order it runs them (fhe_models)
+FHE_MODELS = ["MLP 64-32-32-10", "CNN digits", LOGREG, MIXED]
 #: the reference tool's four settings (benchmarks/reference.py), then the cheapest this benchmark aims at
 REFERENCE_SETTINGS: list[tuple[str, Any, Any]] = [
     ("n_bits 6, no rounding", 6, None),
@@ -234,12 +236,14 @@ def write_inputs(folder: Path) -> None:
     print(f"wrote {len(entries)} models and their sets to {folder}")
 
 
-def fhe_path(samples: int, quick: bool) -> list[dict[str, Any]]:
+def fhe_path(samples: int, quick: bool, only: list[str] | None = None) -> list[dict[str, Any]]:
     data = models.digits()
     rows = []
     settings_of = {"MLP 64-32-32-10": MLP_SETTINGS, "CNN digits": CNN_SETTINGS, LOGREG: SMALL_SETTINGS,
                    MIXED: SMALL_SETTINGS}
     for model_name, model_bytes, sets in fhe_models():
+        if only and model_name not in only:
+            continue
         settings = settings_of[model_name]
         module = load_model(model_bytes)
         x_train, x_test, y_test = sets["x_calib"], sets["x_test"], sets["y_test"]
@@ -265,6 +269,26 @@ def fhe_path(samples: int, quick: bool) -> list[dict[str, Any]]:
                 row["p_error_choice"] = error_choice.p_error
                 rows.append(measure(qmodule, row, sets, samples, p_error=error_choice.p_error, with_throughput=True))
     return rows
+
+
+def merged_fhe_rows(results: dict[str, Any], rows: list[dict[str, Any]], only: list[str]) -> list[dict[str, Any]]:
+    """``rows`` of the models in ``only`` in place of theirs among the FHE rows already in ``results``.
+
+    Raises:
+        SystemExit: the kept rows were measured on another machine or boot (one run's figures only), or a
+            name in ``only`` is not one of the section's models.
+    """
+    names = FHE_MODELS
+    unknown = sorted(set(only) - set(names))
+    if unknown:
+        raise SystemExit(f"--model {unknown[0]!r}: the FHE section's models are {names}")
+    earlier = results.get("runs", {}).get("fhe", {}).get("machine", {})
+    here = machine()
+    if any(earlier.get(k) != here.get(k) for k in ("host", "cpu", "cpus", "boot_id")):
+        raise SystemExit("--model: the FHE rows in benchmarks.json were measured on another machine or boot; "
+                         "run the whole section (--only fhe)")
+    kept = [r for r in results.get("fhe", []) if r["model"] not in only]
+    return sorted(kept + rows, key=lambda r: names.index(r["model"]))
 
 
 def measure(qmodule: Any, row: dict[str, Any], sets: dict[str, np.ndarray], samples: int,
@@ -797,6 +821,9 @@ def main() -> None:
                         help=f"folder of benchmarks.json/.md/.png, read and written (default {DOCS})")
     parser.add_argument("--reference", type=Path,
                         help=f"the reference tool's figures (default: {REFERENCE_JSON} in the --docs folder)")
+    parser.add_argument("--model", action="append", metavar="NAME",
+                        help="with the fhe section: measure only this model (repeatable), keeping the other models' "
+                             "rows of benchmarks.json (measured on this machine and boot)")
     parser.add_argument("--compile-baseline", action="store_true",
                         help="with the compile section: record its figures as the baseline later runs are checked "
                              "against (a regression beyond 10%% makes the benchmark exit with status 1)")
@@ -841,10 +868,17 @@ def main() -> None:
         runners: dict[str, Callable[[int, bool], list[dict[str, Any]]]] = {
             "float": lambda samples, quick: float_path(quick), "quantized": lambda samples, quick: quantized_path(),
             "fhe": fhe_path, "deployment": deployment, "qat": qat, "classical": classical, "compile": compile_cost}
+        if args.model:
+            runners["fhe"] = lambda samples, quick: merged_fhe_rows(results, fhe_path(samples, quick, args.model),
+                                                                    args.model)
         for section in SECTIONS:
             if section in (args.only or SECTIONS):
                 started = now()
-                results[section] = runners[section](args.samples, args.quick)
+                earlier = results.get("runs", {}).get(section, {})
+                rows = runners[section](args.samples, args.quick)
+                if section == "fhe" and args.model:  # a part of the section: its run spans both parts
+                    started, command = earlier.get("started", started), earlier.get("command", "") + " + " + command
+                results[section] = rows
                 # where and when each section was measured: figures of another tool are divided only by
                 # figures of the same machine and run
                 results.setdefault("runs", {})[section] = {"machine": machine(), "started": started,
