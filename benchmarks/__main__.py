@@ -843,7 +843,8 @@ def main() -> None:
         command = results.get("command") or (previous.group(1) if previous else "python -m benchmarks")
     else:
         command = ("python -m benchmarks" + (" --quick" if args.quick else "")
-                   + "".join(f" --only {s}" for s in args.only or []))
+                   + "".join(f" --only {s}" for s in args.only or [])
+                   + "".join(f' --model "{m}"' for m in args.model or []))
         results["environment"] = environment()
         results["command"] = command
 
