@@ -27,7 +27,7 @@ from cml_core.quantization import QuantContext, QValue
 from cml_core.signature import REQUIRED
 from numpy.typing import NDArray
 
-from ._scores import COMPLEMENT, SIGNED, labels_array, probit, transform_columns, two_class_scores
+from ._scores import probit
 from .quantized import _LinearModel, decoded_outputs
 
 
@@ -165,22 +165,11 @@ class QuantizedSVMClassifier(_LinearModel):
 
 def _liblinear_finish(labels: list[Any], all_positive: bool, post_transform: str) -> Any:
     """The SVMClassifier's outputs from liblinear's per-class scores (samples, classes), as the float op."""
-    n_classes = len(labels)
 
     def finish(scores: NDArray[Any]) -> tuple[NDArray[Any], ...]:
-        scores = np.asarray(scores, dtype=np.float32)
-        best = np.argmax(scores, axis=1)
-        top = scores[np.arange(len(best)), best]
-        if n_classes == 2:
-            positive = (top >= 0.5) if all_positive else (top > 0)
-            chosen = [labels[1] if pos else labels[b] for pos, b in zip(positive, best)]
-        else:
-            chosen = [labels[b] for b in best]
-        if n_classes == 1:
-            out = probit(scores) if post_transform == "PROBIT" else scores
-        else:
-            out = transform_columns(scores, post_transform)
-        return _labels(chosen, labels), out
+        from .svm import liblinear_outputs  # svm registers its ops with this module's twins
+
+        return liblinear_outputs(scores, labels, all_positive, post_transform)
 
     return finish
 
@@ -189,40 +178,17 @@ def _pairwise_finish(labels: list[Any], post_transform: str, prob_a: Any, prob_b
     """The SVMClassifier's outputs from libsvm's one-vs-one decision values (samples, pairs), as the float op:
     votes for the label; Platt scaling and pairwise coupling when ``prob_a`` is given; else the decision
     values (two classes: expanded to two columns)."""
-    n_classes = len(labels)
     a = np.asarray(prob_a or [], dtype=np.float32)
     b = np.asarray(prob_b or [], dtype=np.float32)
-    if n_classes == 2 and not a.size and post_transform == "PROBIT":
+    if len(labels) == 2 and not a.size and post_transform == "PROBIT":
         raise QuantizationError("PROBIT on a two-class SVM without probabilities leaves the second score undefined")
 
     def finish(decision: NDArray[Any]) -> tuple[NDArray[Any], ...]:
-        from .svm import platt_probabilities  # svm registers its ops with this module's twins
+        from .svm import libsvm_outputs
 
-        decision = np.asarray(decision, dtype=np.float64)
-        samples = decision.shape[0]
-        votes = np.zeros((samples, n_classes), dtype=np.int64)
-        pair = 0
-        for i in range(n_classes - 1):
-            for j in range(i + 1, n_classes):
-                votes[np.arange(samples), np.where(decision[:, pair] > 0, i, j)] += 1
-                pair += 1
-        chosen = [labels[k] for k in np.argmax(votes, axis=1)]
-        values = decision.astype(np.float32)
-        if a.size:
-            probabilities = platt_probabilities(values, a, b, n_classes)
-            return _labels(chosen, labels), transform_columns(probabilities, post_transform)
-        if n_classes > 2:
-            return _labels(chosen, labels), transform_columns(values, post_transform)
-        expansion = SIGNED if post_transform == "NONE" else COMPLEMENT
-        return _labels(chosen, labels), two_class_scores(values[:, 0], post_transform, expansion)
+        return libsvm_outputs(np.asarray(decision, dtype=np.float64), labels, post_transform, a, b)
 
     return finish
-
-
-def _labels(chosen: list[Any], labels: list[Any]) -> NDArray[Any]:
-    if chosen:
-        return labels_array(chosen)
-    return np.zeros(0, dtype=object if isinstance(labels[0], str) else np.int64)
 
 
 class QuantizedSVMRegressor(_LinearModel):

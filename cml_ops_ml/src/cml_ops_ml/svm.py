@@ -116,7 +116,6 @@ def svm_classifier(x: NDArray[Any], /, *, classlabels_ints: list[int] | None = N
     coef = np.asarray(coefficients, dtype=np.float32)
     rho_values = np.asarray(rho or [0.0], dtype=np.float32)
     all_positive = bool((coef >= 0).all())
-    strings = isinstance(labels[0], str)
     counts = [int(v) for v in (vectors_per_class or [])]
     n_vectors = sum(counts)
     have_proba = bool(prob_a)
@@ -125,17 +124,7 @@ def svm_classifier(x: NDArray[Any], /, *, classlabels_ints: list[int] | None = N
         if weights.shape[1] != features.shape[1]:
             raise ValueError(f"coefficients of {weights.shape[1]} features for an input of {features.shape[1]}")
         scores = kernel(features, weights, "LINEAR", None, float(rho_values[0]))
-        best = np.argmax(scores, axis=1)
-        top = scores[np.arange(len(best)), best]
-        if n_classes == 2:
-            positive = (top >= 0.5) if all_positive else (top > 0)
-            chosen = [labels[1] if pos else labels[b] for pos, b in zip(positive, best)]
-        else:
-            chosen = [labels[b] for b in best]
-        out = scores if n_classes == 1 else transform_columns(scores, post_transform)
-        if n_classes == 1 and post_transform == "PROBIT":
-            out = probit(scores)
-        return _labels(chosen, strings), out
+        return liblinear_outputs(scores, labels, all_positive, post_transform)
     vectors = np.asarray(support_vectors or [], dtype=np.float32)
     if vectors.size % n_vectors or vectors.size // n_vectors != features.shape[1]:
         raise ValueError(f"{vectors.size} support vector values do not make {n_vectors} vectors of "
@@ -148,39 +137,77 @@ def svm_classifier(x: NDArray[Any], /, *, classlabels_ints: list[int] | None = N
     coef = coef[:(n_classes - 1) * n_vectors].reshape(n_classes - 1, n_vectors)
     k = kernel(features, vectors.reshape(n_vectors, -1), kernel_type, kernel_params, 0.0).astype(np.float64)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
-    decision = np.zeros((features.shape[0], n_pairs), dtype=np.float32)
-    votes = np.zeros((features.shape[0], n_classes), dtype=np.int64)
+    decision = np.zeros((features.shape[0], n_pairs), dtype=np.float64)
     pair = 0
     for i in range(n_classes - 1):
         for j in range(i + 1, n_classes):
             si, sj = slice(starts[i], starts[i + 1]), slice(starts[j], starts[j + 1])
             total = (k[:, si] * coef[j - 1, si].astype(np.float64)).sum(axis=1)
-            total = total + (k[:, sj] * coef[i, sj].astype(np.float64)).sum(axis=1) + float(rho_values[pair])
-            decision[:, pair] = total.astype(np.float32)
-            votes[np.arange(len(total)), np.where(total > 0, i, j)] += 1
+            decision[:, pair] = total + (k[:, sj] * coef[i, sj].astype(np.float64)).sum(axis=1) + float(rho_values[pair])
             pair += 1
-    best = np.argmax(votes, axis=1)
-    chosen = [labels[b] for b in best]
-    if have_proba:
-        a = np.asarray(prob_a, dtype=np.float32)
-        b = np.asarray(prob_b or [], dtype=np.float32)
-        if a.size < n_pairs or b.size < n_pairs:
-            raise ValueError("prob_a and prob_b need one value per pair of classes")
-        probabilities = platt_probabilities(decision, a, b, n_classes)
-        return _labels(chosen, strings), transform_columns(probabilities, post_transform)
+    a = np.asarray(prob_a or [], dtype=np.float32)
+    b = np.asarray(prob_b or [], dtype=np.float32)
+    if have_proba and (a.size < n_pairs or b.size < n_pairs):
+        raise ValueError("prob_a and prob_b need one value per pair of classes")
+    return libsvm_outputs(decision, labels, post_transform, a, b)
+
+
+def liblinear_outputs(scores: NDArray[Any], labels: list[Any], all_positive: bool,
+                      post_transform: str) -> tuple[NDArray[Any], NDArray[Any]]:
+    """An SVMClassifier's (labels, scores) from liblinear's per-class scores (samples, classes): the best
+    class (two classes: the second when its score passes 0, or 0.5 when every coefficient is positive),
+    and the scores through ``post_transform``. The float op and the client's decoding of the quantized one."""
+    scores = np.asarray(scores, dtype=np.float32)
+    best = np.argmax(scores, axis=1)
+    top = scores[np.arange(len(best)), best]
+    if len(labels) == 2:
+        positive = (top >= 0.5) if all_positive else (top > 0)
+        chosen = [labels[1] if pos else labels[b] for pos, b in zip(positive, best)]
+    else:
+        chosen = [labels[b] for b in best]
+    if len(labels) == 1:
+        out = probit(scores) if post_transform == "PROBIT" else scores
+    else:
+        out = transform_columns(scores, post_transform)
+    return _labels(chosen, labels), out
+
+
+def libsvm_outputs(decision: NDArray[Any], labels: list[Any], post_transform: str, prob_a: NDArray[Any],
+                   prob_b: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
+    """An SVMClassifier's (labels, scores) from libsvm's one-vs-one decision values (samples, pairs; the
+    votes are taken on them as given, the scores in float32): the label of the most votes; Platt scaling and
+    pairwise coupling when ``prob_a`` holds values; else the decision values (two classes: expanded to two
+    columns). The float op and the client's decoding of the quantized one.
+
+    Raises:
+        ValueError: PROBIT on two classes without probabilities (onnxruntime writes no second score).
+    """
+    n_classes = len(labels)
+    samples = decision.shape[0]
+    votes = np.zeros((samples, n_classes), dtype=np.int64)
+    pair = 0
+    for i in range(n_classes - 1):
+        for j in range(i + 1, n_classes):
+            votes[np.arange(samples), np.where(decision[:, pair] > 0, i, j)] += 1
+            pair += 1
+    chosen = [labels[k] for k in np.argmax(votes, axis=1)]
+    values = np.asarray(decision, dtype=np.float32)
+    if prob_a.size:
+        return _labels(chosen, labels), transform_columns(platt_probabilities(values, prob_a, prob_b, n_classes),
+                                                          post_transform)
     if n_classes > 2:
-        return _labels(chosen, strings), transform_columns(decision, post_transform)
+        return _labels(chosen, labels), transform_columns(values, post_transform)
     if post_transform == "PROBIT":
         raise ValueError("PROBIT on a two-class SVM without probabilities leaves the second score undefined "
                          "(onnxruntime writes no value there)")
     expansion = SIGNED if post_transform == "NONE" else COMPLEMENT
-    return _labels(chosen, strings), two_class_scores(decision[:, 0], post_transform, expansion)
+    return _labels(chosen, labels), two_class_scores(values[:, 0], post_transform, expansion)
 
 
-def _labels(chosen: list[Any], strings: bool) -> NDArray[Any]:
+def _labels(chosen: list[Any], labels: list[Any]) -> NDArray[Any]:
     if chosen:
         return labels_array(chosen)
-    return np.zeros(0, dtype=object if strings else np.int64)
+    return np.zeros(0, dtype=object if isinstance(labels[0], str) else np.int64)
 
 
 @OPS.op("SVMRegressor", since=1, domain=ML_DOMAIN, quantized=QuantizedSVMRegressor)
