@@ -248,6 +248,37 @@ def test_choose_p_error_rejects_bad_settings(kwargs):
         choose_p_error(qmodule, x, x, **kwargs)
 
 
+def test_a_residual_stream_read_by_a_layer_norm_and_a_residual_sum_compiles(capsys):
+    """``x + Linear(LayerNorm(x))`` (a transformer block's first half): x feeds the LayerNorm's sums and the
+    residual's two-input lookup. Packed as it is, concrete-python found no parameters for it (NoParametersFound
+    at 4 bits, where every lookup is at most 8 bits); compile retries with the lookup's operands refreshed."""
+    torch = pytest.importorskip("torch")
+    import io
+    import warnings
+
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.linear = torch.nn.LayerNorm(128), torch.nn.Linear(128, 128)
+
+        def forward(self, x):
+            return x + self.linear(self.norm(x))
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(size=(100, 8, 128)).astype(np.float32)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Residual().eval(), (torch.tensor(x[:1]),), buffer, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    qmodule = load_model(buffer.getvalue()).quantize(x, n_bits=4, rounding_threshold_bits=4)
+    assert any(site.packed_bits is not None for site in qmodule.sites.values())  # the residual's lookup
+    qmodule.compile(x, verbose=True)
+    assert "operands refreshed" in capsys.readouterr().err
+    q = qmodule.quantize_input(x[:5])
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
+
+
 def test_row_grids_compile_simulate_like_the_clear_program_and_are_saved(tmp_path):
     """A class token's row on grids of its own (tables that differ by position, in one- and two-input lookups),
     sums carried on them: the circuit simulates exactly what the clear integer program computes, and a saved

@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import CmlError, CompileError
+from ..quantization.backend import refreshed_operands
 from .concrete_python import enable_runtime, forked_configuration, load_concrete
 from .program import CircuitProgram
 
@@ -259,12 +260,29 @@ def compile_quantized_module(qmodule: QuantizedModule, calibration_x: Any, *, p_
     config, build_execution, build_simulation = forked_configuration(fhe, configuration, p_error, global_p_error, verbose)
     start = time.perf_counter()
     qmodule.attach_program(None)
-    try:
+    multi_input = any(s.packed_bits is not None for s in qmodule.sites.values())
+
+    def build() -> Any:
         circuit = fhe.Compiler(function, dict.fromkeys(names, "encrypted")).compile(inputset, config)
         if build_execution:  # crypto parameters are chosen here: a failure shows at compile time
             enable_runtime(circuit, "execute")
         if build_simulation:
             enable_runtime(circuit, "simulate")
+        return circuit
+
+    try:
+        try:
+            circuit = build()
+        except Exception as exc:
+            if not multi_input or "NoParametersFound" not in str(exc):
+                raise
+            # operands packed into multi-input lookups and read elsewhere too tie their parameters together:
+            # once more, with each lookup reading fresh copies (refreshed_operands)
+            if verbose:
+                print("no cryptographic parameters: compiling again with the multi-input lookups' operands "
+                      "refreshed", file=sys.stderr)
+            with refreshed_operands():
+                circuit = build()
     except CmlError:
         raise
     except Exception as exc:

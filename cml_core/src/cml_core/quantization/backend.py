@@ -6,7 +6,9 @@ arrays they compute in int64; on concrete-python tracers they emit the matching 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,10 +38,31 @@ def lookup(data: Any, function: Callable[[NDArray[Any]], NDArray[Any]]) -> Any:
     return function(np.asarray(data, dtype=np.int64))
 
 
+#: whether multi-input lookups refresh their encrypted operands first (see ``refreshed_operands``)
+_REFRESH_OPERANDS = contextvars.ContextVar("refresh_multi_lookup_operands", default=False)
+
+
+@contextlib.contextmanager
+def refreshed_operands() -> Iterator[None]:
+    """Within this block, a traced multi-input lookup bootstraps each encrypted operand first (an identity
+    lookup: one more PBS per element). Packing an operand that also feeds other ops ties their cryptographic
+    parameters together; a residual stream read both by a LayerNormalization (a sum weighing it by the row
+    length) and by the residual's two-input lookup left concrete-python no parameters at all, which a fresh
+    copy for the lookup restores."""
+    token = _REFRESH_OPERANDS.set(True)
+    try:
+        yield
+    finally:
+        _REFRESH_OPERANDS.reset(token)
+
+
 def multi_lookup(function: Callable[..., NDArray[Any]], *data: Any) -> Any:
     """Apply ``function`` of several encrypted integer tensors as one lookup on their packed bits."""
     if any(is_traced(d) for d in data):
-        return _fhe().multivariate(function)(*data)
+        fhe = _fhe()
+        if _REFRESH_OPERANDS.get():
+            data = tuple(fhe.refresh(d) if is_traced(d) else d for d in data)
+        return fhe.multivariate(function)(*data)
     return function(*[np.asarray(d, dtype=np.int64) for d in data])
 
 
