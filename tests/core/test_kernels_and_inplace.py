@@ -183,3 +183,56 @@ def test_an_error_in_a_chained_step_names_the_nodes_run_together():
     module = load_model(_model(nodes, [_vi("x", [3])], [_vi("y", [3])]), calls.registry)
     with pytest.raises(NodeExecutionError, match=r"node 'a' \(com.acme::Fail\) \(run with node 'y'"):
         module(np.ones(3, np.float32))
+
+
+def _std_model(nodes, inputs, outputs):
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def _silu(x):
+    x = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        return x / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("order", [("x", "s"), ("s", "x")])
+def test_a_gate_of_its_own_input_runs_as_one_step_and_leaves_the_callers_array_alone(order):
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", list(order), ["y"])]
+    module = load_model(_std_model(nodes, [_vi("x", [2, 5])], [_vi("y", [2, 5])]))
+    assert len(module.graph._steps) == 1
+    x = np.array([[-1e4, -90, -3, -0.5, 0], [1e-30, 0.5, 3, 90, np.inf]], np.float32)
+    kept = x.copy()
+    np.testing.assert_allclose(module(x), _silu(x), rtol=2e-7, atol=1e-37)
+    np.testing.assert_array_equal(x, kept)
+
+
+def test_a_gate_chains_after_its_producer_and_never_writes_over_a_value_read_later():
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Sigmoid", ["a"], ["s"]), helper.make_node("Mul", ["a", "s"], ["b"]),  # over a
+             helper.make_node("Neg", ["b"], ["c"]),
+             helper.make_node("HardSigmoid", ["c"], ["h"], alpha=0.25, beta=0.375),
+             helper.make_node("Mul", ["h", "c"], ["d"]),
+             helper.make_node("Add", ["d", "c"], ["y"])]  # c is read again: its gate runs on a copy
+    module = load_model(_std_model(nodes, [_vi("x", [3, 4])], [_vi("y", [3, 4])]))
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32) * 4
+    a = np.maximum(x, 0)
+    c = -_silu(a)
+    expected = c * np.clip(0.25 * c + 0.375, 0, 1) + c
+    np.testing.assert_allclose(module(x), expected, rtol=1e-6, atol=1e-7)
+    assert any(len(step.tails) >= 2 for step in module.graph._steps)  # Relu, then Sigmoid and Mul
+    seen = {}
+    module.run(x, observe=lambda name, value: seen.setdefault(name, value.copy()))
+    assert sorted(seen) == ["a", "b", "c", "d", "h", "s", "y"]
+
+
+def test_a_gated_form_must_take_the_ops_inputs_and_attributes():
+    ops = OpSet()
+
+    @ops.op("Gate", 1, domain="com.acme")
+    def gate(x, /, *, alpha=1.0):
+        return x * alpha
+
+    ops.attach(gate, gated=lambda x, /: x)
+    with pytest.raises(OpSignatureError, match="gated form of Gate must take the inputs and attributes"):
+        OpRegistry().add(ops)

@@ -37,7 +37,7 @@ from .onnx_utils import (
     value_info_type,
 )
 from .plugins import get_registry
-from .registry import OpImpl, OpRegistry, normalize_domain
+from .registry import ONNX_DOMAIN, OpImpl, OpRegistry, normalize_domain
 from .signature import REQUIRED, StaticInput
 
 if TYPE_CHECKING:
@@ -430,18 +430,21 @@ class BoundGraph:
         attributes bound) and its op's in-place form where its first input dies there. A node whose only
         output feeds only an op with an in-place form, as that op's first input (an activation, a bias
         or residual Add, a gate's Mul), runs that op in the same step, over its fresh result: a chain
-        like Conv, Add, Relu is one step, and its intermediates never reach ``env``."""
+        like Conv, Add, Relu is one step, and its intermediates never reach ``env``. A node whose op has a
+        gated form and whose result only a Mul by the node's own input reads (``x * sigmoid(x)``) runs
+        that form for both nodes (``_gates``), and chains like an in-place op."""
         nodes = self.nodes
         readers: dict[str, list[int]] = {}
         for index, bound in enumerate(nodes):
             for name in bound.reads:
                 readers.setdefault(name, []).append(index)
         made_at = {name: index for index, bound in enumerate(nodes) for name in bound.outputs if name}
+        gates = self._gates(readers)
         groups: list[list[int]] = []
         taken: set[int] = set()
         for index in range(len(nodes)):
             if index not in taken:
-                groups.append(self._chain_from(index, readers, made_at, taken))
+                groups.append(self._chain_from(index, readers, made_at, taken, gates))
         # what each group reads from env, and where each value is read last
         reads = [list(dict.fromkeys(n for i in group for n in nodes[i].reads
                                     if n not in {nodes[j].outputs[0] for j in group[:-1]}))
@@ -459,19 +462,45 @@ class BoundGraph:
         for name, at in last.items():
             if name not in keep:
                 dead[at].append(name)
-        return [self._step([nodes[i] for i in group], tuple(names)) for group, names in zip(groups, dead)]
+        return [self._step(group, gates, tuple(names)) for group, names in zip(groups, dead)]
+
+    def _gates(self, readers: dict[str, list[int]]) -> dict[int, int]:
+        """Per node that gates its own input (a unary op with a gated form whose result only a Mul of
+        that result by the node's input reads), the index of that Mul."""
+        gates = {}
+        for index, bound in enumerate(self.nodes):
+            if bound.impl.gated is None or bound.subgraphs or bound._arity != 1 or len(bound.outputs) != 1:
+                continue
+            x, out = bound.inputs[0], bound.outputs[0]
+            if not x or not out or out in self.output_names or len(readers.get(out, ())) != 1:
+                continue
+            mul = self.nodes[readers[out][0]]
+            if (mul.impl.domain == ONNX_DOMAIN and mul.impl.op_type == "Mul" and not mul.free_names
+                    and len(mul.outputs) == 1 and mul.outputs[0] and sorted(mul.inputs) == sorted((x, out))):
+                gates[index] = readers[out][0]
+        return gates
 
     def _chain_from(self, index: int, readers: dict[str, list[int]], made_at: dict[str, int],
-                    taken: set[int]) -> list[int]:
+                    taken: set[int], gates: dict[int, int]) -> list[int]:
         """The node ``index`` and the in-place ops that can run right after it in one step (see
         ``_compile_steps``): each reads the previous one's only output, which nothing else reads, and
-        its other inputs exist before the chain starts."""
+        its other inputs exist before the chain starts. A gate (``_gates``) is its node and its Mul."""
         nodes = self.nodes
         chain = [index]
+        if index in gates:
+            chain.append(gates[index])
+            taken.add(gates[index])
         while True:
             head = nodes[chain[-1]]
             out = head.outputs[0] if len(head.outputs) == 1 else ""
-            if not out or head.subgraphs or out in self.output_names or len(readers.get(out, ())) != 1:
+            if not out or head.subgraphs or out in self.output_names:
+                return chain
+            gate = readers.get(out, [])[:1]
+            if len(readers.get(out, ())) == 2 and gate[0] in gates and readers[out] == [gate[0], gates[gate[0]]]:
+                chain += [gate[0], gates[gate[0]]]  # a gate of this output: it dies there
+                taken.update(chain[-2:])
+                continue
+            if len(readers.get(out, ())) != 1:
                 return chain
             after = readers[out][0]
             tail = nodes[after]
@@ -483,22 +512,35 @@ class BoundGraph:
             chain.append(after)
             taken.add(after)
 
-    def _step(self, chain: list[BoundNode], dead: tuple[str, ...]) -> _Step:
+    def _step(self, group: list[int], gates: dict[int, int], dead: tuple[str, ...]) -> _Step:
+        chain = [self.nodes[i] for i in group]
         head = chain[0]
         kernel: Callable[..., Any] | None = head.kernel
         if kernel is None and not head.subgraphs:
             kernel = functools.partial(head.impl.function, **head._kwargs) if head._kwargs else head.impl.function
         first = head.inputs[0] if head.inputs else ""
         inplace = head.impl.inplace
+        if group[0] in gates:  # the gated form over the input (a copy of it unless it dies here)
+            inplace = _gated_form(head)
+            kernel = _over_copy(inplace)
         if inplace is None or head.subgraphs or not first or first not in dead or first in head.inputs[1:]:
             inplace = None
-        elif head._kwargs:
+        elif head._kwargs and group[0] not in gates:
             inplace = functools.partial(inplace, **head._kwargs)
         inputs = head.inputs[: head._arity]
         tails = chain[1:]
-        if tails:
+        links = group[2:] if group[0] in gates else group[1:]
+        if links:
             forms = []
-            for tail in tails:
+            muls = {gates[i] for i in links if i in gates}
+            for i in links:
+                tail = self.nodes[i]
+                if i in muls:
+                    continue
+                if i in gates:
+                    gated = _gated_form(tail)
+                    forms.append((_over_copy(gated), gated, 0))
+                    continue
                 tail_kernel = tail.kernel or functools.partial(tail.impl.function, **tail._kwargs)
                 assert tail.impl.inplace is not None
                 forms.append((tail_kernel, functools.partial(tail.impl.inplace, **tail._kwargs),
@@ -665,6 +707,20 @@ def _chained(head: Callable[..., Any], arity: int,
         return result
 
     return chained
+
+
+def _gated_form(bound: BoundNode) -> Callable[..., Any]:
+    """The node's gated form (see ``OpSet.op``) with its attributes bound."""
+    assert bound.impl.gated is not None
+    return functools.partial(bound.impl.gated, **bound._kwargs)
+
+
+def _over_copy(form: Callable[..., Any]) -> Callable[[Any], Any]:
+    """A unary form that writes over its argument, run on a copy of it (in its memory layout)."""
+    def over_copy(x: Any) -> Any:
+        return form(np.copy(x, order="K") if isinstance(x, np.ndarray) else x)
+
+    return over_copy
 
 
 def _sole_base(base: Any) -> bool:

@@ -51,6 +51,8 @@ class OpImpl:
     prepare: Preparer | None = None
     #: the implementation's form that may write its result over its first input (see ``OpSet.op``)
     inplace: Callable[..., Any] | None = None
+    #: a unary op's gate form: its input times its result, written over its input (see ``OpSet.op``)
+    gated: Callable[..., Any] | None = None
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -74,6 +76,7 @@ class OpDefinition:
     validate: Validator | None = None
     prepare: Preparer | None = None
     inplace: Callable[..., Any] | None = None
+    gated: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -102,6 +105,7 @@ class OpSet:
         validate: Validator | None = None,
         prepare: Preparer | None = None,
         inplace: Callable[..., Any] | None = None,
+        gated: Callable[..., Any] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator declaring ``function`` as the numpy implementation of ``op_type``.
 
@@ -111,21 +115,25 @@ class OpSet:
         its result over its first input: the interpreter calls it instead when that input is an
         array no one else holds and no later node reads. It may return a new array when it cannot
         (a result of another shape or dtype).
+        ``gated``, for a unary element-wise op ``f``, is an optional form (same signature) computing
+        ``x * f(x)`` written over ``x``: the interpreter runs it for a node whose result only a ``Mul``
+        by the node's own input reads (Sigmoid then Mul is SiLU), on ``x`` when no one else holds it,
+        else on a copy. Like ``inplace``, it may return a new array when it cannot.
         """
         versions = (since,) if isinstance(since, int) else tuple(since)
 
         def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
             self.definitions.append(
                 OpDefinition(op_type, versions, function, normalize_domain(domain), quantized, replace, validate,
-                             prepare, inplace)
+                             prepare, inplace, gated)
             )
             return function
 
         return decorate
 
     def attach(self, function: Callable[..., Any], *, prepare: Preparer | None = None,
-               inplace: Callable[..., Any] | None = None) -> None:
-        """Give the ops already declared with ``function`` a ``prepare`` or ``inplace`` form (as
+               inplace: Callable[..., Any] | None = None, gated: Callable[..., Any] | None = None) -> None:
+        """Give the ops already declared with ``function`` a ``prepare``, ``inplace`` or ``gated`` form (as
         ``op`` would), from another module of the same plugin.
 
         Raises:
@@ -139,6 +147,8 @@ class OpSet:
                 definition.prepare = prepare
             if inplace is not None:
                 definition.inplace = inplace
+            if gated is not None:
+                definition.gated = gated
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,7 @@ class OpRegistry:
         validate: Validator | None = None,
         prepare: Preparer | None = None,
         inplace: Callable[..., Any] | None = None,
+        gated: Callable[..., Any] | None = None,
     ) -> OpImpl:
         """Register one implementation.
 
@@ -194,14 +205,15 @@ class OpRegistry:
             DuplicateOpError: (not deferred) the key is offered by several providers and neither a
                 pin nor ``replace`` settles which one wins; the registry is left unchanged.
             OpSignatureError: ``function``'s signature breaks the input/attribute contract, or
-                ``inplace``'s differs from it.
+                ``inplace``'s or ``gated``'s differs from it.
         """
         domain = normalize_domain(domain)
-        if inplace is not None and OpSignature.of(inplace) != OpSignature.of(function):
-            raise OpSignatureError(f"{getattr(inplace, '__qualname__', inplace)}: the in-place form of {op_type} must "
-                                   f"take the inputs and attributes of {getattr(function, '__qualname__', function)}")
+        for form, kind in ((inplace, "in-place"), (gated, "gated")):
+            if form is not None and OpSignature.of(form) != OpSignature.of(function):
+                raise OpSignatureError(f"{getattr(form, '__qualname__', form)}: the {kind} form of {op_type} must take "
+                                       f"the inputs and attributes of {getattr(function, '__qualname__', function)}")
         impl = OpImpl(domain, op_type, int(since_version), function, OpSignature.of(function), quantized, provider,
-                      validate, prepare, inplace)
+                      validate, prepare, inplace, gated)
         offer = _Offer(impl, replace)
         if self.deferred:
             self._offers.setdefault(impl.key, []).append(offer)
@@ -288,7 +300,7 @@ class OpRegistry:
                 self.register(
                     d.op_type, version, d.function, domain=d.domain, quantized=d.quantized,
                     replace=d.replace, provider=provider, validate=d.validate, prepare=d.prepare,
-                    inplace=d.inplace,
+                    inplace=d.inplace, gated=d.gated,
                 )
 
     def __iter__(self) -> Iterator[OpImpl]:
