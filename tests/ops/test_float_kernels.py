@@ -189,3 +189,30 @@ def test_max_pool_by_kernel_position_equals_the_window_reduction():
     for layout in (x, _channels_last(x)):
         view = windows(layout, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], pad_value=-np.inf)
         np.testing.assert_array_equal(_tap_maximum(view, 2), view.max(axis=(-2, -1)))
+
+
+@pytest.mark.parametrize("op_type", ["Sigmoid", "HardSigmoid"])
+def test_gated_forms_equal_the_input_times_the_implementation(op_type):
+    impl = _op(op_type)
+    x = RNG.normal(scale=4, size=(2, 3, 5, 7)).astype(np.float32)
+    x[0, 0, 0, :3] = [np.inf, -np.inf, np.nan]
+    for layout in (x, _channels_last(x)):
+        with np.errstate(invalid="ignore"):  # the input times its float32 gate, exactly
+            expected = layout.astype(np.float64) * impl.function(layout).astype(np.float64)
+        got = layout.copy(order="K")
+        with np.errstate(invalid="ignore"):
+            assert impl.gated(got) is got
+        np.testing.assert_allclose(got, expected, rtol=2 * np.finfo(np.float32).eps, atol=1e-37)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 6, 7), (3, 4, 9), (2, 3, 2, 2, 3)])
+def test_global_average_pool_sums_either_layout_accurately(shape):
+    x = RNG.normal(loc=1, size=shape).astype(np.float32)
+    x[0, 0].flat[0] = np.inf
+    pool = _op("GlobalAveragePool").function
+    expected = x.astype(np.float64).mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+    layouts = [x, np.ascontiguousarray(np.moveaxis(x, 1, -1)).transpose(0, -1, *range(1, x.ndim - 1)), x[:, ::-1]]
+    for layout, want in zip(layouts, (expected, expected, expected[:, ::-1])):
+        got = pool(layout)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=4 * np.finfo(np.float32).eps)
