@@ -39,7 +39,26 @@ def relu(x, /):
 
 
 def relu_into(x, /):
+    if x.dtype in _FAST and x.size <= ZEROS_LIMIT:
+        return np.maximum(x, _zeros(x.shape, x.dtype), out=x)
     return np.maximum(x, _scalar(x, 0), out=x)
+
+
+#: arrays up to this size take their maximum with an array of zeros (numpy's loop for a scalar operand
+#: runs at half the speed: 2 us instead of 1 us for 256 x 32 float32)
+ZEROS_LIMIT = 1 << 15
+_ZEROS: dict[tuple[tuple[int, ...], np.dtype], np.ndarray] = {}
+
+
+def _zeros(shape, dtype):
+    """A read-only array of zeros of ``shape`` and ``dtype`` (kept for the next call)."""
+    zeros = _ZEROS.get((shape, dtype))
+    if zeros is None:
+        if len(_ZEROS) >= 64:
+            _ZEROS.clear()
+        zeros = _ZEROS[(shape, dtype)] = np.zeros(shape, dtype)
+        zeros.flags.writeable = False
+    return zeros
 
 
 OPS.attach(relu, inplace=relu_into)
