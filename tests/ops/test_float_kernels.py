@@ -59,6 +59,11 @@ CONVOLUTIONS = [
     ((1, 8, 23, 26), (8, 1, 3, 3), {"group": 8, "dilations": [2, 2], "pads": [2, 1, 2, 3]}),
     ((1, 8, 23, 26), (8, 1, 3, 3), {"group": 8, "strides": [2, 2], "auto_pad": "SAME_LOWER"}),
     ((2, 40, 7, 7), (40, 1, 5, 5), {"group": 40, "pads": [2, 2, 2, 2]}),
+    # depthwise over many channels: sums over a channels-last window view
+    ((2, 64, 9, 10), (64, 1, 3, 3), {"group": 64, "pads": [1, 1, 1, 1]}),
+    ((1, 72, 15, 14), (72, 1, 5, 5), {"group": 72, "pads": [2, 2, 2, 2], "strides": [2, 2]}),
+    ((1, 96, 11, 13), (96, 1, 3, 3), {"group": 96, "dilations": [2, 3], "pads": [2, 0, 1, 3]}),
+    ((1, 80, 8, 9), (80, 1, 3, 2), {"group": 80, "strides": [1, 2], "auto_pad": "SAME_UPPER"}),
     ((1, 6, 10, 10), (12, 1, 3, 3), {"group": 6, "pads": [1, 1, 1, 1]}),
     ((1, 8, 10, 10), (6, 4, 3, 3), {"group": 2}),
 ]
@@ -79,11 +84,12 @@ def test_prepared_convolutions_match_onnxruntime_in_either_layout(x_shape, w_sha
     np.testing.assert_array_equal(layout, x)  # the input is left as it was
 
 
-def test_depthwise_convolution_keeps_infinities_where_they_are_read():
-    x = RNG.uniform(-1, 1, (1, 4, 20, 24)).astype(np.float32)
+@pytest.mark.parametrize("channels", [4, 64])
+def test_depthwise_convolution_keeps_infinities_where_they_are_read(channels):
+    x = RNG.uniform(-1, 1, (1, channels, 20, 24)).astype(np.float32)
     x[0, 1, 5, 7] = np.inf
-    w = RNG.uniform(0.5, 1, (4, 1, 3, 3)).astype(np.float32)
-    kernel, expected = _conv_kernel(x, w, None, {"group": 4, "pads": [1, 1, 1, 1]})
+    w = RNG.uniform(0.5, 1, (channels, 1, 3, 3)).astype(np.float32)
+    kernel, expected = _conv_kernel(x, w, None, {"group": channels, "pads": [1, 1, 1, 1]})
     got = np.ascontiguousarray(kernel(x, w))
     assert np.isinf(got).sum() == 9 and not np.isnan(got).any()
     assert_close(got, expected)

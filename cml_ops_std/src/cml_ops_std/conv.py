@@ -233,6 +233,9 @@ DEPTHWISE_BLOCK = 8
 DEPTHWISE_NARROW = 8
 #: padded input elements a depthwise convolution works on at once (a few channels, in cache)
 DEPTHWISE_BUDGET = 1 << 17
+#: from this many channels on, a depthwise convolution sums its taps over a channels-last window view
+#: (``_depthwise_windows``): numpy's inner loop then runs over the channels, long enough to pay
+DEPTHWISE_WINDOW_CHANNELS = 64
 
 
 def prepare_conv(inputs, attributes):
@@ -240,7 +243,8 @@ def prepare_conv(inputs, attributes):
     convolution whose weight (and bias) are constants; ``None`` otherwise.
 
     The weight is laid out once for the products each kind of convolution makes: pointwise
-    convolutions are one product against the weight matrix, depthwise ones per-channel banded products
+    convolutions are one product against the weight matrix, depthwise ones sums over a channels-last
+    window view when they have many channels (``_depthwise_windows``), else per-channel banded products
     (``_depthwise_banded``) or tap sums (``_depthwise_taps``), the others (group 1) im2col products
     written channels-last (``_conv_channels_last``; many small samples keep ``conv_nd``'s batch-last
     path). Grouped convolutions keep the implementation.
@@ -309,6 +313,8 @@ def prepare_conv(inputs, attributes):
             return generic(x)
         explicit = geometry(x)
         out = output_shape(x.shape[2:], kernel_shape, strides, dilations, explicit)
+        if out_channels >= DEPTHWISE_WINDOW_CHANNELS:
+            return _depthwise_windows(x, taps.reshape(kh, kw, -1), out, strides, dilations, explicit, bias)
         if (out[1] <= DEPTHWISE_NARROW and kw <= 3) or not np.isfinite(x.sum()):
             y = _depthwise_taps(x, taps, (kh, kw), out, strides, dilations, explicit)
         else:
@@ -489,6 +495,24 @@ def _depthwise_banded(x, bands, kernel, out, strides, dilations, pads):
                     np.matmul(read, bands[c0 : c0 + k, i], out=part[:k])
                     target += part[:k]
     return y if blocks * block == out[1] else y[..., : out[1]]
+
+
+def _depthwise_windows(x, weights, out, strides, dilations, pads, bias):
+    """A depthwise convolution as one sum over a window view: the input copied channels-last inside zeros,
+    then ``(N, *out, kh, kw, C)`` windows of it (no copy) contracted with the weights ``(kh, kw, C)`` by
+    ``einsum``, whose inner loop runs along the channels. Returns the NCHW view of the channels-last
+    result."""
+    n, c, h, w = x.shape
+    (kh, kw, _), (sh, sw), (dh, dw) = weights.shape, strides, dilations
+    padded = np.zeros((n, h + pads[0] + pads[2], w + pads[1] + pads[3], c), dtype=x.dtype)
+    padded[:, pads[0] : pads[0] + h, pads[1] : pads[1] + w] = x.transpose(0, 2, 3, 1)
+    ps = tuple(v // x.itemsize for v in padded.strides)
+    windows = _strided(padded, 0, (n, out[0], out[1], kh, kw, c),
+                       (ps[0], sh * ps[1], sw * ps[2], dh * ps[1], dw * ps[2], 1))
+    y = np.einsum("npqijc,ijc->npqc", windows, weights)
+    if bias is not None:
+        y += bias
+    return y.transpose(0, 3, 1, 2)
 
 
 def _depthwise_taps(x, taps, kernel, out, strides, dilations, pads):
