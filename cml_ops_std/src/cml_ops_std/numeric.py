@@ -7,8 +7,9 @@ on integers compose into lookups; the others run only on constants.
 
 from __future__ import annotations
 
+import functools
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_dtypes
@@ -114,10 +115,14 @@ def _take_diagonals(operand: Any, labels: list[Label]) -> tuple[Any, list[Label]
     return operand, labels
 
 
-def integer_einsum(equation: str, operands: Sequence[Any]) -> Any:
+#: a batched matrix product of the operands folded so far and operand ``index``: ``(index, a, b) -> a @ b``
+Product = Callable[[int, Any, Any], Any]
+
+
+def integer_einsum(equation: str, operands: Sequence[Any], product: Product | None = None) -> Any:
     """``np.einsum(equation, *operands)`` built from products, sums, transposes and matrix products
     (what an FHE tracer supports): diagonals by a 0/1 mask, then the operands folded pairwise as
-    batched matrix products."""
+    batched matrix products, each by ``product`` (default ``np.matmul``)."""
     inputs, output = parse_einsum(equation, [len(o.shape) for o in operands])
     sizes = _label_sizes(operands, inputs)
     terms = [_take_diagonals(o, labels) for o, labels in zip(operands, inputs)]
@@ -126,7 +131,8 @@ def integer_einsum(equation: str, operands: Sequence[Any]) -> Any:
         later = set(output) | {label for _, ls in terms[index + 1:] for label in ls}
         result, labels = _sum_unused(result, labels, later | set(other))
         operand, other = _sum_unused(operand, other, later | set(labels))
-        result, labels = _contract(result, labels, operand, other, later, sizes)
+        matmul = functools.partial(product, index) if product is not None else np.matmul
+        result, labels = _contract(result, labels, operand, other, later, sizes, matmul)
     result, labels = _sum_unused(result, labels, set(output))
     order = [labels.index(label) for label in output]
     result = np.transpose(result, order) if order != list(range(len(order))) else result
@@ -142,7 +148,7 @@ def _sum_unused(operand: Any, labels: list[Label], needed: set[Label]) -> tuple[
 
 
 def _contract(a: Any, la: list[Label], b: Any, lb: list[Label], later: set[Label],
-              sizes: dict[Label, int]) -> tuple[Any, list[Label]]:
+              sizes: dict[Label, int], matmul: Callable[[Any, Any], Any]) -> tuple[Any, list[Label]]:
     """The product of two operands summed over their shared labels that nothing later needs."""
     shared = [label for label in la if label in lb]
     batch = [label for label in shared if label in later]
@@ -161,7 +167,7 @@ def _contract(a: Any, la: list[Label], b: Any, lb: list[Label], later: set[Label
     n_left = int(np.prod(a.shape[len(batch):len(batch) + len(left)], dtype=np.int64))
     n_sum = int(np.prod([sizes[label] for label in summed], dtype=np.int64))
     n_right = int(np.prod(b.shape[len(batch) + len(summed):], dtype=np.int64))
-    product = np.matmul(a.reshape((n_batch, n_left, n_sum)), b.reshape((n_batch, n_sum, n_right)))
+    product = matmul(a.reshape((n_batch, n_left, n_sum)), b.reshape((n_batch, n_sum, n_right)))
     shape = tuple(sizes[label] for label in batch) + tuple(a.shape[len(batch):len(batch) + len(left)]) \
         + tuple(b.shape[len(batch) + len(summed):])
     return product.reshape(shape), batch + left + right
@@ -199,7 +205,15 @@ class QuantizedEinsum(LinearOp):
                 raise QuantizationError(f"{self.where}: Einsum needs one scale per operand")
             factors.append(data)
             scale *= float(s)
-        return self.accumulator(ctx, integer_einsum(self.attributes["equation"], factors), scale)
+        encrypted = [value is not None and not value.is_constant for value in inputs]
+        output = self.bound.node.output[0]
+
+        def product(index: int, a: Any, b: Any) -> Any:
+            if any(encrypted[:index]) and encrypted[index]:
+                return ctx.encrypted_matmul(a, b, f"{output} (product {index})")
+            return np.matmul(a, b)
+
+        return self.accumulator(ctx, integer_einsum(self.attributes["equation"], factors, product), scale)
 
 
 @OPS.op("Einsum", since=(12, 28), quantized=QuantizedEinsum)

@@ -99,6 +99,8 @@ class _MatrixProduct(LinearOp):
                 s = np.transpose(s) if np.ndim(s) else s
             factors.append(data)
             scale = scale * (float(s) if np.size(s) == 1 else np.asarray(s))
+        if not (a.is_constant or b.is_constant):
+            return ctx.encrypted_matmul(factors[0], factors[1], self.bound.node.output[0]), scale
         return np.matmul(factors[0], factors[1]), scale
 
     @staticmethod

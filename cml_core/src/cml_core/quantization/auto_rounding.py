@@ -52,7 +52,7 @@ class AutoRounding:
 def too_wide_lookups(qmodule: QuantizedModule) -> list[str]:
     """The single-input lookups (keys of ``qmodule.sites``) needing more than 16 bits."""
     return [key for key, site in qmodule.sites.items()
-            if site.packed_bits is None and site.lookup_bits is not None and site.lookup_bits > MAX_LOOKUP_BITS]
+            if site.roundable and site.lookup_bits is not None and site.lookup_bits > MAX_LOOKUP_BITS]
 
 
 def rounding_requested(qmodule: QuantizedModule) -> bool:

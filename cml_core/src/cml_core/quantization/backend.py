@@ -66,6 +66,44 @@ def multi_lookup(function: Callable[..., NDArray[Any]], *data: Any) -> Any:
     return function(*[np.asarray(d, dtype=np.int64) for d in data])
 
 
+def quarter_square(v: NDArray[Any]) -> NDArray[Any]:
+    """``floor(v * v / 4)``: for integers ``a`` and ``b``, ``a * b`` is ``quarter_square(a + b) -
+    quarter_square(a - b)`` exactly (``a + b`` and ``a - b`` are both even or both odd)."""
+    v = np.asarray(v, dtype=np.int64)
+    return (v * v) >> 2  # type: ignore[no-any-return]
+
+
+def factor_pairs(a: Any, b: Any) -> tuple[Any, Any, tuple[bool, bool]]:
+    """For ``a @ b`` (numpy's broadcasting and 1-D rules): every ``a[..., i, k] + b[..., k, j]`` and
+    every ``a[..., i, k] - b[..., k, j]`` as tensors of shape (..., i, k, j); and whether the
+    product drops the axis numpy adds to a 1-D ``a`` and to a 1-D ``b``."""
+    vector_a, vector_b = len(a.shape) == 1, len(b.shape) == 1
+    a = a.reshape((1, *a.shape)) if vector_a else a
+    b = b.reshape((*b.shape, 1)) if vector_b else b
+    left = a.reshape((*a.shape, 1))
+    right = b.reshape((*b.shape[:-2], 1, *b.shape[-2:]))
+    return left + right, left - right, (vector_a, vector_b)
+
+
+def matmul_by_squares(a: Any, b: Any, sum_offset: int, difference_offset: int) -> Any:
+    """``a @ b`` of two integer tensors as ``sum_k quarter_square(a_ik + b_kj) - quarter_square(a_ik -
+    b_kj)``: two lookups per term, on the sums and differences shifted by the given offsets (a
+    constant that centres their range, taken back by the table). Exact for any integers."""
+    sums, differences, (vector_a, vector_b) = factor_pairs(a, b)
+
+    def shifted(data: Any, offset: int) -> Any:
+        if not offset:
+            return lookup(data, quarter_square)
+        return lookup(data + offset, lambda v: quarter_square(v - offset))
+
+    out = np.sum(shifted(sums, sum_offset) - shifted(differences, difference_offset), axis=-2)
+    if vector_b:
+        out = out.reshape(tuple(out.shape[:-1]))
+    if vector_a:
+        out = out.reshape((*out.shape[:-2], out.shape[-1]))
+    return out
+
+
 def broadcast(data: Any, *shapes: tuple[int, ...]) -> Any:
     """``data`` broadcast to the common shape of itself and ``shapes`` (unchanged when it has it)."""
     target = np.broadcast_shapes(tuple(data.shape), *shapes)

@@ -66,6 +66,13 @@ class LookupSite:
     rounded_high: int = 0
     packed_bits: int | None = None  # multi-input lookups: total bits of the packed inputs
     offset: int = 0  # added to the input before rounding (centres the range), taken back by the table
+    #: a lookup inside an exact computation (an encrypted product's squares): never rounded
+    exact: bool = False
+
+    @property
+    def roundable(self) -> bool:
+        """Whether rounding may be set before this lookup (a one-input lookup outside exact arithmetic)."""
+        return self.packed_bits is None and not self.exact
 
     @property
     def input_bits(self) -> int:
@@ -112,6 +119,7 @@ class _LookupRecord:
     rounding_bits: int | None = None
     rounded: list[int] | None = None  # [low, high] after rounding (rounded lookups only)
     multi: bool = False
+    exact: bool = False
 
 
 class IntegerCalibration:
@@ -190,11 +198,13 @@ class IntegerCalibration:
         raise PendingRange(key)
 
     def record_lookup(self, key: str, node: str, op_type: str, tensor: str, low: int, high: int,
-                      rounding_bits: int | None, rounded: tuple[int, int] | None = None) -> None:
-        """Add one chunk's integer range at a lookup input (and after rounding, if rounded)."""
+                      rounding_bits: int | None, rounded: tuple[int, int] | None = None, exact: bool = False) -> None:
+        """Add one chunk's integer range at a lookup input (and after rounding, if rounded); ``exact``: a
+        lookup that is never rounded (see ``LookupSite.exact``)."""
         record = self._lookups.get(key)
         if record is None:
-            record = self._lookups[key] = _LookupRecord(node, op_type, tensor, [[low, high]], rounding_bits)
+            record = self._lookups[key] = _LookupRecord(node, op_type, tensor, [[low, high]], rounding_bits,
+                                                        exact=exact)
         else:
             _widen(record.ranges[0], low, high)
         if rounded is not None:
@@ -229,7 +239,7 @@ class IntegerCalibration:
                 packed = sum(bits_for_range(lo, hi) for lo, hi in r.ranges)
                 sites[key] = LookupSite(r.node, r.op_type, r.tensor, low, high, packed_bits=packed)
                 continue
-            site = LookupSite(r.node, r.op_type, r.tensor, low, high)
+            site = LookupSite(r.node, r.op_type, r.tensor, low, high, exact=r.exact)
             site.offset = centring_offset(low, high, r.rounding_bits)
             if r.rounding_bits is None:
                 site.rounded_low, site.rounded_high = low + site.offset, high + site.offset
@@ -446,6 +456,34 @@ class QuantContext:
         self.calibration.record_lookup(key, node, op_type, value.name, low, high, bits,
                                        (int(np.min(rounded)), int(np.max(rounded))))
         return backend.lookup(rounded, lambda q: table(q - offset))
+
+    def encrypted_matmul(self, a: Any, b: Any, key: str) -> Any:
+        """``a @ b`` of two encrypted integer tensors, exactly, whatever their signs.
+
+        concrete-python's own product of two encrypted tensors (2.11) gives wrong results, in
+        simulation and in execution alike, when one factor is signed and the other unsigned (softmax
+        probabilities times centred values). This one is built from lookups only: each term ``a * b`` is
+        ``floor((a + b)**2 / 4) - floor((a - b)**2 / 4)``, the same two lookups per term as concrete's,
+        on sums and differences centred by a constant like any lookup's input. Calibration records both
+        lookups (``key`` names them; never rounded); on clear integers the product is ``np.matmul``.
+        """
+        keys = (f"{key} (sums of factors)", f"{key} (differences of factors)")
+        if self.calibrating:
+            assert self.calibration is not None
+            x, y = np.asarray(a), np.asarray(b)
+            x = x[None, :] if x.ndim == 1 else x
+            y = y[:, None] if y.ndim == 1 else y
+            if not (x.size and y.size):
+                return np.matmul(a, b)
+            # per shared index k, the extremes of a[..., i, k] over i and of b[..., k, j] over j
+            a_low, a_high, b_low, b_high = x.min(axis=-2), x.max(axis=-2), y.min(axis=-1), y.max(axis=-1)
+            for name, low, high in ((keys[0], a_low + b_low, a_high + b_high),
+                                    (keys[1], a_low - b_high, a_high - b_low)):
+                self.calibration.record_lookup(name, self.node_name, self.op_type, name, int(np.min(low)),
+                                               int(np.max(high)), None, exact=True)
+        if not (backend.is_traced(a) or backend.is_traced(b)):
+            return np.matmul(a, b)
+        return backend.matmul_by_squares(a, b, self.sites[keys[0]].offset, self.sites[keys[1]].offset)
 
     def record_multi_lookup(self, tensor: str, data: list[Any]) -> None:
         """Record a lookup on several packed integer inputs (calibration only)."""

@@ -401,7 +401,7 @@ class QuantizedModule:
     def rounding_bits(self) -> dict[str, int | None]:
         """Per rounded lookup (keyed by its tensor): the bits kept before the lookup (None: not rounded)."""
         return {key: (site.lookup_bits if site.lsbs_removed else None)
-                for key, site in self.sites.items() if site.packed_bits is None}
+                for key, site in self.sites.items() if site.roundable}
 
     def set_rounding(self, bits: int | None | dict[str, int | None], method: str | None = None) -> QuantizedModule:
         """Change the rounding before lookups and recalibrate the integer ranges; drops any circuit.
@@ -409,14 +409,14 @@ class QuantizedModule:
         ``bits`` is one value for every lookup or a dict keyed by lookup tensor or node name (the
         keys of ``rounding_bits()``, or the ``node`` column of ``bitwidth_report()``) that
         overrides the current setting for those lookups; ``None`` means no rounding. ``method``
-        is ``"exact"`` or ``"approximate"`` (default: unchanged). Multi-input lookups are never
-        rounded. The float calibration ranges stay; the integer pass over the calibration data
+        is ``"exact"`` or ``"approximate"`` (default: unchanged). Multi-input lookups and the lookups inside a product of
+        two encrypted tensors are never rounded. The float calibration ranges stay; the integer pass over the calibration data
         runs again, since rounding one lookup moves the ranges of everything after it.
 
         Raises:
             QuantizationError: an unknown key, a bit count below 1, or an unknown method.
         """
-        sites = {k: s for k, s in self.sites.items() if s.packed_bits is None}
+        sites = {k: s for k, s in self.sites.items() if s.roundable}
         by_node = {s.node: k for k, s in sites.items()}
         wanted = bits if isinstance(bits, dict) else {}
         unknown = sorted(k for k in wanted if k not in sites and k not in by_node)
