@@ -112,6 +112,20 @@ def test_prepared_gemm_bias_rows_and_columns(batch):
                 assert_close(module(a), expected, what=f"Gemm {c.shape} {attributes}", atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+def test_a_few_rows_against_a_large_constant_matrix(rows):
+    a = RNG.normal(size=(rows, 300)).astype(np.float32)
+    b = RNG.normal(size=(300, 260)).astype(np.float32)  # above LARGE_MATRIX: a row at a time up to FEW_ROWS
+    c = RNG.normal(size=(260,)).astype(np.float32)
+    gemm = make_node_model("Gemm", [a, b.T.copy(), c], {"transB": 1}, opset=13, constant_inputs=(1, 2))
+    matmul = make_node_model("MatMul", [a.reshape(rows, 1, 300), b], opset=13, constant_inputs=(1,))
+    for model, x in ((gemm, a), (matmul, a.reshape(rows, 1, 300))):
+        module = load_model(model)
+        assert module.nodes[0].kernel is not None
+        expected = run_onnxruntime(model, feeds_of(model, [x]))[0]
+        assert_close(module(x), expected, atol=1e-4)
+
+
 def test_matmul_of_a_strided_view_by_a_constant_matrix():
     a = RNG.normal(size=(2, 5, 6, 8)).astype(np.float32)
     b = RNG.normal(size=(8, 3)).astype(np.float32)
