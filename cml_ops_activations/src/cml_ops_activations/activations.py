@@ -39,7 +39,7 @@ def relu(x, /):
 
 
 def relu_into(x, /):
-    if x.dtype in _FAST and x.size <= ZEROS_LIMIT:
+    if x.dtype in _FAST and x.size <= ZEROS_LIMIT and x.flags.c_contiguous:  # zeros laid out like x
         return np.maximum(x, _zeros(x.shape, x.dtype), out=x)
     return np.maximum(x, _scalar(x, 0), out=x)
 
@@ -192,7 +192,7 @@ def _hard_gate(x, alpha, beta, out):
     """``max(0, min(1, alpha * x + beta))`` into ``out`` (which may be ``x``)."""
     np.multiply(x, _scalar(x, alpha), out=out)
     out += _scalar(x, beta)
-    if out.dtype in _FAST and out.size <= ZEROS_LIMIT:  # a chunk: bounds as arrays (see ``relu_into``)
+    if out.dtype in _FAST and out.size <= ZEROS_LIMIT and out.flags.c_contiguous:  # bounds as arrays (relu_into)
         np.maximum(out, _zeros(out.shape, out.dtype), out=out)
         return np.minimum(out, _ones(out.shape, out.dtype), out=out)
     np.maximum(out, _scalar(x, 0), out=out)

@@ -56,6 +56,10 @@ def _pad_like(x, pads, value=0):
 
 
 COLUMN_BUDGET = 1 << 20  # im2col elements built at once: a few samples at a time stay in cache
+#: channels-last im2col elements per product of ``_conv_channels_last``: columns that stay in the CPU's
+#: cache (1 MiB of float32) keep BLAS near its peak (32 output channels of a 3x3 convolution over 32
+#: channels: 123 GFLOP/s on 1024 positions at a time, 92 on 3640, 80 on 131072)
+CHANNELS_LAST_COLUMNS = 1 << 18
 BATCH_LAST_MIN_BATCH = 8  # batch-last makes the batch the innermost axis of every copy: not tiny
 BATCH_LAST_MAX_COLUMNS = 8192  # im2col elements per sample, so a whole batch's columns stay small
 
@@ -366,10 +370,13 @@ def _conv_channels_last(x, by_channel, by_position, bias, kernel, out, strides, 
     k = c * kh * kw
     positions = max(1, COLUMN_BUDGET // 4 // k)  # output positions per product
     if last is not None:
-        positions = max(1, COLUMN_BUDGET // k)  # channels-last columns are cut in large runs: bigger products
+        positions = max(1, CHANNELS_LAST_COLUMNS // k)
         per_sample = out[0] * out[1]
-        samples, rows = (min(n, max(1, positions // per_sample)), out[0]) if per_sample <= positions else \
-            (1, max(1, positions // out[1]))
+        if per_sample <= positions:
+            samples, rows = min(n, max(1, positions // per_sample)), out[0]
+        else:  # bands of rows of one sample, as even as they can be
+            samples, rows = 1, max(1, positions // out[1])
+            rows = -(-out[0] // -(-out[0] // rows))
         h, w = x.shape[2:]
         # a few samples at a time inside zeros (only the interior is written), then their columns: per
         # kernel row one copy of windows over the padded rows (kw * C values each when dw == 1)
