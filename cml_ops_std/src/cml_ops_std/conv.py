@@ -365,9 +365,10 @@ def _pointwise(x, matrix, transposed, bias):
 def _conv_channels_last(x, by_channel, by_position, bias, kernel, out, strides, dilations, pads):
     """A 2-D convolution (group 1) as im2col products written channels-last: each product is
     ``columns (positions, K) @ weight (K, M)``, the orientation BLAS runs fastest when M is small, and its
-    result is a block of rows of the (N, H, W, M) output. Channels-last inputs are read channels-last
-    (a copy per kernel row moves whole runs of ``kw * C`` values), the others channel-first. Returns
-    the NCHW view of the channels-last result."""
+    result is a block of rows of the (N, H, W, M) output. Channels-last inputs are read channels-last:
+    one product per kernel row when the stride down the rows is 1 (``_conv_by_kernel_rows``), else
+    im2col whose copies move whole runs of ``kw * C`` values; the others channel-first. Returns the
+    NCHW view of the channels-last result."""
     n, c = x.shape[:2]
     (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
     m = by_channel.shape[1]
@@ -375,7 +376,9 @@ def _conv_channels_last(x, by_channel, by_position, bias, kernel, out, strides, 
     last = channels_last(x)
     k = c * kh * kw
     positions = max(1, COLUMN_BUDGET // 4 // k)  # output positions per product
-    if last is not None:
+    if last is not None and sh == 1:
+        _conv_by_kernel_rows(last, y, by_position.reshape(kh, kw * c, m), out, sw, dilations, pads)
+    elif last is not None:
         positions = max(1, CHANNELS_LAST_COLUMNS // k)
         per_sample = out[0] * out[1]
         if per_sample <= positions:
@@ -424,6 +427,40 @@ def _conv_channels_last(x, by_channel, by_position, bias, kernel, out, strides, 
     if bias is not None:
         y += bias
     return y.transpose(0, 3, 1, 2)
+
+
+#: output positions per product of ``_conv_by_kernel_rows`` (a few kernel rows' columns stay in cache)
+KERNEL_ROW_POSITIONS = 256
+
+
+def _conv_by_kernel_rows(last, y, weights, out, sw, dilations, pads):
+    """A 2-D convolution of stride 1 down the rows, channels-last (``last`` (N, H, W, C) into ``y``
+    (N, *out, M)), as one product per kernel row: per sample, the padded input is copied once per
+    kernel column into ``expanded`` (Hp, out W, kw, C), whose rows ``o + i * dh`` are then the columns
+    of kernel row ``i`` for output row ``o``, contiguous: ``(positions, kw * C) @ weights[i]``, summed
+    over the kernel rows. ``kw`` copies of the input instead of im2col's ``kh * kw``."""
+    n, h, w, c = last.shape
+    kh, kwc, m = weights.shape
+    kw, dh, dw = kwc // c, dilations[0], dilations[1]
+    rows = max(1, min(out[0], KERNEL_ROW_POSITIONS // out[1]))
+    rows = -(-out[0] // -(-out[0] // rows))  # bands as even as they can be
+    padded = np.zeros((h + pads[0] + pads[2], w + pads[1] + pads[3], c), dtype=last.dtype)
+    expanded = np.empty((padded.shape[0], out[1], kw, c), dtype=last.dtype)
+    part = np.empty((rows * out[1], m), dtype=y.dtype)
+    for sample in range(n):
+        padded[pads[0] : pads[0] + h, pads[1] : pads[1] + w] = last[sample]
+        for j in range(kw):
+            expanded[:, :, j] = padded[:, j * dw : j * dw + (out[1] - 1) * sw + 1 : sw]
+        for r0 in range(0, out[0], rows):
+            r1 = min(out[0], r0 + rows)
+            target = y[sample, r0:r1].reshape(-1, m)
+            for i in range(kh):
+                columns = expanded[r0 + i * dh : r1 + i * dh].reshape(-1, kwc)
+                if i == 0:
+                    np.matmul(columns, weights[0], out=target)
+                else:
+                    np.matmul(columns, weights[i], out=part[: len(target)])
+                    target += part[: len(target)]
 
 
 def _strided(base, offset, shape, strides):
