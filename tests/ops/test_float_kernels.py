@@ -238,3 +238,15 @@ def test_global_average_pool_sums_either_layout_accurately(shape):
         got = pool(layout)
         assert got.dtype == np.float32 and got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=4 * np.finfo(np.float32).eps)
+
+
+def test_depthwise_windows_a_few_samples_at_a_time(monkeypatch):
+    from cml_ops_std import conv
+
+    x = RNG.uniform(-3, 3, (5, 64, 9, 8)).astype(np.float32)
+    w = RNG.uniform(-3, 3, (64, 1, 3, 3)).astype(np.float32)
+    b = RNG.uniform(-3, 3, 64).astype(np.float32)
+    attributes = {"group": 64, "pads": [1, 1, 1, 1], "strides": [2, 1]}
+    kernel, expected = _conv_kernel(x, w, b, attributes)
+    monkeypatch.setattr(conv, "DEPTHWISE_WINDOW_BUDGET", 2 * 11 * 10 * 64)  # two padded samples
+    assert_close(np.ascontiguousarray(kernel(x, w, b)), expected, atol=_summation_bound(x, w, b, attributes))

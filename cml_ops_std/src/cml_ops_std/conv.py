@@ -240,6 +240,8 @@ DEPTHWISE_BUDGET = 1 << 17
 #: from this many channels on, a depthwise convolution sums its taps over a channels-last window view
 #: (``_depthwise_windows``): numpy's inner loop then runs over the channels, long enough to pay
 DEPTHWISE_WINDOW_CHANNELS = 64
+#: padded input elements ``_depthwise_windows`` copies channels-last at once (whole samples, 16 MiB of float32)
+DEPTHWISE_WINDOW_BUDGET = 1 << 22
 
 
 def prepare_conv(inputs, attributes):
@@ -582,12 +584,17 @@ def _depthwise_windows(x, weights, out, strides, dilations, pads, bias):
     result."""
     n, c, h, w = x.shape
     (kh, kw, _), (sh, sw), (dh, dw) = weights.shape, strides, dilations
-    padded = np.zeros((n, h + pads[0] + pads[2], w + pads[1] + pads[3], c), dtype=x.dtype)
-    padded[:, pads[0] : pads[0] + h, pads[1] : pads[1] + w] = x.transpose(0, 2, 3, 1)
+    height, width = h + pads[0] + pads[2], w + pads[1] + pads[3]
+    samples = max(1, min(n, DEPTHWISE_WINDOW_BUDGET // (height * width * c)))  # a bounded copy at a time
+    padded = np.zeros((samples, height, width, c), dtype=x.dtype)  # only the interior is ever written
     ps = tuple(v // x.itemsize for v in padded.strides)
-    windows = _strided(padded, 0, (n, out[0], out[1], kh, kw, c),
-                       (ps[0], sh * ps[1], sw * ps[2], dh * ps[1], dw * ps[2], 1))
-    y = np.einsum("npqijc,ijc->npqc", windows, weights)
+    y = np.empty((n, out[0], out[1], c), dtype=x.dtype)
+    for s0 in range(0, n, samples):
+        k = min(n, s0 + samples) - s0
+        padded[:k, pads[0] : pads[0] + h, pads[1] : pads[1] + w] = x[s0 : s0 + k].transpose(0, 2, 3, 1)
+        windows = _strided(padded, 0, (k, out[0], out[1], kh, kw, c),
+                           (ps[0], sh * ps[1], sw * ps[2], dh * ps[1], dw * ps[2], 1))
+        np.einsum("npqijc,ijc->npqc", windows, weights, out=y[s0 : s0 + k])
     if bias is not None:
         y += bias
     return y.transpose(0, 3, 1, 2)
