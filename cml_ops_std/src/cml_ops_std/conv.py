@@ -305,6 +305,8 @@ def prepare_conv(inputs, attributes):
             out = output_shape(x.shape[2:], kernel_shape, strides, dilations, explicit)
             if x.shape[0] >= BATCH_LAST_MIN_BATCH and x.shape[1] * kh * kw * math.prod(out) <= BATCH_LAST_MAX_COLUMNS:
                 return generic(x)  # many small samples: conv_nd's batch-last products
+            if strides[0] == 1 and x.shape[1] >= KERNEL_ROW_CHANNELS and channels_last(x) is None:
+                x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # for products per kernel row
             return _conv_channels_last(x, by_channel, by_position, bias, (kh, kw), out, strides, dilations, explicit)
 
         return convolution
@@ -461,6 +463,8 @@ def _conv_channel_first(padded, matrix, bias, buffer, kernel, out, strides, dila
 
 #: output positions per product of ``_conv_by_kernel_rows`` (a few kernel rows' columns stay in cache)
 KERNEL_ROW_POSITIONS = 256
+#: an NCHW input of at least this many channels is copied channels-last for ``_conv_by_kernel_rows``
+KERNEL_ROW_CHANNELS = 16
 
 
 def _conv_by_kernel_rows(last, y, weights, out, sw, dilations, pads):
