@@ -370,8 +370,9 @@ def _conv_channels_last(x, by_channel, by_position, bias, kernel, out, strides, 
     """A 2-D convolution (group 1) as im2col products written channels-last: each product is
     ``columns (positions, K) @ weight (K, M)``, the orientation BLAS runs fastest when M is small, and its
     result is a block of rows of the (N, H, W, M) output. Channels-last inputs are read channels-last:
-    one product per kernel row when the stride down the rows is 1 (``_conv_by_kernel_rows``), else
-    im2col whose copies move whole runs of ``kw * C`` values; the others channel-first. Returns the
+    one product per kernel row when the stride down the rows is 1 (``_conv_by_kernel_rows``; for one
+    sample, or samples of at least ``KERNEL_ROW_POSITIONS`` outputs), else im2col products over several
+    samples whose copies move whole runs of ``kw * C`` values; the others channel-first. Returns the
     NCHW view of the channels-last result, or an NCHW result (``_conv_channel_first``)."""
     n, c = x.shape[:2]
     (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
@@ -380,10 +381,12 @@ def _conv_channels_last(x, by_channel, by_position, bias, kernel, out, strides, 
     last = channels_last(x)
     k = c * kh * kw
     positions = max(1, COLUMN_BUDGET // 4 // k)  # output positions per product
-    if last is not None and sh == 1:
+    if last is not None and sh == 1 and (n == 1 or out[0] * out[1] >= KERNEL_ROW_POSITIONS):
         _conv_by_kernel_rows(last, y, by_position.reshape(kh, kw * c, m), out, sw, dilations, pads)
     elif last is not None:
-        positions = max(1, CHANNELS_LAST_COLUMNS // k)
+        # at least SHARED_WEIGHT_POSITIONS: a large weight (512 channels in and out, 9 MiB) is read from
+        # memory once per product, for as many samples as fit (resnet18's last stages at batch 2)
+        positions = max(SHARED_WEIGHT_POSITIONS, CHANNELS_LAST_COLUMNS // k)
         per_sample = out[0] * out[1]
         if per_sample <= positions:
             samples, rows = min(n, max(1, positions // per_sample)), out[0]
@@ -463,6 +466,8 @@ def _conv_channel_first(padded, matrix, bias, buffer, kernel, out, strides, dila
 
 #: output positions per product of ``_conv_by_kernel_rows`` (a few kernel rows' columns stay in cache)
 KERNEL_ROW_POSITIONS = 256
+#: output positions a channels-last im2col product covers at least, whatever its columns' size
+SHARED_WEIGHT_POSITIONS = 512
 #: an NCHW input of at least this many channels is copied channels-last for ``_conv_by_kernel_rows``
 KERNEL_ROW_CHANNELS = 16
 
