@@ -251,3 +251,17 @@ def test_depthwise_windows_a_few_samples_at_a_time(monkeypatch):
     kernel, expected = _conv_kernel(x, w, b, attributes)
     monkeypatch.setattr(conv, "DEPTHWISE_WINDOW_BUDGET", 2 * 11 * 10 * 64)  # two padded samples
     assert_close(np.ascontiguousarray(kernel(x, w, b)), expected, atol=_summation_bound(x, w, b, attributes))
+
+
+@pytest.mark.parametrize("x_shape, slope_shape", [((2, 2), (2, 1)), ((2, 2), (2,)), ((1, 3, 4, 5), (3,)),
+                                                  ((1, 3, 4, 3), (3,)), ((2, 3, 4), (3, 1))])
+@pytest.mark.parametrize("opset", [1, 6])
+def test_legacy_prelu_slope_follows_the_reference_evaluator(x_shape, slope_shape, opset):
+    """Before opset 7 (no onnxruntime kernel), a slope broadcasts as numpy does when it can, else per channel."""
+    from onnx.reference import ReferenceEvaluator
+
+    x = -RNG.uniform(0.5, 1.0, x_shape).astype(np.float32)
+    slope = RNG.uniform(0.0, 1.0, slope_shape).astype(np.float32)
+    model = make_node_model("PRelu", [x, slope], {}, opset=opset, constant_inputs=(1,))
+    expected = ReferenceEvaluator(model).run(None, feeds_of(model, [x, slope]))[0]
+    np.testing.assert_array_equal(load_model(model)(x), expected)

@@ -328,12 +328,17 @@ def prelu(x, slope, /):
 
 
 def _channel_slope(x, slope):
-    """The slope of PRelu before opset 7: one value shared by all, or one per channel (axis 1)
-    when its size is the channel count; otherwise it must broadcast to ``x``."""
+    """The slope of PRelu before opset 7: one value shared by all; numpy's broadcasting when it reaches
+    ``x``'s shape (as onnxruntime and ONNX's reference evaluator read it: a (2, 1) slope of a 2x2 input
+    follows the rows); else one per channel (axis 1) when its size is the channel count."""
     slope = np.asarray(slope)
     if slope.size == 1:
         return slope.reshape(())
-    if x.ndim >= 2 and slope.size == x.shape[1] and slope.shape != x.shape[-slope.ndim:]:
+    try:
+        broadcasts = np.broadcast_shapes(slope.shape, x.shape) == x.shape
+    except ValueError:
+        broadcasts = False
+    if not broadcasts and x.ndim >= 2 and slope.size == x.shape[1]:
         return slope.reshape((-1,) + (1,) * (x.ndim - 2))
     return slope
 
