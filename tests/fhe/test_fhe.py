@@ -265,10 +265,13 @@ def test_choose_p_error_rejects_bad_settings(kwargs):
         choose_p_error(qmodule, x, x, **kwargs)
 
 
-def test_a_residual_stream_read_by_a_layer_norm_and_a_residual_sum_compiles(capsys):
-    """``x + Linear(LayerNorm(x))`` (a transformer block's first half): x feeds the LayerNorm's sums and the
-    residual's two-input lookup. Packed as it is, concrete-python found no parameters for it (NoParametersFound
-    at 4 bits, where every lookup is at most 8 bits); compile retries with the lookup's operands refreshed."""
+@pytest.mark.parametrize("combine", ["gate", "sum"])
+def test_a_residual_stream_read_by_a_layer_norm_and_a_two_input_op_compiles(combine, capsys):
+    """``x * Linear(LayerNorm(x))``: x feeds the LayerNorm's sums and the product's two-input lookup. Packed as
+    it is, concrete-python found no parameters for it (NoParametersFound at 4 bits, where every lookup is at
+    most 8 bits); compile retries with the lookup's operands refreshed. ``x + Linear(LayerNorm(x))`` (a
+    transformer block's first half) had the same trouble; its sum is now carried on x's grid (one lookup of
+    the Linear's output in x's steps, no two-input lookup) and compiles at once."""
     torch = pytest.importorskip("torch")
     import io
     import warnings
@@ -279,7 +282,8 @@ def test_a_residual_stream_read_by_a_layer_norm_and_a_residual_sum_compiles(caps
             self.norm, self.linear = torch.nn.LayerNorm(128), torch.nn.Linear(128, 128)
 
         def forward(self, x):
-            return x + self.linear(self.norm(x))
+            update = self.linear(self.norm(x))
+            return x * update if combine == "gate" else x + update
 
     torch.manual_seed(0)
     x = np.random.default_rng(0).normal(size=(100, 8, 128)).astype(np.float32)
@@ -289,9 +293,13 @@ def test_a_residual_stream_read_by_a_layer_norm_and_a_residual_sum_compiles(caps
         torch.onnx.export(Residual().eval(), (torch.tensor(x[:1]),), buffer, dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     qmodule = load_model(buffer.getvalue()).quantize(x, n_bits=4, rounding_threshold_bits=4)
-    assert any(site.packed_bits is not None for site in qmodule.sites.values())  # the residual's lookup
+    combining = [s for s in qmodule.sites.values() if s.op_type in ("Mul", "Add")]
+    if combine == "gate":
+        assert any(s.packed_bits is not None for s in combining)  # the product's two-input lookup
+    else:
+        assert combining and not any(s.packed_bits is not None for s in combining)  # the Linear's output in x's steps
     qmodule.compile(x, verbose=True)
-    assert "operands refreshed" in capsys.readouterr().err
+    assert ("operands refreshed" in capsys.readouterr().err) == (combine == "gate")
     q = qmodule.quantize_input(x[:5])
     np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
 

@@ -23,6 +23,12 @@ class QuantizedAdd(ElementwiseOp):
     - *on new grids*: each operand is brought by one lookup onto row grids fitted to the sum (``n`` bits and
       the stream's extra bits), in units of each row's step, and the integers are added (two one-input
       lookups, which rounding can narrow).
+
+    Two encrypted tensors of one shape on one grid each (a residual ``x + f(x)`` anywhere, not only over rows)
+    are *carried* too when the sum, counted in one operand's steps, spans at most ``n + 1`` bits: one
+    ``n``-bit lookup of the other operand instead of a two-input lookup on ``2n`` packed bits (12 bits at
+    ``n`` 6, a cost that grows fast with the bits), and no more error than that lookup's output grid, whose
+    step is the whole sum's range over ``2**n`` where the carrier's is at most its own range over ``2**n``.
     """
 
     def encrypted_forward(self, ctx, inputs):
@@ -32,6 +38,8 @@ class QuantizedAdd(ElementwiseOp):
         a, b = inputs[0], inputs[1]
         if way == "new grids":
             return self._on_new_grids(ctx, a, b)
+        if way == "one grid":
+            return self._on_one_grid(ctx, a, b)
         return self._carried(ctx, a, b, int(way[-1]))
 
     def _way(self, ctx, inputs):
@@ -49,19 +57,69 @@ class QuantizedAdd(ElementwiseOp):
             if eligible:
                 values = self.call_numpy([a.float_value(), b.float_value()]) if ctx.calibrating else None
                 on_rows = isinstance(fitted_grid(self, ctx, "sum", values, ROWS, _stream_bits(ctx)), RowQuantizer)
-                carrier = self._carrier(ctx, a, b)
+                carrier = self._carrier(ctx, a, b, _stream_bits(ctx))
                 if carrier is not None and (on_rows or _on_row_grids(affine_form((a, b)[carrier]))):
                     way = f"carried by {carrier}"
                 elif on_rows:
                     way = "new grids"
+            if way is None and self._carried_anywhere(ctx, inputs):
+                carrier = self._carrier(ctx, a, b, ctx.config.op_inputs, "one grid")
+                if carrier is not None and self._errs_no_more(ctx, a, b, carrier):
+                    way = f"carried by {carrier}"
+                elif self._errs_no_more(ctx, a, b, None):
+                    way = "one grid"
             self.state["row sum"] = way
         return self.state["row sum"]
+
+    def _carried_anywhere(self, ctx, inputs):
+        """Whether the sum may be carried by one operand's grid outside the row path: two encrypted operands of
+        one shape from different integers, each on one grid (no per-feature input, no masking values), the
+        output free of a grid the graph states."""
+        out = self.bound.node.output[0]
+        if len(inputs) != 2 or any(v is None or v.is_constant for v in inputs):
+            return False
+        a, b = inputs
+        return (a.data is not b.data and a.shape == b.shape and out not in ctx.floors
+                and out not in ctx.whole_numbers and out not in ctx.stated
+                and not any(v.is_per_feature or v.floor is not None or v.name in ctx.floors
+                            for v in (a, b)))
 
     def _signs(self):
         return (1.0, -1.0) if self.impl.op_type == "Sub" else (1.0, 1.0)
 
-    def _carrier(self, ctx, a, b):
-        """The operand whose grids can carry the sum (see the class docstring), or None."""
+    def _errs_no_more(self, ctx, a, b, index):
+        """Whether the sum carried by operand ``index`` errs on the calibration data (largest error against the
+        sum of the operands' values) no more than the two-input lookup onto the output's grid would: not
+        always so when a carrier's grid is not finer than the output's (a constant operand's one level)."""
+        assert ctx.calibrating, "decided on the first calibration pass"
+        exact = np.asarray(self.call_numpy([a.float_value(), b.float_value()]), np.float64)
+        grid = ctx.quantizer_for(self.bound.node.output[0])
+        if index is None:  # each operand counted in steps of the output's grid, the integers added
+            signs = self._signs()
+            total = sum(_steps(v, grid.scale, sign)(np.asarray(v.data)) for v, sign in zip((a, b), signs))
+            carried = grid.scale * total
+        else:
+            carrier = (a, b)[index]
+            moved = self._carried_integers(a, b, index, affine_form(carrier)[0],
+                                           lambda v, table: table(np.asarray(v.data)))
+            if self._signs()[index] > 0:
+                carried = carrier.to_float(moved)
+            else:
+                carried = -np.asarray(carrier.to_float(-moved), np.float64)
+        # the two-input lookup reads each operand requantized (a lookup of its own unless it is on a grid)
+        requantized = [v.float_value() if v.is_affine else ctx.quantizer_for(v.name).dequant(
+            ctx.quantizer_for(v.name).quant(v.float_value())) for v in (a, b)]
+        looked_up = grid.dequant(grid.quant(np.asarray(self.call_numpy(requantized), np.float64)))
+        errors = (np.max(np.abs(np.asarray(carried, np.float64) - exact), initial=0.0),
+                  np.max(np.abs(looked_up - exact), initial=0.0))
+        way = "one grid" if index is None else f"carried by {index}"
+        carried_error, lookup_error = (ctx.calibrated_range(f"{self.where}:{way} {kind} error@{id(self):x}", 0.0, e)[1]
+                                       for kind, e in zip(("sum", "lookup"), errors))
+        return bool(carried_error <= lookup_error * (1 + 1e-9))
+
+    def _carrier(self, ctx, a, b, bits, kind="rows"):
+        """The operand whose grids can carry the sum in integers spanning at most ``bits + 1`` bits (see the
+        class docstring), or None."""
         spans, pending = [], False
         for index in (0, 1):
             form = affine_form((a, b)[index])
@@ -70,14 +128,14 @@ class QuantizedAdd(ElementwiseOp):
                 continue
             moved = self._carried_integers(a, b, index, form[0], lambda v, table: table(np.asarray(v.data)))
             try:
-                low, high = ctx.calibrated_range(f"{self.where}:carried by {index}@{id(self):x}", int(moved.min()),
-                                                 int(moved.max()))
+                low, high = ctx.calibrated_range(f"{self.where}:{kind} carried by {index}@{id(self):x}",
+                                                 int(moved.min()), int(moved.max()))
                 spans.append(high - low)
             except PendingRange:  # both are recorded on this chunk before the node stops
                 pending = True
         if pending:
             raise PendingRange(self.where)
-        fitting = [i for i, span in enumerate(spans) if span < 2 ** (_stream_bits(ctx) + 1)]
+        fitting = [i for i, span in enumerate(spans) if span < 2 ** (bits + 1)]
         return min(fitting, key=lambda i: spans[i]) if fitting else None
 
     def _carried_integers(self, a, b, index, step, lookup):
@@ -90,6 +148,9 @@ class QuantizedAdd(ElementwiseOp):
         return steps + carrier.data if signs[index] > 0 else steps - carrier.data
 
     def _carried(self, ctx, a, b, index):
+        for value in (a, b):
+            if id(value.data) in ctx.inputs and value.is_affine:
+                ctx.requantize(value)  # a model input's integers read as they are: recorded, nothing computed
         carrier = (a, b)[index]
         data = self._carried_integers(a, b, index, affine_form(carrier)[0],
                                       lambda v, table: ctx.lookup(v, table, key=f"{self.bound.name}:{1 - index}"))
@@ -107,6 +168,17 @@ class QuantizedAdd(ElementwiseOp):
         total = ctx.lookup(a, _steps(a, grid.scale, signs[0]), key=f"{name}:0")
         total = total + ctx.lookup(b, _steps(b, grid.scale, signs[1]), key=f"{name}:1")
         return grid.value(total + grid.zero_point)
+
+
+    def _on_one_grid(self, ctx, a, b):
+        for value in (a, b):
+            if id(value.data) in ctx.inputs and value.is_affine:
+                ctx.requantize(value)  # recorded as read (see _carried)
+        grid = ctx.quantizer_for(self.bound.node.output[0])
+        name, signs = self.bound.name, self._signs()
+        total = ctx.lookup(a, _steps(a, grid.scale, signs[0]), key=f"{name}:0")
+        total = total + ctx.lookup(b, _steps(b, grid.scale, signs[1]), key=f"{name}:1")
+        return QValue.affine(total + grid.zero_point if grid.zero_point else total, grid.scale, grid.zero_point)
 
 
 def _stream_bits(ctx):
