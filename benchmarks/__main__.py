@@ -668,7 +668,7 @@ def compile_section(results: dict[str, Any], baseline: dict[str, Any] | None) ->
     return [
         "## Compile cost",
         "",
-        "Quantization (`n_bits` 6, 6-bit exact rounding, calibrated on the compile set) and compilation, each "
+        "Quantization (the `setting` column, calibrated on the compile set) and compilation, each "
         "model in a fresh process of its own (`benchmarks/compile_cost.py`): `compile_s` the fastest of "
         "two compiles, `peak_mb` the process's peak resident memory (`rss_before_compile_mb`: after loading and "
         "quantizing, concrete-python imported). `loadavg_start`: the machine's 1-minute load when the model's "

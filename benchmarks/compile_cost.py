@@ -6,7 +6,8 @@
 Each model is measured in a fresh Python process of its own (``python -m benchmarks.compile_cost FILE``), so
 that its peak resident memory is its own: the digits CNN, a CIFAR-shaped CNN (3x32x32 input, three conv
 blocks, random weights) and one transformer encoder block (BERT-tiny's width: 128 features, 2 heads, MLP 512,
-8 tokens, random weights). Quantization and compilation are timed apart (concrete-python imported first); the
+8 tokens, random weights; at n_bits 6 with 6-bit rounding, the reference's default, and at n_bits 4 with 4-bit
+rounding). Quantization and compilation are timed apart (concrete-python imported first); the
 compile is repeated and its fastest run kept (a busy machine slows a run, it never speeds one up). A figure more than
 ``REGRESSION`` above the baseline's, measured on the same kind of machine, fails the check: the benchmark exits
 with status 1 and names it.
@@ -34,7 +35,8 @@ BASELINE = "benchmarks-compile-baseline.json"
 REPEATS = 2
 #: seconds a model's process may take (quantization and every compile)
 TIMEOUT = 1200
-#: quantization setting of every model: the reference tool's default (n_bits 6, 6-bit exact rounding)
+#: quantization setting of the models: the reference tool's default (n_bits 6, 6-bit exact rounding), unless a
+#: case names its own
 N_BITS, ROUNDING = 6, 6
 
 
@@ -96,8 +98,13 @@ def digits_cnn() -> tuple[bytes, np.ndarray]:
     return models.cnn(), models.digits()["x_train"].reshape(-1, 1, 8, 8)
 
 
-CASES = {"CNN digits": digits_cnn, "CIFAR CNN 3x32x32": cifar_cnn,
-         "Transformer block (width 128, 2 heads, 8 tokens)": transformer_block}
+BLOCK = "Transformer block (width 128, 2 heads, 8 tokens)"
+#: name -> (model and calibration data, n_bits, rounding bits)
+CASES = {"CNN digits": (digits_cnn, N_BITS, ROUNDING), "CIFAR CNN 3x32x32": (cifar_cnn, N_BITS, ROUNDING),
+         BLOCK: (transformer_block, N_BITS, ROUNDING),
+         # at n_bits 6 its normalizations' and softmax's two-input lookups (12 bits packed) leave concrete-python
+         # no parameters; at 4 bits it compiles
+         f"{BLOCK}, n_bits 4": (transformer_block, 4, 4)}
 
 
 def _rss_mb() -> float:
@@ -109,7 +116,8 @@ def _rss_mb() -> float:
         return float("nan")
 
 
-def measure_one(model_path: Path, data_path: Path, repeats: int) -> dict[str, Any]:
+def measure_one(model_path: Path, data_path: Path, repeats: int, n_bits: int = N_BITS,
+                rounding: int = ROUNDING) -> dict[str, Any]:
     """In this (fresh) process: load, quantize and compile ``repeats`` times; the figures as a dict."""
     from cml_core.fhe import circuit_summary
     from cml_core.fhe.concrete_python import load_concrete
@@ -121,7 +129,7 @@ def measure_one(model_path: Path, data_path: Path, repeats: int) -> dict[str, An
     row: dict[str, Any] = {"rss_start_mb": _rss_mb()}
     start = time.perf_counter()
     module = load_model(model_path.read_bytes())
-    qmodule = module.quantize(x, n_bits=N_BITS, rounding_threshold_bits=ROUNDING)
+    qmodule = module.quantize(x, n_bits=n_bits, rounding_threshold_bits=rounding)
     row["quantize_s"] = time.perf_counter() - start
     row["max_lookup_bits"] = qmodule.bitwidth_report().max_lookup_bits
     row["rss_before_compile_mb"] = _rss_mb()
@@ -141,16 +149,17 @@ def measure_one(model_path: Path, data_path: Path, repeats: int) -> dict[str, An
 def compile_path(repeats: int = REPEATS) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="cml-compile-bench-") as folder:
-        for name, build in CASES.items():
+        for name, (build, n_bits, rounding) in CASES.items():
             model_bytes, x = build()
             model_path, data_path = Path(folder) / "model.onnx", Path(folder) / "x.npy"
             model_path.write_bytes(model_bytes)
             np.save(data_path, x)
-            row: dict[str, Any] = {"model": name, "setting": f"n_bits {N_BITS}, {ROUNDING}-bit exact rounding",
+            row: dict[str, Any] = {"model": name, "setting": f"n_bits {n_bits}, {rounding}-bit exact rounding",
                                    "loadavg_start": os.getloadavg()[0]}
             try:
                 done = subprocess.run([sys.executable, "-m", "benchmarks.compile_cost", str(model_path),
-                                       str(data_path), str(repeats)], capture_output=True, text=True, timeout=TIMEOUT)
+                                       str(data_path), str(repeats), str(n_bits), str(rounding)],
+                                      capture_output=True, text=True, timeout=TIMEOUT)
             except subprocess.TimeoutExpired:
                 row["error"] = f"did not finish within {TIMEOUT} s"
                 row["loadavg_end"] = os.getloadavg()[0]
@@ -209,7 +218,7 @@ def baseline_of(rows: list[dict[str, Any]], machine: dict[str, Any], recorded: s
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure_one(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))))
+    print(json.dumps(measure_one(Path(sys.argv[1]), Path(sys.argv[2]), *(int(a) for a in sys.argv[3:6]))))
     sys.stdout.flush()
     # once concrete's runtime has run, the interpreter's own exit may report 0 whatever the status
     os._exit(0)
