@@ -342,3 +342,30 @@ def test_the_product_of_two_encrypted_tensors_is_exact_whatever_their_signs(shap
         samples, fhe.Configuration(fhe_simulation=True, dump_artifacts_on_unexpected_failures=False))
     for a, b in samples:
         np.testing.assert_array_equal(circuit.simulate(a, b), np.matmul(a, b))
+
+
+def test_a_sum_of_two_accumulators_on_the_output_grid_errs_no_more_and_simulates_like_the_clear_program(monkeypatch):
+    """``x @ w1 + x @ w2``: neither accumulator's steps can carry the sum in ``n + 1`` bits, so each is counted in
+    the output's steps by a one-input lookup and the integers added; no larger error against the float model
+    than the two-input lookup it replaces, and simulation equal to the clear program."""
+    from cml_ops_std.addition import QuantizedAdd
+
+    rng = np.random.default_rng(3)
+    model = _model([helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["x", "w2"], ["b"]),
+                    helper.make_node("Add", ["a", "b"], ["y"])],
+                   {"w1": rng.normal(size=(16, 8)), "w2": rng.normal(size=(16, 8))}, ["n", 16], ["n", 8])
+    x = rng.normal(size=(200, 16)).astype(np.float32)
+    module = load_model(model)
+    expected = module(x)
+    qmodule = module.quantize(x, n_bits=4)
+    assert [op.state.get("row sum") for op in qmodule.ops if "row sum" in op.state] == ["one grid"]
+    assert not any(site.packed_bits for site in qmodule.sites.values())
+    with monkeypatch.context() as patched:
+        patched.setattr(QuantizedAdd, "_carried_anywhere", lambda self, ctx, inputs: False)
+        looked_up = module.quantize(x, n_bits=4)
+        assert any(site.packed_bits for site in looked_up.sites.values())
+        lookup_error = np.abs(looked_up(x) - expected).max()
+    assert np.abs(qmodule(x) - expected).max() <= lookup_error
+    qmodule.compile(x)
+    q = qmodule.quantize_input(x[:20])
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
