@@ -24,11 +24,12 @@ class QuantizedAdd(ElementwiseOp):
       the stream's extra bits), in units of each row's step, and the integers are added (two one-input
       lookups, which rounding can narrow).
 
-    Two encrypted tensors of one shape on one grid each (a residual ``x + f(x)`` anywhere, not only over rows)
-    are *carried* too when the sum, counted in one operand's steps, spans at most ``n + 1`` bits: one
-    ``n``-bit lookup of the other operand instead of a two-input lookup on ``2n`` packed bits (12 bits at
-    ``n`` 6, a cost that grows fast with the bits), and no more error than that lookup's output grid, whose
-    step is the whole sum's range over ``2**n`` where the carrier's is at most its own range over ``2**n``.
+    Any other two encrypted tensors of one shape (a residual ``x + f(x)`` outside the row path) are summed in
+    integers too, whenever that errs no more on the calibration data (largest error against the exact sum) than
+    the two-input lookup onto the output's grid would: *carried* by an operand when the sum, counted in its
+    steps, spans at most ``n + 1`` bits (one lookup of the other operand), else *on one grid*, both operands
+    counted in the output grid's steps (two one-input lookups). Either replaces a lookup on ``2n`` packed bits
+    (12 at ``n`` 6, a cost that grows fast with the bits) by ``n``-bit ones.
     """
 
     def encrypted_forward(self, ctx, inputs):
@@ -148,9 +149,7 @@ class QuantizedAdd(ElementwiseOp):
         return steps + carrier.data if signs[index] > 0 else steps - carrier.data
 
     def _carried(self, ctx, a, b, index):
-        for value in (a, b):
-            if id(value.data) in ctx.inputs and value.is_affine:
-                ctx.requantize(value)  # a model input's integers read as they are: recorded, nothing computed
+        _record_input_reads(ctx, a, b)
         carrier = (a, b)[index]
         data = self._carried_integers(a, b, index, affine_form(carrier)[0],
                                       lambda v, table: ctx.lookup(v, table, key=f"{self.bound.name}:{1 - index}"))
@@ -169,16 +168,20 @@ class QuantizedAdd(ElementwiseOp):
         total = total + ctx.lookup(b, _steps(b, grid.scale, signs[1]), key=f"{name}:1")
         return grid.value(total + grid.zero_point)
 
-
     def _on_one_grid(self, ctx, a, b):
-        for value in (a, b):
-            if id(value.data) in ctx.inputs and value.is_affine:
-                ctx.requantize(value)  # recorded as read (see _carried)
+        _record_input_reads(ctx, a, b)
         grid = ctx.quantizer_for(self.bound.node.output[0])
         name, signs = self.bound.name, self._signs()
         total = ctx.lookup(a, _steps(a, grid.scale, signs[0]), key=f"{name}:0")
         total = total + ctx.lookup(b, _steps(b, grid.scale, signs[1]), key=f"{name}:1")
         return QValue.affine(total + grid.zero_point if grid.zero_point else total, grid.scale, grid.zero_point)
+
+
+def _record_input_reads(ctx, *values):
+    """A model input's integers read as they are by the sum: recorded as such (``requantize`` computes nothing)."""
+    for value in values:
+        if id(value.data) in ctx.inputs and value.is_affine:
+            ctx.requantize(value)
 
 
 def _stream_bits(ctx):
