@@ -163,17 +163,18 @@ class QuantizedAdd(ElementwiseOp):
 
     def _on_new_grids(self, ctx, a, b):
         grid = fitted_grid(self, ctx, "sum", None, ROWS, _stream_bits(ctx))
+        return grid.value(self._counted_in(ctx, a, b, grid.scale) + grid.zero_point)
+
+    def _counted_in(self, ctx, a, b, step):
+        """Both operands counted in ``step``s (a number, or row steps), one lookup each, and added."""
         name, signs = self.bound.name, self._signs()
-        total = ctx.lookup(a, _steps(a, grid.scale, signs[0]), key=f"{name}:0")
-        total = total + ctx.lookup(b, _steps(b, grid.scale, signs[1]), key=f"{name}:1")
-        return grid.value(total + grid.zero_point)
+        total = ctx.lookup(a, _steps(a, step, signs[0]), key=f"{name}:0")
+        return total + ctx.lookup(b, _steps(b, step, signs[1]), key=f"{name}:1")
 
     def _on_one_grid(self, ctx, a, b):
         _record_input_reads(ctx, a, b)
         grid = ctx.quantizer_for(self.bound.node.output[0])
-        name, signs = self.bound.name, self._signs()
-        total = ctx.lookup(a, _steps(a, grid.scale, signs[0]), key=f"{name}:0")
-        total = total + ctx.lookup(b, _steps(b, grid.scale, signs[1]), key=f"{name}:1")
+        total = self._counted_in(ctx, a, b, grid.scale)
         return QValue.affine(total + grid.zero_point if grid.zero_point else total, grid.scale, grid.zero_point)
 
 
