@@ -369,3 +369,39 @@ def test_a_sum_of_two_accumulators_on_the_output_grid_errs_no_more_and_simulates
     qmodule.compile(x)
     q = qmodule.quantize_input(x[:20])
     np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
+
+
+@pytest.mark.parametrize("case", ["softmax", pytest.param("masked softmax", marks=pytest.mark.slow),  # 4-5 minutes
+                                  "layer normalization"])
+def test_one_input_softmax_and_integer_normalization_simulate_like_the_clear_program(case):
+    """A softmax's one-input lookup of shifted integers, and a normalization's product of deviations by
+    normalizers made from sums and differences, compile and simulate what the clear program computes."""
+    from ..quantization.test_one_input_products import _attention, _normalization, _packed
+
+    if case == "layer normalization":
+        module, x = _normalization(tokens=4, features=16)
+        op_type, settings = "LayerNormalization", {"n_bits": 6, "rounding_threshold_bits": 6}
+    else:
+        mask = [0.0, -np.inf, 0.0, 0.0] if case == "masked softmax" else None
+        module, x = _attention(tokens=4, features=8, mask=mask)
+        op_type, settings = "Softmax", {"n_bits": 6, "rounding_threshold_bits": 6}
+    qmodule = module.quantize(x[:100], **settings)
+    assert not _packed(qmodule, op_type) and any(s.exact for s in qmodule.sites.values() if s.op_type == op_type)
+    qmodule.compile(x[:100])
+    q = qmodule.quantize_input(x[100:120])
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
+
+
+@pytest.mark.slow
+def test_a_transformer_block_compiles_at_the_reference_default_and_simulates_like_the_clear_program():
+    """The compile benchmark's block (LayerNorm, 2-head attention, residual, LayerNorm, MLP 128-512-128,
+    residual; 8 tokens) at n_bits 6 with 6-bit rounding: no two-input lookup left, so concrete-python finds
+    parameters (it found none while its normalizations and softmax were 12-bit two-input lookups)."""
+    from benchmarks.compile_cost import transformer_block
+
+    data, x = transformer_block()
+    qmodule = load_model(data).quantize(x, n_bits=6, rounding_threshold_bits=6)
+    assert not any(site.packed_bits for site in qmodule.sites.values())
+    qmodule.compile(x)
+    q = qmodule.quantize_input(x[:4])
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))

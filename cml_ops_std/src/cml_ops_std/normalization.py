@@ -3,6 +3,8 @@
 import numpy as np
 from cml_core.errors import QuantizationError
 from cml_core.quantization import QuantizedOp, QValue, backend
+from cml_core.quantization.context import PendingRange, bits_for_range, centring_offset
+from cml_core.quantization.quantizers import UniformQuantizer
 from cml_core.quantization.rows import STREAM_EXTRA_BITS, RowQuantizer, affine_form, fitted_grid, row_axes
 
 from ._opset import OPS
@@ -191,6 +193,8 @@ class QuantizedNormalization(QuantizedOp):
     #: ... and reaches this far beyond the smallest and the largest calibrated variance (a factor 2 in
     #: standard deviation)
     LOG_VARIANCE_MARGIN = float(np.log(4.0))
+    #: a normalizer multiplied in integers (see ``_normalizer_way``) has at most this many bits beyond ``n``
+    MAX_NORMALIZER_EXTRA_BITS = 2
 
     def axes(self, shape):
         raise NotImplementedError
@@ -267,21 +271,78 @@ class QuantizedNormalization(QuantizedOp):
                 varying = np.append(varying, [varying.min() - self.LOG_VARIANCE_MARGIN,
                                               varying.max() + self.LOG_VARIANCE_MARGIN])
         log_q = self.fitted_quantizer(ctx, "log_variance", varying, min_span=self.MIN_LOG_VARIANCE_SPAN)
-        code = ctx.requantize_to(QValue.lazy(total, log_variance, np.size(epsilon_units) == 1, name=f"{name}:variance"),
-                                 log_q, key=f"{name}:variance")
 
         def table_floats(d, c):
             return (np.asarray(d, np.float64) - zero_point) * np.exp(-0.5 * log_q.dequant(c))
 
+        uniform = np.size(epsilon_units) == 1
+        if "normalizer" not in self.state:  # decided on calibration, kept for every later pass
+            self.state["normalizer"] = self._normalizer_way(ctx, dev, zero_point, total, log_variance, table_floats,
+                                                            log_q, varying)
+        bits = self.state["normalizer"]
+        if bits is not None:  # the normalizer on a grid of its own, the product in integers
+            r_q = self.fitted_quantizer(ctx, f"normalizer {bits}", None)
+            r = ctx.requantize_to(QValue.lazy(total, lambda t: np.exp(-0.5 * log_variance(t)), uniform,
+                                              name=f"{name}:normalizer"), r_q, key=f"{name}:normalizer")
+            product = ctx.encrypted_multiply(dev - zero_point, r - r_q.zero_point, key=f"{name}:normalized")
+            return product, UniformQuantizer(2 * ctx.config.op_inputs, r_q.scale, 0, is_signed=True)
+        code = ctx.requantize_to(QValue.lazy(total, log_variance, uniform, name=f"{name}:variance"),
+                                 log_q, key=f"{name}:variance")
+
         def table(d, c):
             return out_q.quant(table_floats(d, c))
 
-        normalized = table_floats(dev, code) if ctx.calibrating else None
-        out_q = self.fitted_quantizer(ctx, "normalized", normalized)
+        out_q = self.fitted_quantizer(ctx, "normalized", table_floats(dev, code) if ctx.calibrating else None)
         operands = [dev, backend.broadcast(code, tuple(dev.shape))]
         data = backend.multi_lookup(table, *operands)
         ctx.record_multi_lookup(self.bound.node.output[0], operands)
         return data, out_q
+
+    def _normalizer_way(self, ctx, dev, zero_point, total, log_variance, table_floats, log_q, varying):
+        """``None`` (the two-input lookup) or the bits of the normalizer's grid for a product: how step 5
+        (class docstring) multiplies each deviation by its row's normalizer.
+
+        The two-input lookup of (``dev``, code) runs on their bits packed (``2 * n``) and is never rounded.
+        With rounding configured below that, the product may instead be made exactly from two lookups of
+        sums and differences (``QuantContext.encrypted_multiply``) of ``dev`` and the row's normalizer on a
+        grid of its own, and left to the next lookup, which rounds it like any other input. The grid has
+        the fewest bits from ``n`` to ``n + MAX_NORMALIZER_EXTRA_BITS`` with which that errs on the
+        calibration data (largest error against ``dev`` times its row's exact normalizer, the next
+        lookup's rounding included) no more than the two-input lookup; none such: the two-input lookup.
+        """
+        assert ctx.calibrating, "decided on the first calibration pass"
+        rounding = ctx.config.rounding_bits
+        if rounding is None or rounding >= 2 * ctx.config.op_inputs:  # (dev, code) packed
+            return None
+        varying = np.zeros(0) if varying is None else varying
+        centred = np.asarray(dev, np.int64) - zero_point
+        normalizers = np.exp(-0.5 * log_variance(total))
+        exact = centred * normalizers
+        codes = log_q.quant(log_variance(total))
+        out_q = self.fitted_quantizer(ctx, "normalized (two-input, unrounded)", table_floats(dev, codes))
+        two_input = out_q.dequant(out_q.quant(table_floats(dev, codes)))
+        errors = {None: float(np.max(np.abs(two_input - exact), initial=0.0))}
+        for bits in range(ctx.config.op_inputs, ctx.config.op_inputs + self.MAX_NORMALIZER_EXTRA_BITS + 1):
+            r_q = self.fitted_quantizer(ctx, f"normalizer {bits}", np.exp(-0.5 * varying), n_bits=bits)
+            if not r_q.scale > 0:  # no row varies
+                continue
+            product = centred * (r_q.quant(normalizers) - r_q.zero_point)
+            low, high = (int(v) for v in ctx.calibrated_range(f"{self.where}:product {bits}@{id(self):x}",
+                                                               int(product.min()), int(product.max())))
+            offset = centring_offset(low, high, rounding)
+            lsbs = max(0, bits_for_range(low + offset, high + offset) - rounding)
+            read = r_q.scale * (backend.round_bits(product + offset, lsbs) - offset)
+            errors[bits] = float(np.max(np.abs(read - exact), initial=0.0))
+        settled, pending = {}, None
+        for way, error in errors.items():  # every error recorded on this pass, whichever is pending
+            try:
+                settled[way] = ctx.calibrated_range(f"{self.where}:normalizer error {way}@{id(self):x}", 0.0, error)[1]
+            except PendingRange as exc:
+                pending = exc
+        if pending is not None:
+            raise pending
+        return next((bits for bits in settled if bits is not None and settled[bits] <= settled[None] * (1 + 1e-9)),
+                    None)
 
     @staticmethod
     def centered_sum(data, slope, offset, axes, count):

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 from cml_core.quantization import ConstantOnlyOp, QuantizedOp, QValue, backend
+from cml_core.quantization.context import PendingRange, bits_for_range
 from cml_core.quantization.quantizers import MAX_BITS
 
 from cml_core import QuantizationError
@@ -333,32 +334,64 @@ def _softmax(x, axes, log=False, out=None):
 
 
 class QuantizedSoftmax(QuantizedOp):
-    """Softmax / LogSoftmax: exp by a lookup, an integer sum per row, one lookup of the row's sum
-    (to 1 / sum, or log(sum) for LogSoftmax), then one two-input lookup per element of the
-    element's gap to its row's maximum and the row's value."""
+    """Softmax / LogSoftmax: exp by a lookup, an integer sum per row, one lookup of the row's sum,
+    then one lookup per element. Two ways to the element's value, decided on calibration:
+
+    * **shifted** (one-input): the row's ``log(sum)`` as a whole number ``L`` of ``unit = s / 2**k``
+      (``s`` the input's step), and the element's gap to its row's maximum in the same units added to
+      it: ``u = gap * 2**k + L``, an integer on ``n + k`` bits or so, where the element's value is
+      ``exp(-unit * u)`` (``-unit * u`` for LogSoftmax). ``k`` is the smallest that errs on the
+      calibration data (largest error against the softmax of the op's quantized input) no more than
+      the two-input lookup; the lookup of ``u`` is never rounded (its low bits are ``L``'s).
+    * **two-input**: one lookup of (gap, the row's ``1 / sum`` or ``log(sum)`` on ``n`` bits), on
+      their bits packed: when no ``u`` errs as little on fewer bits, and for LogSoftmax of masked
+      elements (their value is the mask's, which no function of ``u`` tells from a far element).
+    """
 
     log = False
     version = 13
     #: a Softmax of the model's final scores runs on the client, on the decrypted scores (see client_tail)
     finishes_on_client = True
+    #: the finest ``unit`` tried is the input's step over ``2 ** MAX_REFINEMENT``
+    MAX_REFINEMENT = 4
 
     def encrypted_forward(self, ctx, inputs):
         source = inputs[0]
         axes = _softmax_axes(np.zeros(source.shape), int(self.attributes.get("axis", -1 if self.version >= 13 else 1)),
                              self.version)
         q, _, gap, total = _group_exponentials(self, ctx, source, axes)
-        scale = q.scale
-        if self.log:
-            q_row, t = _log_of_sum(self, ctx, total)
-        else:
-            # 1 / sum lies in (0, 1]: a uniform step of it bounds every probability's error alike
-            sum_float = total.to_float
-            values = 1 / np.maximum(total.float_value(), 1e-300) if ctx.calibrating else None
-            q_row = self.fitted_quantizer(ctx, "inverse_sum", values)
-            t = ctx.lookup(total, lambda v: q_row.quant(1 / np.maximum(sum_float(v), 1e-300)),
-                           key=f"{self.bound.name}:sum")
         q_out = ctx.quantizer_for(self.bound.node.output[0])
-        log = self.log
+        count = int(np.prod([source.shape[a] for a in axes]))
+        if "refinement" not in self.state:  # decided on calibration, kept for every later pass
+            self.state["refinement"] = self._refinement(ctx, q, gap, total, q_out, count, axes)
+        k = self.state["refinement"]
+        if k is None:
+            return self._two_input(ctx, q, gap, total, q_out)
+        name = self.bound.name
+        unit = q.scale / 2 ** k
+        highest = math.ceil(math.log(max(count, 1)) / unit)  # a row's sum is at most its count
+        sum_float = total.to_float
+        level = ctx.lookup(total, lambda v: _log_units(sum_float(v), unit, highest), key=f"{name}:log_sum")
+        shifted = QValue.lazy(gap * 2 ** k + level, lambda w: -unit * np.asarray(w, np.float64), True,
+                              name=f"{name}:shifted_log")
+        value = self._value_of_shift(unit)
+        data = ctx.lookup(shifted, lambda w: q_out.quant(value(w)), key=self.bound.node.output[0], exact=True)
+        return QValue.quantized(data, q_out)
+
+    def _value_of_shift(self, unit):
+        if self.log:
+            return lambda w: -unit * np.asarray(w, np.float64)
+        return lambda w: np.exp(-unit * np.asarray(w, np.float64))
+
+    def _row_value(self, ctx, total):
+        """The two-input way's quantizer and float of each row's value (``1 / sum``, or ``log(sum)``)."""
+        key, function = ("log_sum", _safe_log) if self.log else ("inverse_sum", lambda t: 1 / np.maximum(t, 1e-300))
+        # 1 / sum lies in (0, 1]: a uniform step of it bounds every probability's error alike
+        return self.fitted_quantizer(ctx, key, function(total.float_value()) if ctx.calibrating else None), function
+
+    def _table(self, q, q_row, q_out):
+        """The two-input way's table of (gap, row integer)."""
+        scale, log = q.scale, self.log
         masked_gap, masking = (None, None) if q.floor is None else q.floor  # see _group_exponentials
 
         def table(g, b):
@@ -372,10 +405,74 @@ class QuantizedSoftmax(QuantizedOp):
                 out = np.where(g >= masked_gap, masking if log else 0.0, out)
             return q_out.quant(out)
 
+        return table
+
+    def _two_input(self, ctx, q, gap, total, q_out):
+        q_row, function = self._row_value(ctx, total)
+        sum_float = total.to_float
+        t = ctx.lookup(total, lambda v: q_row.quant(function(sum_float(v))), key=f"{self.bound.name}:sum")
         operands = [gap, backend.broadcast(t, tuple(gap.shape))]
-        data = backend.multi_lookup(table, *operands)
+        data = backend.multi_lookup(self._table(q, q_row, q_out), *operands)
         ctx.record_multi_lookup(self.bound.node.output[0], operands)
         return QValue.quantized(data, q_out)
+
+    def _refinement(self, ctx, q, gap, total, q_out, count, axes):
+        """``k`` of the shifted way (see the class docstring), or None for the two-input way."""
+        assert ctx.calibrating, "decided on the first calibration pass"
+        masked_gap, masking = (None, None) if q.floor is None else q.floor
+        if masked_gap is not None and self.log:
+            return None
+        scale = q.scale
+        gaps = np.asarray(gap, np.int64)
+        masked = np.zeros(gaps.shape, bool) if masked_gap is None else gaps >= masked_gap
+        # the op on its quantized input: what either way approximates
+        exponentials = np.where(masked, 0.0, np.exp(-scale * gaps))
+        sums = np.sum(exponentials, axis=axes, keepdims=True)
+        with np.errstate(divide="ignore"):
+            exact = np.where(masked, masking, -scale * gaps - np.log(sums)) if self.log else exponentials / sums
+        q_row, function = self._row_value(ctx, total)
+        rows = q_row.quant(function(total.float_value()))
+        two_input = q_out.dequant(self._table(q, q_row, q_out)(gaps, np.broadcast_to(rows, gaps.shape)))
+        found = {None: (np.max(np.abs(two_input - exact), initial=0.0), 0)}
+        for k in range(self.MAX_REFINEMENT + 1):
+            unit = scale / 2 ** k
+            if not unit > 0 or math.log(max(count, 1)) / unit >= 2 ** MAX_BITS:  # a constant input's step
+                continue
+            if masked_gap is not None and q_out.quant(self._value_of_shift(unit)(masked_gap * 2 ** k)) != q_out.quant(0.0):
+                continue  # a masked element would not fall where the table gives a masked one's value
+            highest = math.ceil(math.log(max(count, 1)) / unit)
+            shifted = gaps * 2 ** k + _log_units(total.float_value(), unit, highest)
+            value = q_out.dequant(q_out.quant(self._value_of_shift(unit)(shifted)))
+            found[k] = (np.max(np.abs(value - exact), initial=0.0), int(shifted.max(initial=0)))
+        # over the whole calibration set: every parameter recorded on this pass, whichever is pending
+        settled, pending = {}, None
+        for k, (error, highest) in found.items():
+            try:
+                settled[k] = tuple(ctx.calibrated_range(f"{self.where}:softmax {what} {k}@{id(self):x}", 0.0, v)[1]
+                                   for what, v in (("error", error), ("highest", highest)))
+            except PendingRange as exc:
+                pending = exc
+        try:
+            packed = [ctx.calibrated_range(f"{self.where}:softmax {what}@{id(self):x}", int(v.min()), int(v.max()))
+                      for what, v in (("gaps", gaps), ("rows", rows))]
+        except PendingRange as exc:
+            pending = exc
+        if pending is not None:
+            raise pending
+        packed_bits = sum(bits_for_range(int(low), int(high)) for low, high in packed)
+        for k, (error, highest) in settled.items():
+            if k is not None and bits_for_range(0, int(highest)) < packed_bits and error <= settled[None][0] * (1 + 1e-9):
+                return k
+        return None
+
+
+def _safe_log(t):
+    return np.log(np.maximum(t, 1e-300))
+
+
+def _log_units(sums, unit, highest):
+    """``log(sums)`` as whole numbers of ``unit``, in [0, ``highest``]."""
+    return np.clip(np.round(_safe_log(np.asarray(sums, np.float64)) / unit), 0, highest).astype(np.int64)
 
 
 def _softmax_family(op_type, log):

@@ -66,7 +66,8 @@ class LookupSite:
     rounded_high: int = 0
     packed_bits: int | None = None  # multi-input lookups: total bits of the packed inputs
     offset: int = 0  # added to the input before rounding (centres the range), taken back by the table
-    #: a lookup inside an exact computation (an encrypted product's squares): never rounded
+    #: a lookup whose every input bit counts (an encrypted product's squares, two operands packed in one
+    #: integer): never rounded
     exact: bool = False
 
     @property
@@ -412,14 +413,16 @@ class QuantContext:
 
         return self.lookup(value, table, key=key)
 
-    def lookup(self, value: QValue, table: Callable[[NDArray[Any]], NDArray[Any]], key: str | None = None) -> Any:
+    def lookup(self, value: QValue, table: Callable[[NDArray[Any]], NDArray[Any]], key: str | None = None,
+               exact: bool = False) -> Any:
         """Apply ``table`` (int -> int, element-wise) to ``value.data`` as one lookup.
 
         The calibrated input range is first centred on zero by adding a constant (free on
         encrypted data; the table takes it back), so a lopsided range such as a ReLU input's
         needs no more bits than its width. The input is then rounded to ``rounding_bits`` when
-        configured. Calibration records each lookup under ``key`` (default: the tensor's name);
-        running reuses what was recorded.
+        configured, unless ``exact`` (integers whose every bit counts, such as two operands packed
+        into one: never rounded). Calibration records each lookup under ``key`` (default: the
+        tensor's name); running reuses what was recorded.
         """
         key = key or value.name
         if hasattr(value.to_float, "row_scores"):  # a mapping of whole rows: no table of each integer computes it
@@ -428,7 +431,7 @@ class QuantContext:
                 "client from whole rows of scores (a classifier's label, SOFTMAX probabilities): end the encrypted "
                 "model at the scores, and compute what follows on the client")
         if self.calibrating:
-            return self._calibrate_lookup(value, table, key)
+            return self._calibrate_lookup(value, table, key, exact)
         site = self.sites[key]
         shifted = value.data + site.offset if site.offset else value.data
         rounded = backend.round_bits(shifted, site.lsbs_removed, self.config.rounding_exact)
@@ -437,16 +440,17 @@ class QuantContext:
             return backend.lookup(rounded, table)
         return backend.lookup(rounded, lambda q: table(q - offset))
 
-    def _calibrate_lookup(self, value: QValue, table: Callable[[NDArray[Any]], NDArray[Any]], key: str) -> Any:
+    def _calibrate_lookup(self, value: QValue, table: Callable[[NDArray[Any]], NDArray[Any]], key: str,
+                          exact: bool) -> Any:
         assert self.calibration is not None
         node, op_type = self.producers.get(key, (self.node_name, self.op_type))
         data = np.asarray(value.data)
         low, high = int(data.min()), int(data.max())
-        bits = self.config.rounding_per_lookup.get(key, self.config.rounding_bits)
+        bits = None if exact else self.config.rounding_per_lookup.get(key, self.config.rounding_bits)
         if bits is None:
             # the centring offset is taken back by the table: the result does not depend on it,
             # so it is derived from the whole range once recorded (see IntegerCalibration.sites)
-            self.calibration.record_lookup(key, node, op_type, value.name, low, high, None)
+            self.calibration.record_lookup(key, node, op_type, value.name, low, high, None, exact=exact)
             return backend.lookup(data, table)
         # rounding depends on the whole range: a parameter, settled before anything uses the result
         whole_low, whole_high = (int(v) for v in self.calibration.settled_range(f"lookup:{key}", low, high))
@@ -484,6 +488,17 @@ class QuantContext:
         if not (backend.is_traced(a) or backend.is_traced(b)):
             return np.matmul(a, b)
         return backend.matmul_by_squares(a, b, self.sites[keys[0]].offset, self.sites[keys[1]].offset)
+
+    def encrypted_multiply(self, a: Any, b: Any, key: str) -> Any:
+        """``a * b`` element-wise (numpy's broadcasting) of two encrypted integer tensors, exactly, whatever
+        their signs: ``floor((a + b)**2 / 4) - floor((a - b)**2 / 4)``, two lookups of ``key`` never rounded
+        (see ``encrypted_matmul``)."""
+        def squares(data: Any, kind: str) -> Any:
+            name = f"{key} ({kind} of factors)"
+            return self.lookup(QValue.lazy(data, lambda v: np.asarray(v, np.float64), True, name=name),
+                               backend.quarter_square, key=name, exact=True)
+
+        return squares(a + b, "sums") - squares(a - b, "differences")
 
     def record_multi_lookup(self, tensor: str, data: list[Any]) -> None:
         """Record a lookup on several packed integer inputs (calibration only)."""

@@ -1,0 +1,115 @@
+"""Softmax and LayerNormalization without their two-input lookups, where that errs no more.
+
+A two-input lookup runs on its operands' bits packed (``2 * n``) and is never rounded: at n_bits 6 a
+transformer block's softmax and normalizations each needed 12-bit lookups. Softmax's value is a function of
+one integer when the row's ``log(sum)`` is counted in (a fraction of) the input's steps; a normalization's
+product of each deviation by its row's normalizer is made exactly from two narrower lookups and left to the
+next lookup, which rounds it. Each is chosen only when it errs on the calibration data no more than the
+two-input lookup; these tests compare both against the float model.
+"""
+
+import numpy as np
+import pytest
+from cml_ops_std.normalization import QuantizedNormalization
+from cml_ops_std.reductions import QuantizedSoftmax
+from onnx import TensorProto, helper, numpy_helper
+
+from cml_core import load_model
+
+
+def _model(nodes, in_shape, out_shape, initializers, opset=17):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in initializers.items()])
+    return load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10))
+
+
+def _attention(tokens=8, features=16, seed=0, mask=None, score_std=1.0):
+    """Softmax over scores ``x @ w`` of ``tokens`` positions (standard deviation about ``score_std``; ``mask`` added to
+    them), times values ``x @ v``."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["s"]), helper.make_node("MatMul", ["x", "v"], ["values"])]
+    weights = {"w": rng.normal(0, score_std / np.sqrt(features), (features, tokens)),
+               "v": rng.normal(0, 1 / np.sqrt(features), (features, features))}
+    if mask is not None:
+        nodes.append(helper.make_node("Add", ["s", "m"], ["masked"]))
+        weights["m"] = np.asarray(mask, np.float32)
+    nodes += [helper.make_node("Softmax", ["masked" if mask is not None else "s"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "values"], ["y"])]
+    module = _model(nodes, ["n", tokens, features], ["n", tokens, features], weights)
+    return module, rng.normal(size=(200, tokens, features)).astype(np.float32)
+
+
+def _normalization(tokens=8, features=32, seed=0):
+    """LayerNormalization (scale and bias per feature) of rows of different scales."""
+    rng = np.random.default_rng(seed)
+    module = _model([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)],
+                    ["n", tokens, features], ["n", tokens, features],
+                    {"g": rng.uniform(0.5, 1.5, features), "b": rng.normal(0, 0.1, features)})
+    x = rng.normal(size=(200, tokens, features)) * rng.uniform(0.5, 2.0, (200, tokens, 1))
+    return module, x.astype(np.float32)
+
+
+def _packed(qmodule, op_type):
+    return [site for site in qmodule.sites.values() if site.op_type == op_type and site.packed_bits is not None]
+
+
+@pytest.mark.parametrize("n_bits, rounding", [(6, None), (6, 6), (8, None)])
+def test_softmax_is_a_one_input_lookup_as_accurate_as_the_two_input_one(monkeypatch, n_bits, rounding):
+    module, x = _attention()
+    expected = module(x)
+    qmodule = module.quantize(x, n_bits=n_bits, rounding_threshold_bits=rounding)
+    [softmax] = [op for op in qmodule.ops if "refinement" in op.state]
+    assert softmax.state["refinement"] is not None and not _packed(qmodule, "Softmax")
+    [shifted] = [site for site in qmodule.sites.values() if site.op_type == "Softmax" and site.exact]
+    assert shifted.input_bits < 2 * n_bits and shifted.lsbs_removed == 0
+    monkeypatch.setattr(QuantizedSoftmax, "MAX_REFINEMENT", -1)  # no refinement tried: the two-input lookup
+    two_input = module.quantize(x, n_bits=n_bits, rounding_threshold_bits=rounding)
+    assert len(_packed(two_input, "Softmax")) == 1
+    # chosen on the softmax's own largest error; through the product with the values, the mean error of the
+    # two ways differs by the noise of their roundings (within 1% on these data)
+    assert np.abs(qmodule(x) - expected).mean() <= 1.01 * np.abs(two_input(x) - expected).mean()
+
+
+def test_scores_too_coarse_for_a_narrow_shift_keep_the_two_input_lookup():
+    """Scores of standard deviation 3 at n_bits 6: the row's log(sum) in steps fine enough to err as little
+    as the two-input lookup would need about as many bits as it packs."""
+    module, x = _attention(score_std=3.0)
+    qmodule = module.quantize(x, n_bits=6)
+    assert [op.state["refinement"] for op in qmodule.ops if "refinement" in op.state] == [None]
+    assert len(_packed(qmodule, "Softmax")) == 1
+
+
+@pytest.mark.parametrize("n_bits", [4, 6, 8])
+def test_a_masked_key_gets_probability_zero(n_bits):
+    """An attention mask (-inf) on key 2: its probability is exactly 0 in the integer program, so the other
+    queries' outputs do not change when that token's input does (its row of scores and its values do)."""
+    module, x = _attention(tokens=4, features=8, mask=[0.0, 0.0, -np.inf, 0.0])
+    qmodule = module.quantize(x, n_bits=n_bits)
+    changed = x.copy()
+    changed[:, 2] = np.random.default_rng(5).normal(size=changed[:, 2].shape)
+    before, after = (qmodule.quantized_forward(qmodule.quantize_input(v)) for v in (x, changed))
+    others = [0, 1, 3]
+    assert not np.array_equal(before[:, 2], after[:, 2])
+    np.testing.assert_array_equal(before[:, others], after[:, others])
+
+
+def test_layer_normalization_under_rounding_multiplies_in_integers_and_errs_no_more(monkeypatch):
+    module, x = _normalization()
+    expected = module(x)
+    qmodule = module.quantize(x, n_bits=6, rounding_threshold_bits=6)
+    [norm] = [op for op in qmodule.ops if "normalizer" in op.state]
+    assert norm.state["normalizer"] is not None and not _packed(qmodule, "LayerNormalization")
+    products = [site for site in qmodule.sites.values() if site.op_type == "LayerNormalization" and site.exact]
+    assert len(products) == 2 and max(site.input_bits for site in products) < 12
+    monkeypatch.setattr(QuantizedNormalization, "MAX_NORMALIZER_EXTRA_BITS", -1)  # no grid tried: two-input
+    two_input = module.quantize(x, n_bits=6, rounding_threshold_bits=6)
+    assert len(_packed(two_input, "LayerNormalization")) == 1
+    assert np.abs(qmodule(x) - expected).mean() <= np.abs(two_input(x) - expected).mean()
+
+
+def test_layer_normalization_without_rounding_keeps_its_two_input_lookup():
+    """Unrounded, the product's integers would reach the next lookup on ``2 * n`` bits: no gain."""
+    module, x = _normalization()
+    qmodule = module.quantize(x, n_bits=6)
+    assert len(_packed(qmodule, "LayerNormalization")) == 1
