@@ -102,8 +102,7 @@ BLOCK = "Transformer block (width 128, 2 heads, 8 tokens)"
 #: name -> (model and calibration data, n_bits, rounding bits)
 CASES = {"CNN digits": (digits_cnn, N_BITS, ROUNDING), "CIFAR CNN 3x32x32": (cifar_cnn, N_BITS, ROUNDING),
          BLOCK: (transformer_block, N_BITS, ROUNDING),
-         # at n_bits 6 its normalizations' and softmax's two-input lookups (12 bits packed) leave concrete-python
-         # no parameters; at 4 bits it compiles
+         # a second setting: at 4 bits every lookup of the block is at most 4-5 bits wide
          f"{BLOCK}, n_bits 4": (transformer_block, 4, 4)}
 
 

@@ -82,10 +82,13 @@ def test_scores_too_coarse_for_a_narrow_shift_keep_the_two_input_lookup():
 
 @pytest.mark.parametrize("n_bits", [4, 6, 8])
 def test_a_masked_key_gets_probability_zero(n_bits):
-    """An attention mask (-inf) on key 2: its probability is exactly 0 in the integer program, so the other
-    queries' outputs do not change when that token's input does (its row of scores and its values do)."""
+    """An attention mask (-inf) on key 2: its probability is exactly 0 in the integer program (its gap capped,
+    then shifted), so the other queries' outputs do not change when that token's input does (its row of
+    scores and its values do)."""
     module, x = _attention(tokens=4, features=8, mask=[0.0, 0.0, -np.inf, 0.0])
     qmodule = module.quantize(x, n_bits=n_bits)
+    [way] = [op.state["refinement"] for op in qmodule.ops if "refinement" in op.state]
+    assert way is not None and not _packed(qmodule, "Softmax")  # gaps capped, then shifted
     changed = x.copy()
     changed[:, 2] = np.random.default_rng(5).normal(size=changed[:, 2].shape)
     before, after = (qmodule.quantized_forward(qmodule.quantize_input(v)) for v in (x, changed))

@@ -364,24 +364,35 @@ class QuantizedSoftmax(QuantizedOp):
         count = int(np.prod([source.shape[a] for a in axes]))
         if "refinement" not in self.state:  # decided on calibration, kept for every later pass
             self.state["refinement"] = self._refinement(ctx, q, gap, total, q_out, count, axes)
-        k = self.state["refinement"]
-        if k is None:
+        way = self.state["refinement"]
+        if way is None:
             return self._two_input(ctx, q, gap, total, q_out)
+        k, cap = way
         name = self.bound.name
         unit = q.scale / 2 ** k
         highest = math.ceil(math.log(max(count, 1)) / unit)  # a row's sum is at most its count
         sum_float = total.to_float
         level = ctx.lookup(total, lambda v: _log_units(sum_float(v), unit, highest), key=f"{name}:log_sum")
+        if cap is not None:
+            masked_gap = q.floor[0]
+            gap = ctx.lookup(QValue.lazy(gap, lambda g: q.scale * np.asarray(g, np.float64), True, name=f"{name}:gap"),
+                             lambda g: _capped(g, masked_gap, cap), key=f"{name}:capped gap", exact=True)
         shifted = QValue.lazy(gap * 2 ** k + level, lambda w: -unit * np.asarray(w, np.float64), True,
                               name=f"{name}:shifted_log")
-        value = self._value_of_shift(unit)
+        value = self._value_of_shift(unit, None if cap is None else cap * 2 ** k)
         data = ctx.lookup(shifted, lambda w: q_out.quant(value(w)), key=self.bound.node.output[0], exact=True)
         return QValue.quantized(data, q_out)
 
-    def _value_of_shift(self, unit):
+    def _value_of_shift(self, unit, zero_from=None):
+        """The element's value (before ``q_out``) of a shifted integer; 0 from ``zero_from`` on (masked)."""
         if self.log:
             return lambda w: -unit * np.asarray(w, np.float64)
-        return lambda w: np.exp(-unit * np.asarray(w, np.float64))
+
+        def value(w):
+            w = np.asarray(w, np.float64)
+            return np.exp(-unit * w) if zero_from is None else np.where(w >= zero_from, 0.0, np.exp(-unit * w))
+
+        return value
 
     def _row_value(self, ctx, total):
         """The two-input way's quantizer and float of each row's value (``1 / sum``, or ``log(sum)``)."""
@@ -416,8 +427,17 @@ class QuantizedSoftmax(QuantizedOp):
         ctx.record_multi_lookup(self.bound.node.output[0], operands)
         return QValue.quantized(data, q_out)
 
+    def _cap(self, scale, q_out, masked_gap, highest, k):
+        """Where a masked softmax's gaps are capped before the shift (masked ones set to it): the first gap
+        whose probability is 0 whatever the row's sum (every larger one's is too), or else the first gap
+        whose shifted integers lie above every unmasked element's (their gaps are below ``masked_gap``)."""
+        beyond = masked_gap + math.ceil(highest / 2 ** k)
+        gaps = np.arange(beyond + 1)
+        zero = np.flatnonzero(q_out.quant(np.exp(-scale * gaps)) == q_out.quant(0.0))
+        return int(zero[0]) if zero.size else int(beyond)
+
     def _refinement(self, ctx, q, gap, total, q_out, count, axes):
-        """``k`` of the shifted way (see the class docstring), or None for the two-input way."""
+        """``(k, cap)`` of the shifted way (see the class docstring), or None for the two-input way."""
         assert ctx.calibrating, "decided on the first calibration pass"
         masked_gap, masking = (None, None) if q.floor is None else q.floor
         if masked_gap is not None and self.log:
@@ -438,12 +458,15 @@ class QuantizedSoftmax(QuantizedOp):
             unit = scale / 2 ** k
             if not unit > 0 or math.log(max(count, 1)) / unit >= 2 ** MAX_BITS:  # a constant input's step
                 continue
-            if masked_gap is not None and q_out.quant(self._value_of_shift(unit)(masked_gap * 2 ** k)) != q_out.quant(0.0):
-                continue  # a masked element would not fall where the table gives a masked one's value
             highest = math.ceil(math.log(max(count, 1)) / unit)
-            shifted = gaps * 2 ** k + _log_units(total.float_value(), unit, highest)
-            value = q_out.dequant(q_out.quant(self._value_of_shift(unit)(shifted)))
-            found[k] = (np.max(np.abs(value - exact), initial=0.0), int(shifted.max(initial=0)))
+            cap, capped = None, gaps
+            if masked_gap is not None:
+                cap = self._cap(scale, q_out, masked_gap, highest, k)
+                capped = _capped(gaps, masked_gap, cap)
+            shifted = capped * 2 ** k + _log_units(total.float_value(), unit, highest)
+            value = self._value_of_shift(unit, None if cap is None else cap * 2 ** k)
+            found[(k, cap)] = (np.max(np.abs(q_out.dequant(q_out.quant(value(shifted))) - exact), initial=0.0),
+                               int(shifted.max(initial=0)))
         # over the whole calibration set: every parameter recorded on this pass, whichever is pending
         settled, pending = {}, None
         for k, (error, highest) in found.items():
@@ -464,6 +487,12 @@ class QuantizedSoftmax(QuantizedOp):
             if k is not None and bits_for_range(0, int(highest)) < packed_bits and error <= settled[None][0] * (1 + 1e-9):
                 return k
         return None
+
+
+def _capped(gaps, masked_gap, cap):
+    """Gaps to the row's maximum at most ``cap``; a masked element's (``masked_gap`` or more) ``cap``."""
+    gaps = np.asarray(gaps, np.int64)
+    return np.where(gaps >= masked_gap, cap, np.minimum(gaps, cap))
 
 
 def _safe_log(t):
