@@ -3,7 +3,7 @@
 import numpy as np
 from cml_core.errors import QuantizationError
 from cml_core.quantization import QuantizedOp, QValue, backend
-from cml_core.quantization.context import PendingRange, bits_for_range, centring_offset
+from cml_core.quantization.context import bits_for_range, centring_offset
 from cml_core.quantization.quantizers import UniformQuantizer
 from cml_core.quantization.rows import STREAM_EXTRA_BITS, RowQuantizer, affine_form, fitted_grid, row_axes
 
@@ -307,8 +307,8 @@ class QuantizedNormalization(QuantizedOp):
         sums and differences (``QuantContext.encrypted_multiply``) of ``dev`` and the row's normalizer on a
         grid of its own, and left to the next lookup, which rounds it like any other input. The grid has
         the fewest bits from ``n`` to ``n + MAX_NORMALIZER_EXTRA_BITS`` with which that errs on the
-        calibration data (largest error against ``dev`` times its row's exact normalizer, the next
-        lookup's rounding included) no more than the two-input lookup; none such: the two-input lookup.
+        calibration data (largest error against ``dev`` times its row's exact normalizer, the next lookup's
+        rounding included) no more than the two-input lookup; none such: the two-input lookup.
         """
         assert ctx.calibrating, "decided on the first calibration pass"
         rounding = ctx.config.rounding_bits
@@ -321,7 +321,7 @@ class QuantizedNormalization(QuantizedOp):
         codes = log_q.quant(log_variance(total))
         out_q = self.fitted_quantizer(ctx, "normalized (two-input, unrounded)", table_floats(dev, codes))
         two_input = out_q.dequant(out_q.quant(table_floats(dev, codes)))
-        errors = {None: float(np.max(np.abs(two_input - exact), initial=0.0))}
+        errors = {None: two_input - exact}
         for bits in range(ctx.config.op_inputs, ctx.config.op_inputs + self.MAX_NORMALIZER_EXTRA_BITS + 1):
             r_q = self.fitted_quantizer(ctx, f"normalizer {bits}", np.exp(-0.5 * varying), n_bits=bits)
             if not r_q.scale > 0:  # no row varies
@@ -331,17 +331,12 @@ class QuantizedNormalization(QuantizedOp):
                                                                int(product.min()), int(product.max())))
             offset = centring_offset(low, high, rounding)
             lsbs = max(0, bits_for_range(low + offset, high + offset) - rounding)
-            read = r_q.scale * (backend.round_bits(product + offset, lsbs) - offset)
-            errors[bits] = float(np.max(np.abs(read - exact), initial=0.0))
-        settled, pending = {}, None
-        for way, error in errors.items():  # every error recorded on this pass, whichever is pending
-            try:
-                settled[way] = ctx.calibrated_range(f"{self.where}:normalizer error {way}@{id(self):x}", 0.0, error)[1]
-            except PendingRange as exc:
-                pending = exc
-        if pending is not None:
-            raise pending
-        return next((bits for bits in settled if bits is not None and settled[bits] <= settled[None] * (1 + 1e-9)),
+            errors[bits] = r_q.scale * (backend.round_bits(product + offset, lsbs) - offset) - exact
+        settled = ctx.calibrated_errors(f"{self.where}:normalizer error@{id(self):x}", errors)
+        # the largest errors only: the two-input way's own output is requantized again by the next lookup, which
+        # reads the product once (the mean error at the model's output is then lower, tests/quantization/
+        # test_one_input_products.py), where the op's own mean error is a few percent above the two-input one's
+        return next((bits for bits in settled if bits is not None and settled[bits][0] <= settled[None][0] * (1 + 1e-9)),
                     None)
 
     @staticmethod

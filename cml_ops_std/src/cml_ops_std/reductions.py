@@ -341,8 +341,8 @@ class QuantizedSoftmax(QuantizedOp):
       (``s`` the input's step), and the element's gap to its row's maximum in the same units added to
       it: ``u = gap * 2**k + L``, an integer on ``n + k`` bits or so, where the element's value is
       ``exp(-unit * u)`` (``-unit * u`` for LogSoftmax). ``k`` is the smallest that errs on the
-      calibration data (largest error against the softmax of the op's quantized input) no more than
-      the two-input lookup; the lookup of ``u`` is never rounded (its low bits are ``L``'s).
+      calibration data (largest and mean error against the softmax of the op's quantized input) no
+      more than the two-input lookup; the lookup of ``u`` is never rounded (its low bits are ``L``'s).
     * **two-input**: one lookup of (gap, the row's ``1 / sum`` or ``log(sum)`` on ``n`` bits), on
       their bits packed: when no ``u`` errs as little on fewer bits, and for LogSoftmax of masked
       elements (their value is the mask's, which no function of ``u`` tells from a far element).
@@ -453,7 +453,7 @@ class QuantizedSoftmax(QuantizedOp):
         q_row, function = self._row_value(ctx, total)
         rows = q_row.quant(function(total.float_value()))
         two_input = q_out.dequant(self._table(q, q_row, q_out)(gaps, np.broadcast_to(rows, gaps.shape)))
-        found = {None: (np.max(np.abs(two_input - exact), initial=0.0), 0)}
+        errors, highest_of = {None: two_input - exact}, {}
         for k in range(self.MAX_REFINEMENT + 1):
             unit = scale / 2 ** k
             if not unit > 0 or math.log(max(count, 1)) / unit >= 2 ** MAX_BITS:  # a constant input's step
@@ -465,17 +465,17 @@ class QuantizedSoftmax(QuantizedOp):
                 capped = _capped(gaps, masked_gap, cap)
             shifted = capped * 2 ** k + _log_units(total.float_value(), unit, highest)
             value = self._value_of_shift(unit, None if cap is None else cap * 2 ** k)
-            found[(k, cap)] = (np.max(np.abs(q_out.dequant(q_out.quant(value(shifted))) - exact), initial=0.0),
-                               int(shifted.max(initial=0)))
+            errors[(k, cap)] = q_out.dequant(q_out.quant(value(shifted))) - exact
+            highest_of[(k, cap)] = int(shifted.max(initial=0))
         # over the whole calibration set: every parameter recorded on this pass, whichever is pending
-        settled, pending = {}, None
-        for k, (error, highest) in found.items():
-            try:
-                settled[k] = tuple(ctx.calibrated_range(f"{self.where}:softmax {what} {k}@{id(self):x}", 0.0, v)[1]
-                                   for what, v in (("error", error), ("highest", highest)))
-            except PendingRange as exc:
-                pending = exc
+        pending = None
         try:
+            settled = ctx.calibrated_errors(f"{self.where}:softmax error@{id(self):x}", errors)
+        except PendingRange as exc:
+            pending = exc
+        try:
+            highest_of = {way: ctx.calibrated_range(f"{self.where}:softmax highest {way}@{id(self):x}", 0, v)[1]
+                          for way, v in highest_of.items()}
             packed = [ctx.calibrated_range(f"{self.where}:softmax {what}@{id(self):x}", int(v.min()), int(v.max()))
                       for what, v in (("gaps", gaps), ("rows", rows))]
         except PendingRange as exc:
@@ -483,10 +483,13 @@ class QuantizedSoftmax(QuantizedOp):
         if pending is not None:
             raise pending
         packed_bits = sum(bits_for_range(int(low), int(high)) for low, high in packed)
-        for k, (error, highest) in settled.items():
-            if k is not None and bits_for_range(0, int(highest)) < packed_bits and error <= settled[None][0] * (1 + 1e-9):
-                return k
-        return None
+        return next((way for way in highest_of if bits_for_range(0, int(highest_of[way])) < packed_bits
+                     and _errs_no_more(settled[way], settled[None])), None)
+
+
+def _errs_no_more(errors, reference):
+    """Whether (largest, mean) ``errors`` are each no larger than ``reference``'s."""
+    return all(e <= r * (1 + 1e-9) for e, r in zip(errors, reference))
 
 
 def _capped(gaps, masked_gap, cap):

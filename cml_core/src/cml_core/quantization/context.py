@@ -198,6 +198,19 @@ class IntegerCalibration:
         seen[0], seen[1], seen[2] = min(seen[0], low), max(seen[1], high), seen[2] + 1
         raise PendingRange(key)
 
+    def settled_total(self, key: str, amount: float) -> float:
+        """The sum of ``amount`` over the whole calibration set, given its sum on this chunk (a parameter
+        settled like ``settled_range``'s, and raising ``PendingRange`` the same way)."""
+        known = self.settled.get(key)
+        if known is not None:
+            return known[0]
+        if self.n_chunks == 1:
+            self.settled[key] = (amount, amount)
+            return amount
+        seen = self._pending.setdefault(key, [0.0, 0.0, 0])
+        seen[0], seen[1], seen[2] = seen[0] + amount, seen[1] + amount, seen[2] + 1
+        raise PendingRange(key)
+
     def record_lookup(self, key: str, node: str, op_type: str, tensor: str, low: int, high: int,
                       rounding_bits: int | None, rounded: tuple[int, int] | None = None, exact: bool = False) -> None:
         """Add one chunk's integer range at a lookup input (and after rounding, if rounded); ``exact``: a
@@ -324,6 +337,35 @@ class QuantContext:
         """
         assert self.calibration is not None, "calibrated_range is for calibration passes"
         return self.calibration.settled_range(key, low, high)
+
+    def calibrated_errors(self, key: str, errors: dict[Any, Any]) -> dict[Any, tuple[float, float]]:
+        """The largest and the mean absolute value of each array of ``errors`` over the whole calibration set
+        (``key`` names them; see ``calibrated_range``). Each is recorded on this pass before a pending one
+        raises ``PendingRange``."""
+        settled, pending = {}, None
+        for name, error in errors.items():
+            magnitudes = np.abs(np.asarray(error, np.float64))
+            figures = []
+            for what, amount in (("largest", float(np.max(magnitudes, initial=0.0))),
+                                 ("total", float(np.sum(magnitudes))), ("count", float(magnitudes.size))):
+                try:
+                    if what == "largest":
+                        figures.append(self.calibrated_range(f"{key}:{name} {what}", 0.0, amount)[1])
+                    else:
+                        figures.append(self.calibrated_total(f"{key}:{name} {what}", amount))
+                except PendingRange as exc:
+                    pending = exc
+            if pending is None:
+                settled[name] = (figures[0], figures[1] / max(figures[2], 1.0))
+        if pending is not None:
+            raise pending
+        return settled
+
+    def calibrated_total(self, key: str, amount: float) -> float:
+        """The sum of calibration parameter ``key`` over the whole calibration set, given its sum on the current
+        chunk; see ``IntegerCalibration.settled_total``."""
+        assert self.calibration is not None, "calibrated_total is for calibration passes"
+        return self.calibration.settled_total(key, amount)
 
     def release(self, tensor: str) -> None:
         """Drop what this pass keeps for ``tensor`` (its shared requantization) once nothing needs it."""
