@@ -88,3 +88,32 @@ def test_auto_rounding_of_a_regression_scores_r2(digits):
     r2 = 1 - np.sum((qmodule(x).ravel() - expected) ** 2) / np.sum((expected - expected.mean()) ** 2)
     assert choice.metric == "R^2" and choice.agreement == pytest.approx(r2)
     assert choice.agreement >= choice.unrounded_agreement - AUTO_ROUNDING_DROP - 1e-12
+
+
+def test_an_accumulator_centred_into_16_bits_is_still_rounded():
+    """A lopsided accumulator (17 bits as it is, 16 once centred by a constant) feeding a lookup: adding a
+    constant leaves an encrypted value's bit width as it was, so concrete-python sees a 17-bit lookup and
+    refused the circuit at the defaults; automatic rounding counts those bits and rounds it."""
+    from cml_core.quantization.context import bits_for_range
+
+    rng = np.random.default_rng(3)
+    w = np.abs(rng.normal(size=(2, 2))) + 0.5
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["h"]), helper.make_node("Sigmoid", ["h"], ["s"]),
+         helper.make_node("MatMul", ["s", "v"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+        [numpy_helper.from_array(w.astype(np.float32), "w"), numpy_helper.from_array(np.float32([-1.0, 0.5]), "b"),
+         numpy_helper.from_array(np.ones((2, 2), np.float32), "v")])
+    module = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=10))
+    x = rng.uniform(0.2, 1, (100, 2)).astype(np.float32)
+    qmodule = module.quantize(x)  # n_bits 8, no rounding
+    [site] = qmodule.sites.values()
+    assert bits_for_range(site.low, site.high) == 17 and site.lookup_bits == 16
+    assert site.encrypted_bits == 17 and too_wide_lookups(qmodule)
+    with pytest.warns(RoundingWarning):
+        qmodule.compile(x)
+    [site] = qmodule.sites.values()
+    assert site.lsbs_removed > 0 and qmodule.auto_rounding is not None
+    q = qmodule.quantize_input(x[:10])
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))

@@ -116,3 +116,17 @@ def test_layer_normalization_without_rounding_keeps_its_two_input_lookup():
     module, x = _normalization()
     qmodule = module.quantize(x, n_bits=6)
     assert len(_packed(qmodule, "LayerNormalization")) == 1
+
+
+def test_layer_normalization_at_8_bits_never_packs_16_bits(monkeypatch):
+    """At n_bits 8 the two-input lookup would pack 16 bits, which does not compile: the product is made in
+    integers even without rounding (its reader is what automatic rounding narrows), no less accurate here."""
+    module, x = _normalization()
+    expected = module(x)
+    qmodule = module.quantize(x, n_bits=8)
+    assert not _packed(qmodule, "LayerNormalization")
+    assert [op.state["normalizer"] for op in qmodule.ops if "normalizer" in op.state] != [None]
+    monkeypatch.setattr(QuantizedNormalization, "MAX_NORMALIZER_EXTRA_BITS", -1)  # no grid tried: two-input
+    two_input = module.quantize(x, n_bits=8)
+    assert len(_packed(two_input, "LayerNormalization")) == 1
+    assert np.abs(qmodule(x) - expected).mean() <= np.abs(two_input(x) - expected).mean()

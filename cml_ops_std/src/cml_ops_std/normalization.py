@@ -3,7 +3,7 @@
 import numpy as np
 from cml_core.errors import QuantizationError
 from cml_core.quantization import QuantizedOp, QValue, backend
-from cml_core.quantization.context import bits_for_range, centring_offset
+from cml_core.quantization.context import MAX_LOOKUP_BITS, bits_for_range, centring_offset
 from cml_core.quantization.quantizers import UniformQuantizer
 from cml_core.quantization.rows import STREAM_EXTRA_BITS, RowQuantizer, affine_form, fitted_grid, row_axes
 
@@ -303,7 +303,7 @@ class QuantizedNormalization(QuantizedOp):
         (class docstring) multiplies each deviation by its row's normalizer.
 
         The two-input lookup of (``dev``, code) runs on their bits packed (``2 * n``) and is never rounded.
-        With rounding configured below that, the product may instead be made exactly from two lookups of
+        With rounding configured below that, or when it would be 16 bits or more (it would not compile), the product may instead be made exactly from two lookups of
         sums and differences (``QuantContext.encrypted_multiply``) of ``dev`` and the row's normalizer on a
         grid of its own, and left to the next lookup, which rounds it like any other input. The grid has
         the fewest bits from ``n`` to ``n + MAX_NORMALIZER_EXTRA_BITS`` with which that errs on the
@@ -311,8 +311,13 @@ class QuantizedNormalization(QuantizedOp):
         rounding included) no more than the two-input lookup; none such: the two-input lookup.
         """
         assert ctx.calibrating, "decided on the first calibration pass"
-        rounding = ctx.config.rounding_bits
-        if rounding is None or rounding >= 2 * ctx.config.op_inputs:  # (dev, code) packed
+        rounding, packed = ctx.config.rounding_bits, 2 * ctx.config.op_inputs  # (dev, code) packed
+        # a packed lookup of 16 bits or more does not compile: the product then, read by a lookup that rounding
+        # (the user's, or automatic beyond 16 bits) narrows
+        forced = packed >= MAX_LOOKUP_BITS
+        if rounding is None and forced:
+            rounding = MAX_LOOKUP_BITS
+        if rounding is None or rounding >= packed and not forced:
             return None
         varying = np.zeros(0) if varying is None else varying
         centred = np.asarray(dev, np.int64) - zero_point
@@ -336,8 +341,11 @@ class QuantizedNormalization(QuantizedOp):
         # the largest errors only: the two-input way's own output is requantized again by the next lookup, which
         # reads the product once (the mean error at the model's output is then lower, tests/quantization/
         # test_one_input_products.py), where the op's own mean error is a few percent above the two-input one's
-        return next((bits for bits in settled if bits is not None and settled[bits][0] <= settled[None][0] * (1 + 1e-9)),
-                    None)
+        chosen = next((bits for bits in settled if bits is not None and settled[bits][0] <= settled[None][0] * (1 + 1e-9)),
+                      None)
+        if chosen is None and forced:  # the most accurate grid
+            chosen = min((bits for bits in settled if bits is not None), key=lambda b: settled[b], default=None)
+        return chosen
 
     @staticmethod
     def centered_sum(data, slope, offset, axes, count):

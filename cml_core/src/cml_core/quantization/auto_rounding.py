@@ -50,9 +50,10 @@ class AutoRounding:
 
 
 def too_wide_lookups(qmodule: QuantizedModule) -> list[str]:
-    """The single-input lookups (keys of ``qmodule.sites``) needing more than 16 bits."""
+    """The single-input lookups (keys of ``qmodule.sites``) needing more than 16 bits (in concrete-python's count,
+    ``LookupSite.encrypted_bits``)."""
     return [key for key, site in qmodule.sites.items()
-            if site.roundable and site.lookup_bits is not None and site.lookup_bits > MAX_LOOKUP_BITS]
+            if site.roundable and site.lookup_bits is not None and site.encrypted_bits > MAX_LOOKUP_BITS]
 
 
 def rounding_requested(qmodule: QuantizedModule) -> bool:

@@ -82,6 +82,15 @@ class LookupSite:
         return bits_for_range(self.low + self.offset, self.high + self.offset)
 
     @property
+    def encrypted_bits(self) -> int:
+        """Bits concrete-python gives the lookup's input: unrounded, also those of the integers before the centring
+        constant (adding a constant leaves an encrypted value's bit width as it was: an accumulator of 17 bits
+        centred to 16 still makes a 17-bit lookup)."""
+        if self.packed_bits is not None or self.lsbs_removed:
+            return self.lookup_bits
+        return max(self.lookup_bits, bits_for_range(self.low, self.high))
+
+    @property
     def lookup_bits(self) -> int:
         """Bits the lookup itself runs on (after rounding away ``lsbs_removed`` bits)."""
         if not self.lsbs_removed:
