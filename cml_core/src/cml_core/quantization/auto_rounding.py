@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 AUTO_ROUNDING_DROP = 0.01
 #: automatic rounding keeps at least this many bits before a lookup
 AUTO_ROUNDING_MIN_BITS = 2
+#: rounding some lookups may widen others downstream: each pass rounds those found too wide after the last
+AUTO_ROUNDING_PASSES = 6
 
 
 @dataclass
@@ -128,7 +130,7 @@ def choose_automatic_rounding(qmodule: QuantizedModule, inputs: tuple[Any, ...])
         tried[bits] = score(first_output())
         return tried[bits]
 
-    for _ in range(3):  # rounding some lookups may widen others downstream: those get their own pass
+    for _ in range(AUTO_ROUNDING_PASSES):
         low, high = AUTO_ROUNDING_MIN_BITS, MAX_LOOKUP_BITS
         if attempt(high) >= target:
             while low < high:  # the fewest bits reaching the target (agreement grows with the bits kept)
