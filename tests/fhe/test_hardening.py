@@ -38,13 +38,12 @@ def test_failed_compile_writes_nothing_into_the_current_directory(tmp_path, monk
     workdir = tmp_path / "work"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
-    # 16-bit lookups after 8-bit Gemms: cml's check passes, concrete-python gives the lookup input
-    # the accumulator's 17 bits and refuses it
-    qmodule = load_model(FAMILIES["linear+univariate"][0]).quantize(_x("linear+univariate", 40), n_bits=8)
+    # a 12-bit two-input lookup: cml's check passes, concrete-python finds no parameters for it
+    x = _x("encrypted-encrypted", 40)
+    qmodule = load_model(FAMILIES["encrypted-encrypted"][0]).quantize(x, n_bits=6)
     configuration = fhe.Configuration() if own_configuration else None
-    with pytest.raises(CompileError, match=r"wider than the 16 bits.*Widest lookups: .*16 bits.*Ways out: "
-                                           r"round lookups to fewer bits") as info:
-        qmodule.compile(_x("linear+univariate", 40), configuration=configuration)
+    with pytest.raises(CompileError, match=r"NoParametersFound.*Widest lookups: .*12 bits.*Ways out: ") as info:
+        qmodule.compile(x, configuration=configuration)
     assert _cause_is_concretes(info.value)
     assert os.listdir(workdir) == []
     assert qmodule.fhe_circuit is None
@@ -209,14 +208,18 @@ def test_choose_rounding_records_settings_that_do_not_compile_and_keeps_one_that
     def exact_match(out):  # 1 for the float model only: no rounding can reach the target
         return float(np.array_equal(out, reference))
 
-    qmodule = load_model(model).quantize(x, n_bits=8)  # unrounded, the 16-bit lookups do not compile
-    # approximate rounding: 10 bits compile, 11 to 15 find no parameters
+    qmodule = load_model(model).quantize(x, n_bits=8)  # its 17-bit accumulator feeds a 16-bit lookup
+    # approximate rounding: 10 bits compile, 11 to 15 find no parameters; none, the defaults' rounding
     choice = choose_rounding(qmodule, x, x, score=exact_match, max_drop=0.5, method="approximate", min_bits=10,
                              repeats=1)
     failed = [t for t in choice.trials if t.error is not None]
-    assert failed and failed[-1].bits == dict.fromkeys(choice.bits) and np.isnan(failed[-1].score)
+    keys = list(choice.bits)
+    assert [t.bits for t in failed] == [dict.fromkeys(keys, b) for b in range(11, 16)]
+    assert all(np.isnan(t.score) for t in failed)
+    assert [t.bits for t in choice.trials][:6] == [dict.fromkeys(keys, b) for b in range(10, 16)]
+    # the last trial, no rounding asked, compiled as the defaults do: with the lookup rounded automatically
+    assert choice.trials[-1].error is None and choice.trials[-1].bits == qmodule.auto_rounding.bits
     assert choice.bits in [t.bits for t in choice.trials if t.error is None]
-    assert [t.bits for t in choice.trials] == [dict.fromkeys(choice.bits, b) for b in (*range(10, 16), None)]
     assert choice.score < choice.target and "does not compile" in str(choice)
     assert qmodule.rounding_bits() == choice.bits and qmodule.fhe_circuit is not None
 
@@ -317,10 +320,10 @@ def test_an_op_that_mixes_samples_is_named_at_compile_time():
 
 
 def test_choose_rounding_says_when_no_setting_compiles():
-    model, _ = FAMILIES["linear+univariate"]
-    x = _x("linear+univariate", 40)
-    qmodule = load_model(model).quantize(x, n_bits=8)
-    with pytest.raises(CompileError, match=r"choose_rounding: no setting tried compiles \(\{'m': 14\}: .*NoParam"):
+    model, _ = FAMILIES["encrypted-encrypted"]  # its 12-bit two-input lookup cannot be rounded
+    x = _x("encrypted-encrypted", 40)
+    qmodule = load_model(model).quantize(x, n_bits=6)
+    with pytest.raises(CompileError, match=r"choose_rounding: no setting tried compiles \(\{.*\}: .*NoParam"):
         choose_rounding(qmodule, x, x, max_drop=0.0, method="approximate", min_bits=14, repeats=1)
 
 

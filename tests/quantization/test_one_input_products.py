@@ -118,9 +118,9 @@ def test_layer_normalization_without_rounding_keeps_its_two_input_lookup():
     assert len(_packed(qmodule, "LayerNormalization")) == 1
 
 
-def test_layer_normalization_at_8_bits_never_packs_16_bits(monkeypatch):
+def test_layer_normalization_at_8_bits_multiplies_in_integers_where_16_packed_bits_would_not_compile(monkeypatch):
     """At n_bits 8 the two-input lookup would pack 16 bits, which does not compile: the product is made in
-    integers even without rounding (its reader is what automatic rounding narrows), no less accurate here."""
+    integers even without rounding when it errs no more (its reader is what automatic rounding narrows)."""
     module, x = _normalization()
     expected = module(x)
     qmodule = module.quantize(x, n_bits=8)

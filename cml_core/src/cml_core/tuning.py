@@ -110,8 +110,9 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
     each lookup in turn keeps one bit less while the target still holds and the circuit gets
     cheaper. Settings that cannot be compiled (a lookup wider than 16 bits, or no cryptographic
     parameters for lookups that wide) are recorded as failed trials and passed over. ``qmodule`` ends compiled with the
-    choice. When no rounding reaches the target, the lookups are left unrounded, or, if that does
-    not compile, the best-scoring setting that did is kept (the choice's score shows the gap).
+    choice. When no rounding reaches the target, the lookups are left unrounded (those wider than 16 bits
+    rounded as the defaults round them, and the trial records those bits), or, if that does not compile,
+    the best-scoring setting that did is kept (the choice's score shows the gap).
 
     Returns:
         A ``RoundingChoice``: the bits per lookup, its score, the target, and every trial.
@@ -143,7 +144,9 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
             trials.append(failed)
             return failed
         summary = circuit_summary(qmodule.fhe_circuit)
-        result = RoundingTrial(dict(bits), scorer.simulated(1 if exact else repeats), summary["complexity"],
+        # what was compiled: no rounding leaves lookups wider than 16 bits to the defaults' automatic rounding
+        compiled = dict(qmodule.rounding_bits()) if all(v is None for v in bits.values()) else dict(bits)
+        result = RoundingTrial(compiled, scorer.simulated(1 if exact else repeats), summary["complexity"],
                                summary["pbs"])
         trials.append(result)
         return result

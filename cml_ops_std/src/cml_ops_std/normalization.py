@@ -341,11 +341,8 @@ class QuantizedNormalization(QuantizedOp):
         # the largest errors only: the two-input way's own output is requantized again by the next lookup, which
         # reads the product once (the mean error at the model's output is then lower, tests/quantization/
         # test_one_input_products.py), where the op's own mean error is a few percent above the two-input one's
-        chosen = next((bits for bits in settled if bits is not None and settled[bits][0] <= settled[None][0] * (1 + 1e-9)),
-                      None)
-        if chosen is None and forced:  # the most accurate grid
-            chosen = min((bits for bits in settled if bits is not None), key=lambda b: settled[b], default=None)
-        return chosen
+        return next((bits for bits in settled if bits is not None and settled[bits][0] <= settled[None][0] * (1 + 1e-9)),
+                    None)
 
     @staticmethod
     def centered_sum(data, slope, offset, axes, count):
