@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 from cml_core.quantization import ConstantOnlyOp, QuantizedOp, QValue, backend
-from cml_core.quantization.context import MAX_LOOKUP_BITS, PendingRange, bits_for_range
+from cml_core.quantization.context import PendingRange, bits_for_range
 from cml_core.quantization.quantizers import MAX_BITS
 
 from cml_core import QuantizationError
@@ -344,9 +344,8 @@ class QuantizedSoftmax(QuantizedOp):
       calibration data (largest and mean error against the softmax of the op's quantized input) no
       more than the two-input lookup; the lookup of ``u`` is never rounded (its low bits are ``L``'s).
     * **two-input**: one lookup of (gap, the row's ``1 / sum`` or ``log(sum)`` on ``n`` bits), on
-      their bits packed: when no ``u`` errs as little on fewer bits (unless the packed bits reach 16,
-      which does not compile: then the ``u`` of least mean error within 16 bits), and for LogSoftmax of
-      masked elements (their value is the mask's, which no function of ``u`` tells from a far element).
+      their bits packed: when no ``u`` errs as little on fewer bits, and for LogSoftmax of masked
+      elements (their value is the mask's, which no function of ``u`` tells from a far element).
     """
 
     log = False
@@ -484,12 +483,8 @@ class QuantizedSoftmax(QuantizedOp):
         if pending is not None:
             raise pending
         packed_bits = sum(bits_for_range(int(low), int(high)) for low, high in packed)
-        narrower = [way for way in highest_of if bits_for_range(0, int(highest_of[way])) < packed_bits]
-        chosen = next((way for way in narrower if _errs_no_more(settled[way], settled[None])), None)
-        if chosen is None and packed_bits >= MAX_LOOKUP_BITS:  # the two-input lookup would not compile
-            fitting = [way for way in narrower if bits_for_range(0, int(highest_of[way])) <= MAX_LOOKUP_BITS]
-            chosen = min(fitting, key=lambda way: settled[way][::-1], default=None)  # the least mean error
-        return chosen
+        return next((way for way in highest_of if bits_for_range(0, int(highest_of[way])) < packed_bits
+                     and _errs_no_more(settled[way], settled[None])), None)
 
 
 def _errs_no_more(errors, reference):
