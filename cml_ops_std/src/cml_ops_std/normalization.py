@@ -303,22 +303,21 @@ class QuantizedNormalization(QuantizedOp):
         (class docstring) multiplies each deviation by its row's normalizer.
 
         The two-input lookup of (``dev``, code) runs on their bits packed (``2 * n``) and is never rounded.
-        With rounding configured below that, or when it would be 16 bits or more (it would not compile), the product may instead be made exactly from two lookups of
-        sums and differences (``QuantContext.encrypted_multiply``) of ``dev`` and the row's normalizer on a
-        grid of its own, and left to the next lookup, which rounds it like any other input. The grid has
+        With rounding configured below that, or when it would be 16 bits or more (it would not compile), the
+        product may instead be made exactly from two lookups of sums and differences
+        (``QuantContext.encrypted_multiply``) of ``dev`` and the row's normalizer on a grid of its own, and
+        left to the next lookup, which rounds it like any other input. The grid has
         the fewest bits from ``n`` to ``n + MAX_NORMALIZER_EXTRA_BITS`` with which that errs on the
         calibration data (largest error against ``dev`` times its row's exact normalizer, the next lookup's
         rounding included) no more than the two-input lookup; none such: the two-input lookup.
         """
         assert ctx.calibrating, "decided on the first calibration pass"
         rounding, packed = ctx.config.rounding_bits, 2 * ctx.config.op_inputs  # (dev, code) packed
-        # a packed lookup of 16 bits or more does not compile: the product then, read by a lookup that rounding
-        # (the user's, or automatic beyond 16 bits) narrows
-        forced = packed >= MAX_LOOKUP_BITS
-        if rounding is None and forced:
-            rounding = MAX_LOOKUP_BITS
-        if rounding is None or rounding >= packed and not forced:
-            return None
+        if packed < MAX_LOOKUP_BITS and (rounding is None or rounding >= packed):
+            return None  # the two-input lookup compiles, and the product's reader would be no narrower
+        # a packed lookup of 16 bits or more does not compile: the product's reader is rounded, by the user or
+        # automatically (beyond 16 bits)
+        rounding = min(rounding or MAX_LOOKUP_BITS, MAX_LOOKUP_BITS)
         varying = np.zeros(0) if varying is None else varying
         centred = np.asarray(dev, np.int64) - zero_point
         normalizers = np.exp(-0.5 * log_variance(total))
