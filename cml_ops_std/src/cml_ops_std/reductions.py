@@ -370,7 +370,7 @@ class QuantizedSoftmax(QuantizedOp):
         k, cap = way
         name = self.bound.name
         unit = q.scale / 2 ** k
-        highest = math.ceil(math.log(max(count, 1)) / unit)  # a row's sum is at most its count
+        highest = _highest_level(count, unit)
         sum_float = total.to_float
         level = ctx.lookup(total, lambda v: _log_units(sum_float(v), unit, highest), key=f"{name}:log_sum")
         if cap is not None:
@@ -458,7 +458,7 @@ class QuantizedSoftmax(QuantizedOp):
             unit = scale / 2 ** k
             if not unit > 0 or math.log(max(count, 1)) / unit >= 2 ** MAX_BITS:  # a constant input's step
                 continue
-            highest = math.ceil(math.log(max(count, 1)) / unit)
+            highest = _highest_level(count, unit)
             cap, capped = None, gaps
             if masked_gap is not None:
                 cap = self._cap(scale, q_out, masked_gap, highest, k)
@@ -496,6 +496,11 @@ def _capped(gaps, masked_gap, cap):
     """Gaps to the row's maximum at most ``cap``; a masked element's (``masked_gap`` or more) ``cap``."""
     gaps = np.asarray(gaps, np.int64)
     return np.where(gaps >= masked_gap, cap, np.minimum(gaps, cap))
+
+
+def _highest_level(count, unit):
+    """The largest ``log(sum)`` of a row of ``count`` terms in whole ``unit``s: a row's sum is at most its count."""
+    return math.ceil(math.log(max(count, 1)) / unit)
 
 
 def _safe_log(t):
