@@ -66,6 +66,28 @@ def test_no_parameters_found_names_the_widest_lookups_and_the_ways_out():
     load_model(model).quantize(x, n_bits=5).compile(x)
 
 
+def test_no_parameters_for_exact_rounding_of_wide_accumulators_names_approximate_rounding_first():
+    from benchmarks import models as bench
+
+    # the digits CNN at n_bits 8: 19-bit convolution accumulators, whose 6-bit exact rounding clears 13 low bits
+    # with lookups reading the whole accumulator
+    x = bench.digits()["x_train"].reshape(-1, 1, 8, 8)
+    qmodule = load_model(bench.cnn()).quantize(x, n_bits=8, rounding_threshold_bits=6)
+    assert max(a.bits for a in qmodule.accumulators.values()) > 16
+    with pytest.raises(CompileError) as info:
+        qmodule.compile(x)
+    message = str(info.value)
+    assert "NoParametersFound" in message and "accumulators of up to 19 bits" in message
+    ways = message.split("Ways out: ")[1]
+    assert ways.startswith("approximate rounding ({'n_bits': 6, 'method': 'approximate'}")
+    assert "rounding_threshold_bits=4" not in message  # keeping fewer bits would add lookups at the full width
+    # the way it names first compiles, and the circuit's simulation follows the clear program
+    qmodule.set_rounding(6, "approximate")
+    qmodule.compile(x)
+    clear, simulated = qmodule(x[:100]), qmodule.forward(x[:100], fhe="simulate")
+    assert np.mean(clear.argmax(1) == simulated.argmax(1)) >= 0.9
+
+
 # -- 2. no folders left in the temporary directory ----------------------------------------------
 
 SCRIPT = """

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from ..errors import CmlError, CompileError
 from ..quantization.backend import refreshed_operands
+from ..quantization.context import MAX_LOOKUP_BITS
 from .concrete_python import enable_runtime, forked_configuration, load_concrete
 from .program import CircuitProgram
 
@@ -188,11 +189,21 @@ def compile_failure(qmodule: QuantizedModule, exc: BaseException, p_error: float
     settings = (f"n_bits {c.model_inputs}/{c.op_inputs}/{c.op_weights} (inputs/activations/weights), rounding "
                 f"{rounding}, error probability {errors}")
     ways = []
-    if univariate:
+    widest_accumulator = max((a.bits for a in qmodule.accumulators.values()), default=0)
+    # exact rounding clears an accumulator's low bits with lookups reading it at its full width: past 16 bits
+    # no parameters hold them, and keeping fewer bits only adds such lookups
+    wide_exact = bool(rounded) and c.rounding_exact and widest_accumulator > MAX_LOOKUP_BITS \
+        and "NoParametersFound" in text
+    if wide_exact:
+        ways.append(f"approximate rounding ({{'n_bits': {max(rounded)}, 'method': 'approximate'}} or "
+                    f"qmodule.set_rounding({max(rounded)}, 'approximate')): exact rounding clears the low bits of "
+                    f"accumulators of up to {widest_accumulator} bits with lookups that read them at that width, "
+                    "approximate rounding reads only the bits it keeps")
+    if univariate and not wide_exact:
         target = max(2, min(8, max(univariate) - 2))
         ways.append(f"round lookups to fewer bits (rounding_threshold_bits={target} or lower, or "
                     f"qmodule.set_rounding({target}))")
-    if rounded and c.rounding_exact:
+    if rounded and c.rounding_exact and not wide_exact:
         ways.append("approximate rounding ({'n_bits': k, 'method': 'approximate'}), which saves the extra lookups "
                     "exact rounding costs")
     ways.append("fewer n_bits" + (" (multi-input lookups are never rounded: only fewer activation bits shrink them)"
