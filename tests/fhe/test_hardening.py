@@ -341,6 +341,53 @@ def test_an_op_that_mixes_samples_is_named_at_compile_time():
         qmodule.compile(x)
 
 
+def _folded_batch(fold_sample_major):
+    """x (n, 4, 3) -> y (n, 4): a product, then the batch folded into the next axis as attention exports do
+    ((batch, heads, ...) to (batch * heads, ...)), a lookup on the folded tensor, unfolded and summed; the fold
+    sample by sample, or position by position (a Transpose first: each row of the folded tensor then holds one
+    position of every sample)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"])]
+    if fold_sample_major:
+        nodes += [helper.make_node("Reshape", ["h", "folded_shape"], ["f"]), helper.make_node("Relu", ["f"], ["r"]),
+                  helper.make_node("Reshape", ["r", "shape"], ["u"])]
+    else:
+        nodes += [helper.make_node("Transpose", ["h"], ["t"], perm=[1, 0, 2]),
+                  helper.make_node("Reshape", ["t", "rows"], ["f"]), helper.make_node("Relu", ["f"], ["r"]),
+                  helper.make_node("Reshape", ["r", "positions"], ["p"]),
+                  helper.make_node("Transpose", ["p"], ["u"], perm=[1, 0, 2])]
+    nodes.append(helper.make_node("ReduceSum", ["u", "axis"], ["y"], keepdims=0))
+    inits = [numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "w"),
+             numpy_helper.from_array(np.array([-1, 2, 4], dtype=np.int64), "folded_shape"),
+             numpy_helper.from_array(np.array([-1, 4, 4], dtype=np.int64), "shape"),
+             numpy_helper.from_array(np.array([-1, 4], dtype=np.int64), "rows"),
+             numpy_helper.from_array(np.array([4, -1, 4], dtype=np.int64), "positions"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4, 3])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    x = np.random.default_rng(8).uniform(-1, 1, size=(20, 4, 3)).astype(np.float32)
+    return load_model(model), x
+
+
+def test_a_batch_folded_into_another_axis_sample_by_sample_compiles():
+    module, x = _folded_batch(fold_sample_major=True)
+    qmodule = module.quantize(x, n_bits=4)
+    qmodule.compile(x)  # each sample's circuit folds its own (1, 4, 4) into (2, 2, 4): the batch's rows 2i, 2i+1
+    q = qmodule.quantize_input(x)
+    clear = qmodule.quantized_forward(q)
+    assert clear.shape == (20, 4)
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), clear)
+    np.testing.assert_allclose(qmodule(x), module(x), atol=0.5)  # the model's output at 4 bits (seen within 0.26)
+
+
+def test_a_batch_folded_position_by_position_is_named_at_compile_time():
+    module, x = _folded_batch(fold_sample_major=False)
+    qmodule = module.quantize(x, n_bits=4)
+    with pytest.raises(CompileError, match=r"\(Reshape\) computes other integers for sample 0 alone than within a "
+                                           r"batch of 3 \(it mixes samples\)"):
+        qmodule.compile(x)
+
+
 def test_choose_rounding_says_when_no_setting_compiles():
     model, _ = FAMILIES["encrypted-encrypted"]  # its 12-bit two-input lookup cannot be rounded
     x = _x("encrypted-encrypted", 40)

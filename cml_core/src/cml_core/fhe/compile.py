@@ -61,11 +61,19 @@ def _watch_ops(qmodule: QuantizedModule, arrays: Sequence[Any]) -> tuple[list[tu
 
 def _batch_axis(one: tuple[int, ...], many: tuple[int, ...], count: int) -> int | None:
     """The axis that is 1 for one sample and ``count`` for ``count`` samples, all others equal."""
+    found = _batch_blocks(one, many, count)
+    return found[0] if found is not None and found[1] == 1 else None
+
+
+def _batch_blocks(one: tuple[int, ...], many: tuple[int, ...], count: int) -> tuple[int, int] | None:
+    """(axis, block) when ``count`` samples give ``count * block`` where one sample gives ``block`` along
+    that axis, all other axes equal: the samples' own axis, or the batch folded into another one (attention
+    reshaping (batch, heads, ...) to (batch * heads, ...)), sample by sample if the values agree."""
     if len(one) != len(many):
         return None
     differing = [a for a, (x, y) in enumerate(zip(one, many)) if x != y]
-    if len(differing) == 1 and one[differing[0]] == 1 and many[differing[0]] == count:
-        return differing[0]
+    if len(differing) == 1 and many[differing[0]] == count * one[differing[0]]:
+        return differing[0], one[differing[0]]
     return None
 
 
@@ -86,7 +94,8 @@ def _check_batch_independence(qmodule: QuantizedModule, arrays: Sequence[NDArray
         return
     singles = [_watch_ops(qmodule, [a[i : i + 1] for a in arrays]) for i in range(n)]
     way_out = ("compile traces the program on one sample at a time, so an op's result must not depend on the "
-               "batch size; give the op explicit axes or shapes that leave the batch axis (axis 0) alone")
+               "batch size; give the op explicit axes or shapes that leave the batch axis (axis 0) alone, or fold it into "
+               "another axis sample by sample")
     for index, (op, outs) in enumerate(batch):
         for i, (seen, _, failure) in enumerate(singles):
             if index >= len(seen):
@@ -96,17 +105,19 @@ def _check_batch_independence(qmodule: QuantizedModule, arrays: Sequence[NDArray
                 if many.is_constant:
                     continue
                 many_data, one_data = np.asarray(many.data), np.asarray(one.data)
-                axis = _batch_axis(one_data.shape, many_data.shape, n)
-                if axis is None:
+                found = _batch_blocks(one_data.shape, many_data.shape, n)
+                if found is None:
                     raise CompileError(
                         f"{op.where} gives output {k} of shape {one_data.shape} for one sample but "
                         f"{many_data.shape} for {n} samples; {way_out}")
-                if not np.array_equal(np.take(many_data, [i], axis=axis), one_data):
+                axis, block = found
+                own = range(i * block, (i + 1) * block)  # sample i's part of the batch's result
+                if not np.array_equal(np.take(many_data, own, axis=axis), one_data):
                     raise CompileError(f"{op.where} computes other integers for sample {i} alone than within a batch "
                                        f"of {n} (it mixes samples); {way_out}")
                 # the same integers may stand for other floats (a division by the batch size, composed
                 # into the value's mapping): compare what they stand for too
-                if not np.allclose(np.take(many.float_value(), [i], axis=axis), one.float_value(),
+                if not np.allclose(np.take(many.float_value(), own, axis=axis), one.float_value(),
                                    rtol=1e-6, atol=1e-12, equal_nan=True):
                     raise CompileError(f"{op.where} gives sample {i} other values alone than within a batch of {n} "
                                        f"(it depends on the batch size or mixes samples); {way_out}")
