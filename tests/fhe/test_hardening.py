@@ -388,6 +388,28 @@ def test_a_batch_folded_position_by_position_is_named_at_compile_time():
         qmodule.compile(x)
 
 
+def test_a_gather_whose_indices_follow_the_batch_size_compiles():
+    # as exported attention masks: GatherND rows 0..n-1 of the input, the indices computed from its shape (the
+    # traced sample's: row 0 alone), which numpy cannot trace on an encrypted tensor
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "zero"], ["n"]),
+             helper.make_node("Range", ["zero", "n", "one"], ["rows"]),
+             helper.make_node("Unsqueeze", ["rows", "last"], ["indices"]),
+             helper.make_node("GatherND", ["x", "indices"], ["g"]),
+             helper.make_node("MatMul", ["g", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    w = np.linspace(-1, 1, 32, dtype=np.float32).reshape(8, 4)
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one"),
+             numpy_helper.from_array(np.array([1], np.int64), "last"), numpy_helper.from_array(w, "w")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])], inits)
+    module = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8))
+    x = np.random.default_rng(3).uniform(-1, 1, size=(20, 8)).astype(np.float32)
+    np.testing.assert_allclose(module(x), np.maximum(x @ w, 0), rtol=1e-6)
+    qmodule = module.quantize(x, n_bits=4)
+    qmodule.compile(x)  # was: "cannot reshape array of size 1 into shape (1,8)" while tracing
+    q = qmodule.quantize_input(x)
+    np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
+
+
 def test_choose_rounding_says_when_no_setting_compiles():
     model, _ = FAMILIES["encrypted-encrypted"]  # its 12-bit two-input lookup cannot be rounded
     x = _x("encrypted-encrypted", 40)

@@ -129,12 +129,16 @@ def pad_zeros(data: Any, widths: list[tuple[int, int]]) -> Any:
 
 
 def by_selection_matrix(data: Any, layout: Callable[[NDArray[Any]], Any]) -> Any:
-    """Apply a layout function (moving/copying elements, batch axis untouched) to a traced tensor
-    as a product with its 0/1 selection matrix, for layouts the backend cannot trace directly."""
+    """Apply a layout function (moving/copying elements) to a traced tensor as a product with its 0/1
+    selection matrix, for layouts the backend cannot trace directly. The matrix is read from the layout of
+    every basis vector at once, stacked on the batch axis; a layout that reads the batch axis itself (its
+    indices computed for the traced sample, as exported attention masks' GatherND) gets them one at a time."""
     sample_shape = tuple(data.shape[1:])
     size = int(np.prod(sample_shape))
     basis = np.eye(size, dtype=np.int64).reshape((size, *sample_shape))
     moved = np.asarray(layout(basis))
+    if moved.shape[:1] != (size,) and data.shape[0] == 1:
+        moved = np.concatenate([np.asarray(layout(basis[e : e + 1])) for e in range(size)])
     matrix = moved.reshape(size, -1)
     out = np.matmul(data.reshape((data.shape[0], size)), matrix)
     return out.reshape((data.shape[0], *moved.shape[1:]))
