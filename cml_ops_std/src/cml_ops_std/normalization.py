@@ -309,7 +309,10 @@ class QuantizedNormalization(QuantizedOp):
         left to the next lookup, which rounds it like any other input. The grid has
         the fewest bits from ``n`` to ``n + MAX_NORMALIZER_EXTRA_BITS`` with which that errs on the
         calibration data (largest error against ``dev`` times its row's exact normalizer, the next lookup's
-        rounding included) no more than the two-input lookup; none such: the two-input lookup.
+        rounding included) no more than the two-input lookup. None such: with rounding configured, the grid
+        that errs least (the two-input lookup would read ``2 * n`` bits where the rounding asked for fewer:
+        its 12-bit lookups left concrete-python no cryptographic parameters for a two-layer BERT at n_bits 6
+        and 6-bit rounding); without, the two-input lookup.
         """
         assert ctx.calibrating, "decided on the first calibration pass"
         rounding, packed = ctx.config.rounding_bits, 2 * ctx.config.op_inputs  # (dev, code) packed
@@ -340,8 +343,12 @@ class QuantizedNormalization(QuantizedOp):
         # the largest errors only: the two-input way's own output is requantized again by the next lookup, which
         # reads the product once (the mean error at the model's output is then lower, tests/quantization/
         # test_one_input_products.py), where the op's own mean error is a few percent above the two-input one's
-        return next((bits for bits in settled if bits is not None and settled[bits][0] <= settled[None][0] * (1 + 1e-9)),
-                    None)
+        grids = [bits for bits in settled if bits is not None]
+        chosen = next((bits for bits in grids if settled[bits][0] <= settled[None][0] * (1 + 1e-9)), None)
+        if chosen is None and grids and ctx.config.rounding_bits is not None:
+            # the rounding asked for fewer bits than the two-input lookup packs: the grid that errs least
+            chosen = min(grids, key=lambda bits: settled[bits][0])
+        return chosen
 
     @staticmethod
     def centered_sum(data, slope, offset, axes, count):

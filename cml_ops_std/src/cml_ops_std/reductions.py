@@ -345,7 +345,9 @@ class QuantizedSoftmax(QuantizedOp):
       more than the two-input lookup; the lookup of ``u`` is never rounded (its low bits are ``L``'s).
     * **two-input**: one lookup of (gap, the row's ``1 / sum`` or ``log(sum)`` on ``n`` bits), on
       their bits packed: when no ``u`` errs as little on fewer bits, and for LogSoftmax of masked
-      elements (their value is the mask's, which no function of ``u`` tells from a far element).
+      elements (their value is the mask's, which no function of ``u`` tells from a far element). Where
+      the packed bits exceed the rounding asked for (``rounding_threshold_bits``), the ``u`` on fewer
+      bits that errs least is taken even when it errs a little more.
     """
 
     log = False
@@ -483,8 +485,14 @@ class QuantizedSoftmax(QuantizedOp):
         if pending is not None:
             raise pending
         packed_bits = sum(bits_for_range(int(low), int(high)) for low, high in packed)
-        return next((way for way in highest_of if bits_for_range(0, int(highest_of[way])) < packed_bits
-                     and _errs_no_more(settled[way], settled[None])), None)
+        narrower = [way for way in highest_of if bits_for_range(0, int(highest_of[way])) < packed_bits]
+        chosen = next((way for way in narrower if _errs_no_more(settled[way], settled[None])), None)
+        rounding = ctx.config.rounding_bits
+        if chosen is None and narrower and rounding is not None and rounding < packed_bits:
+            # the two-input lookup would read more bits than the rounding asked for: the narrower way that errs
+            # least instead
+            chosen = min(narrower, key=lambda way: settled[way])
+        return chosen
 
 
 def _errs_no_more(errors, reference):

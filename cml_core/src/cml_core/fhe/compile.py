@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from ..errors import CmlError, CompileError
 from ..quantization.backend import refreshed_operands
 from ..quantization.context import MAX_LOOKUP_BITS
-from .concrete_python import enable_runtime, forked_configuration, load_concrete
+from .concrete_python import enable_runtime, forked_configuration, load_concrete, multi_input_lookups_kept
 from .program import CircuitProgram
 
 if TYPE_CHECKING:
@@ -153,8 +153,9 @@ def extreme_samples(fhe: Any, function: Any, names: list[str], pool: Sequence[ND
             index = np.arange(start, start + size) % n  # the last batch is topped up with the first samples
             part = [a[index] for a in pool]
             if graph is None:
-                graph = fhe.Compiler(function, dict.fromkeys(names, "encrypted")).trace(
-                    [tuple(part) if len(part) > 1 else part[0]], dump_artifacts_on_unexpected_failures=False)
+                with multi_input_lookups_kept():
+                    graph = fhe.Compiler(function, dict.fromkeys(names, "encrypted")).trace(
+                        [tuple(part) if len(part) > 1 else part[0]], dump_artifacts_on_unexpected_failures=False)
             for node, value in graph.evaluate(*part).items():
                 if not node.output.is_encrypted:
                     continue
@@ -285,7 +286,8 @@ def compile_quantized_module(qmodule: QuantizedModule, calibration_x: Any, *, p_
     multi_input = any(s.packed_bits is not None for s in qmodule.sites.values())
 
     def build() -> Any:
-        circuit = fhe.Compiler(function, dict.fromkeys(names, "encrypted")).compile(inputset, config)
+        with multi_input_lookups_kept():
+            circuit = fhe.Compiler(function, dict.fromkeys(names, "encrypted")).compile(inputset, config)
         if build_execution:  # crypto parameters are chosen here: a failure shows at compile time
             enable_runtime(circuit, "execute")
         if build_simulation:

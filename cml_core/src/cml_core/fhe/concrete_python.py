@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib
 import os
 import shutil
 import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from ..errors import CmlError
@@ -109,6 +111,37 @@ def enable_runtime(circuit: Any, mode: str) -> None:
         weakref.finalize(circuit, shutil.rmtree, root, ignore_errors=True)
     else:  # the server existed already
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: concrete-python's search, while tracing, for a single common ancestor of a multi-input lookup's operands
+_SINGLE_ANCESTOR_SEARCH = ("concrete.fhe.compilation.utils",
+                           "find_tlu_subgraph_with_multiple_variable_inputs_that_has_a_single_common_ancestor")
+
+
+@contextlib.contextmanager
+def multi_input_lookups_kept() -> Iterator[None]:
+    """While tracing within this block, concrete-python leaves each multi-input lookup as it is.
+
+    Before lowering, concrete-python looks for a node that is a common ancestor of all of a multi-input
+    lookup's operands and from which every path to them stays in one subgraph, to fuse that subgraph
+    into a single-input lookup. It tests the candidates by enumerating every simple path from each to the
+    operands, which grows exponentially with the diamonds between them: a transformer's residual
+    streams, attention products and normalizations. A two-layer BERT whose second layer adds the
+    encrypted attention mask (read by the first layer too) to its scores did not get past that search in
+    25 minutes. cml never gives it anything to fuse: operands that are functions of the same integers
+    are composed into one lookup before tracing (``ElementwiseOp``), and the others (a sum over a row,
+    a product, a residual) are no element-wise function of one tensor.
+    """
+    module = importlib.import_module(_SINGLE_ANCESTOR_SEARCH[0])
+    original = getattr(module, _SINGLE_ANCESTOR_SEARCH[1], None)
+    if original is None:  # another concrete-python: its own search
+        yield
+        return
+    setattr(module, _SINGLE_ANCESTOR_SEARCH[1], lambda graph, processed_terminal_nodes: None)
+    try:
+        yield
+    finally:
+        setattr(module, _SINGLE_ANCESTOR_SEARCH[1], original)
 
 
 def forked_configuration(fhe: Any, configuration: Any, p_error: float | None, global_p_error: float | None,
