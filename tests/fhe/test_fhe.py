@@ -405,3 +405,19 @@ def test_a_transformer_block_compiles_at_the_reference_default_and_simulates_lik
     qmodule.compile(x)
     q = qmodule.quantize_input(x[:4])
     np.testing.assert_array_equal(qmodule.quantized_forward(q, fhe="simulate"), qmodule.quantized_forward(q))
+
+
+def test_concrete_pythons_common_ancestor_search_is_set_aside_only_while_cml_traces():
+    """``multi_input_lookups_kept`` (see test_a_two_layer_bert_with_an_encrypted_attention_mask_compiles_at_6_bits_with_
+    6_bit_rounding): nested, the search stays set aside until the outermost block ends, then concrete-python's own is
+    back."""
+    import concrete.fhe.compilation.utils as utils
+    from cml_core.fhe.concrete_python import multi_input_lookups_kept
+
+    name = "find_tlu_subgraph_with_multiple_variable_inputs_that_has_a_single_common_ancestor"
+    original = getattr(utils, name)
+    with multi_input_lookups_kept():
+        with multi_input_lookups_kept():
+            assert getattr(utils, name)(None, set()) is None
+        assert getattr(utils, name) is not original
+    assert getattr(utils, name) is original

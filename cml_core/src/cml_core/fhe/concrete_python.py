@@ -118,6 +118,11 @@ _SINGLE_ANCESTOR_SEARCH = ("concrete.fhe.compilation.utils",
                            "find_tlu_subgraph_with_multiple_variable_inputs_that_has_a_single_common_ancestor")
 
 
+_kept_lock = threading.Lock()
+_kept_depth = 0
+_kept_original: Any = None
+
+
 @contextlib.contextmanager
 def multi_input_lookups_kept() -> Iterator[None]:
     """While tracing within this block, concrete-python leaves each multi-input lookup as it is.
@@ -133,15 +138,21 @@ def multi_input_lookups_kept() -> Iterator[None]:
     a product, a residual) are no element-wise function of one tensor.
     """
     module = importlib.import_module(_SINGLE_ANCESTOR_SEARCH[0])
-    original = getattr(module, _SINGLE_ANCESTOR_SEARCH[1], None)
-    if original is None:  # another concrete-python: its own search
-        yield
-        return
-    setattr(module, _SINGLE_ANCESTOR_SEARCH[1], lambda graph, processed_terminal_nodes: None)
+    global _kept_depth, _kept_original
+    with _kept_lock:  # compiles in several threads: the first in sets it aside, the last out puts it back
+        if _kept_depth == 0:
+            _kept_original = getattr(module, _SINGLE_ANCESTOR_SEARCH[1], None)
+            if _kept_original is not None:  # (another concrete-python without it: its own search)
+                setattr(module, _SINGLE_ANCESTOR_SEARCH[1], lambda graph, processed_terminal_nodes: None)
+        _kept_depth += 1
     try:
         yield
     finally:
-        setattr(module, _SINGLE_ANCESTOR_SEARCH[1], original)
+        with _kept_lock:
+            _kept_depth -= 1
+            if _kept_depth == 0 and _kept_original is not None:
+                setattr(module, _SINGLE_ANCESTOR_SEARCH[1], _kept_original)
+                _kept_original = None
 
 
 def forked_configuration(fhe: Any, configuration: Any, p_error: float | None, global_p_error: float | None,
