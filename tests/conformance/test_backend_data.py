@@ -33,11 +33,13 @@ def test_every_refusal_is_a_cml_error(results):
 
 
 def test_no_recorded_pass_is_lost(results, record):
+    # a "tie" is only given where this machine is probed to round equal sums differently (see ROUNDING_TIES)
     now = {r.name: r for r in results}
     lost = [f"{name}: {now[name].status}: {now[name].detail}" for name, status in record["cases"].items()
-            if status == "pass" and name in now and now[name].status != "pass"]
+            if status == "pass" and name in now and now[name].status not in ("pass", "tie")]
     assert not lost, "\n".join(lost)
-    assert summary(results).get("pass", 0) >= record["counts"]["pass"]
+    counts = summary(results)
+    assert counts.get("pass", 0) + counts.get("tie", 0) >= record["counts"]["pass"]
 
 
 def test_unmatchable_cases_are_refused_not_passed_off(results):

@@ -7,6 +7,12 @@ specification; the ONNX reference evaluator is the oracle.
 tolerance (relative to each output value) assumes, so float32 examples are compared with the oracle
 run on the same model in float64, its results rounded to float32. cml computes these ops in float64
 and rounds once, so the comparison is tighter than against the float32 kernel, not looser.
+
+``UINT8_ONNXRUNTIME``: (op type, since-version) -> the operands to shift. Only on a CPU where onnxruntime's
+integer kernels with an int8 operand saturate (``ONNXRUNTIME_SATURATES_U8S8``): onnxruntime runs the same
+example with every int8 operand and its zero point moved up by 128 into uint8 (``v - z`` is unchanged, so is the
+result), where its uint8 x uint8 kernels are exact; an int8 output is moved back down. Each entry lists
+(operand, its zero point) input positions and the output's zero point position (None: an int32 output).
 """
 
 KNOWN_DISAGREEMENTS = {
@@ -63,11 +69,14 @@ def _onnxruntime_saturates_u8s8() -> bool:
     return int(result[0, 0]) != 64770
 
 
-if _onnxruntime_saturates_u8s8():
-    # (QLinearConv stays with onnxruntime: the reference evaluator gives a 1-D convolution with per-channel weight
-    # scales an extra axis, (1, 2, 2, 1) for (1, 2, 1))
-    _SATURATING = ("onnxruntime on this CPU sums uint8 x int8 products through saturating 16-bit intermediates "
-                   "(MatMulInteger of 255s by 127s gives 32767, not 64770): its integer convolutions and products "
-                   "are not exact here, the ONNX reference evaluator's are")
-    KNOWN_DISAGREEMENTS.update({key: _SATURATING for key in (("MatMulInteger", 10), ("ConvInteger", 10),
-                                                            ("QLinearMatMul", 10), ("QLinearMatMul", 21))})
+ONNXRUNTIME_SATURATES_U8S8 = _onnxruntime_saturates_u8s8()
+UINT8_ONNXRUNTIME: dict = {}
+if ONNXRUNTIME_SATURATES_U8S8:
+    # (the ONNX reference evaluator is no oracle for them: it shapes QLinearConv's per-channel scales and
+    # ConvInteger's per-channel zero points for 2-D convolutions only, and QLinearMatMul adds the output zero
+    # point before rounding, so 0.5 + 1 rounds to 2 where ONNX's round-then-add gives 1)
+    UINT8_ONNXRUNTIME.update({("MatMulInteger", 10): (((0, 2), (1, 3)), None),
+                              ("ConvInteger", 10): (((0, 2), (1, 3)), None),
+                              ("QLinearMatMul", 10): (((0, 2), (3, 5)), 7),
+                              ("QLinearMatMul", 21): (((0, 2), (3, 5)), 7),
+                              ("QLinearConv", 10): (((0, 2), (3, 5)), 7)})

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cml_core import get_registry
 
-from .known_disagreements import FLOAT64_ORACLE, KNOWN_DISAGREEMENTS
+from .known_disagreements import FLOAT64_ORACLE, KNOWN_DISAGREEMENTS, UINT8_ONNXRUNTIME
 
 
 def _case_modules():
@@ -59,6 +59,8 @@ def test_op_matches_onnxruntime(impl, data):
         reference = _reference_at(impl, example, *ORACLE_AT[(impl.op_type, impl.since_version)])
     elif (impl.op_type, impl.since_version) in KNOWN_DISAGREEMENTS:
         reference = _reference_evaluator(impl, example)
+    elif (impl.op_type, impl.since_version) in UINT8_ONNXRUNTIME:
+        reference = _onnxruntime_on_uint8(impl, example, *UINT8_ONNXRUNTIME[(impl.op_type, impl.since_version)])
     elif impl.op_type in FLOAT64_ORACLE and any(x is not None and x.dtype == np.float32 for x in example.inputs):
         reference = _float64_reference(impl, example)
     atol = _summation_bound(impl, example) if impl.op_type in SUMS else \
@@ -112,6 +114,34 @@ def _reference_evaluator(impl, example):
                             domain=impl.domain, constant_inputs=example.constant_inputs,
                             n_outputs=example.n_outputs)
     expected = ReferenceEvaluator(model).run(None, feeds_of(model, example.inputs))
+    return lambda *args, **kwargs: expected
+
+
+def _onnxruntime_on_uint8(impl, example, operands, output_zero_point):
+    """onnxruntime's outputs for the example with each int8 operand and its zero point moved up by 128 into
+    uint8 (see ``UINT8_ONNXRUNTIME``), an int8 output moved back down."""
+    from cml_core.testing import make_node_model
+    from cml_core.testing.checks import run_reference
+    from cml_core.testing.models import feeds_of
+
+    def up(value):
+        return (value.astype(np.int16) + 128).astype(np.uint8)
+
+    inputs = list(example.inputs) + [None] * (1 + max(z for _, z in operands) - len(example.inputs))
+    constant = set(example.constant_inputs)
+    for value, zero in operands:
+        if inputs[value].dtype == np.int8:
+            inputs[zero] = up(np.zeros((), np.int8) if inputs[zero] is None else inputs[zero])
+            inputs[value] = up(inputs[value])
+            constant.add(zero)
+    int8_output = output_zero_point is not None and inputs[output_zero_point].dtype == np.int8
+    if int8_output:
+        inputs[output_zero_point] = up(inputs[output_zero_point])
+    model = make_node_model(impl.op_type, inputs, example.attributes, opset=impl.since_version, domain=impl.domain,
+                            constant_inputs=tuple(sorted(constant)), n_outputs=example.n_outputs)
+    expected = run_reference(model, feeds_of(model, inputs))
+    if int8_output:
+        expected = [(y.astype(np.int16) - 128).astype(np.int8) for y in expected]
     return lambda *args, **kwargs: expected
 
 

@@ -62,14 +62,19 @@ class CNN(torch.nn.Module):
 
 
 class BinaryMLP(torch.nn.Module):
-    """Binary weights and activations: Brevitas exports their quantizers as BipolarQuant."""
+    """Binary weights and activations: Brevitas exports their quantizers as BipolarQuant.
 
-    input_shape = (8,)
+    The first layer sums an odd number of +-1 x +-0.1 products, so no pre-activation is 0: with an even fan-in a
+    quarter of them are (4 products of each sign), and float32 leaves such a sum at 0 or +-1.5e-8 by the order it
+    adds in (torch's and this library's differ by CPU), which the sign activation turns into a step of 2.
+    """
+
+    input_shape = (9,)
 
     def __init__(self, bits=1):
         super().__init__()
         self.quant_input = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
-        self.fc1 = qnn.QuantLinear(8, 16, bias=False, weight_quant=SignedBinaryWeightPerTensorConst,
+        self.fc1 = qnn.QuantLinear(9, 16, bias=False, weight_quant=SignedBinaryWeightPerTensorConst,
                                    return_quant_tensor=True)
         self.act1 = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
         self.fc2 = qnn.QuantLinear(16, 3, bias=True, weight_quant=SignedBinaryWeightPerTensorConst)
