@@ -153,10 +153,11 @@ def _group_exponentials(op, ctx, source, axes):
     count = int(np.prod([source.shape[a] for a in axes]))
     extra_bits = max(0, math.ceil(math.log2(count))) if count else 0
     bits = min(ctx.config.op_inputs + extra_bits, MAX_BITS)
-    if ctx.config.rounding_bits is not None:
+    if ctx.config.rounding_bits is not None and masked_gap is None:
         # the sum's lookup keeps only that many bits of a range [1, count]: exponentials on as many bits err, summed,
         # by no more than that rounding does, where more bits would only widen the sum (and the circuit's widest
-        # integers: 17 exponentials on 11 bits sum to 16 bits, which left concrete-python no parameters for a ViT)
+        # integers: 17 exponentials on 11 bits sum to 16 bits, which left concrete-python no parameters for a ViT).
+        # Not for a masked softmax: on 6-bit exponentials its circuit got no parameters (tests/fhe/test_fhe.py)
         bits = min(bits, max(ctx.config.rounding_bits, ctx.config.op_inputs))
     q_exp = op.fitted_quantizer(ctx, "exp", exponential(q.data - top) if ctx.calibrating else None, n_bits=bits)
     e = ctx.lookup(shifted, lambda d: q_exp.quant(exponential(d)), key=f"{op.bound.name}:exp")
