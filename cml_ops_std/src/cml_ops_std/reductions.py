@@ -380,15 +380,19 @@ class QuantizedSoftmax(QuantizedOp):
         unit = q.scale / 2 ** k
         highest = _highest_level(count, unit)
         sum_float = total.to_float
-        level = ctx.lookup(total, lambda v: _log_units(sum_float(v), unit, highest), key=f"{name}:log_sum")
+        # the rows' log-sums less the lowest seen on calibration: a nearly uniform row's log-sum is far from 0, and
+        # integers that large would widen the shifted integers' ciphertexts however few values they take
+        offset = self.state.get("level_offset", 0)
+        level = ctx.lookup(total, lambda v: _log_units(sum_float(v), unit, highest) - offset, key=f"{name}:log_sum")
         if cap is not None:
             masked_gap = q.floor[0]
             gap = ctx.lookup(QValue.lazy(gap, lambda g: q.scale * np.asarray(g, np.float64), True, name=f"{name}:gap"),
                              lambda g: _capped(g, masked_gap, cap), key=f"{name}:capped gap", exact=True)
-        shifted = QValue.lazy(gap * 2 ** k + level, lambda w: -unit * np.asarray(w, np.float64), True,
+        shifted = QValue.lazy(gap * 2 ** k + level, lambda w: -unit * (np.asarray(w, np.float64) + offset), True,
                               name=f"{name}:shifted_log")
         value = self._value_of_shift(unit, None if cap is None else cap * 2 ** k)
-        data = ctx.lookup(shifted, lambda w: q_out.quant(value(w)), key=self.bound.node.output[0], exact=True)
+        data = ctx.lookup(shifted, lambda w: q_out.quant(value(np.asarray(w, np.int64) + offset)),
+                          key=self.bound.node.output[0], exact=True)
         return QValue.quantized(data, q_out)
 
     def _value_of_shift(self, unit, zero_from=None):
@@ -461,7 +465,7 @@ class QuantizedSoftmax(QuantizedOp):
         q_row, function = self._row_value(ctx, total)
         rows = q_row.quant(function(total.float_value()))
         two_input = q_out.dequant(self._table(q, q_row, q_out)(gaps, np.broadcast_to(rows, gaps.shape)))
-        errors, highest_of = {None: two_input - exact}, {}
+        errors, highest_of, lowest_of = {None: two_input - exact}, {}, {}
         for k in range(self.MAX_REFINEMENT + 1):
             unit = scale / 2 ** k
             if not unit > 0 or math.log(max(count, 1)) / unit >= 2 ** MAX_BITS:  # a constant input's step
@@ -471,10 +475,12 @@ class QuantizedSoftmax(QuantizedOp):
             if masked_gap is not None:
                 cap = self._cap(scale, q_out, masked_gap, highest, k)
                 capped = _capped(gaps, masked_gap, cap)
-            shifted = capped * 2 ** k + _log_units(total.float_value(), unit, highest)
+            levels = _log_units(total.float_value(), unit, highest)
+            shifted = capped * 2 ** k + levels
             value = self._value_of_shift(unit, None if cap is None else cap * 2 ** k)
             errors[(k, cap)] = q_out.dequant(q_out.quant(value(shifted))) - exact
             highest_of[(k, cap)] = int(shifted.max(initial=0))
+            lowest_of[(k, cap)] = int(levels.min(initial=highest))
         # over the whole calibration set: every parameter recorded on this pass, whichever is pending
         pending = None
         try:
@@ -484,6 +490,8 @@ class QuantizedSoftmax(QuantizedOp):
         try:
             highest_of = {way: ctx.calibrated_range(f"{self.where}:softmax highest {way}@{id(self):x}", 0, v)[1]
                           for way, v in highest_of.items()}
+            lowest_of = {way: ctx.calibrated_range(f"{self.where}:softmax lowest level {way}@{id(self):x}", v, v)[0]
+                         for way, v in lowest_of.items()}
             packed = [ctx.calibrated_range(f"{self.where}:softmax {what}@{id(self):x}", int(v.min()), int(v.max()))
                       for what, v in (("gaps", gaps), ("rows", rows))]
         except PendingRange as exc:
@@ -498,6 +506,8 @@ class QuantizedSoftmax(QuantizedOp):
             # the two-input lookup would read more bits than the rounding asked for: the narrower way that errs
             # least instead
             chosen = min(narrower, key=lambda way: settled[way])
+        if chosen is not None:  # the shifted way's log-sums are looked up less the lowest (see encrypted_forward)
+            self.state["level_offset"] = int(lowest_of[chosen])
         return chosen
 
 
