@@ -348,7 +348,9 @@ class QuantizedSoftmax(QuantizedOp):
       it: ``u = gap * 2**k + L``, an integer on ``n + k`` bits or so, where the element's value is
       ``exp(-unit * u)`` (``-unit * u`` for LogSoftmax). ``k`` is the smallest that errs on the
       calibration data (largest and mean error against the softmax of the op's quantized input) no
-      more than the two-input lookup; the lookup of ``u`` is never rounded (its low bits are ``L``'s).
+      more than the two-input lookup; the lookup of ``u`` is never rounded (its low bits are ``L``'s). ``L`` is
+      looked up less the lowest seen on calibration, which the element's table adds back: a nearly uniform row's
+      ``L`` is large, and such integers would widen ``u``'s ciphertexts however few values ``u`` takes.
     * **two-input**: one lookup of (gap, the row's ``1 / sum`` or ``log(sum)`` on ``n`` bits), on
       their bits packed: when no ``u`` errs as little on fewer bits, and for LogSoftmax of masked
       elements (their value is the mask's, which no function of ``u`` tells from a far element). Where
