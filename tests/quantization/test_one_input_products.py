@@ -25,9 +25,10 @@ def _model(nodes, in_shape, out_shape, initializers, opset=17):
     return load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10))
 
 
-def _attention(tokens=8, features=16, seed=0, mask=None, score_std=1.0):
+def _attention(tokens=8, features=16, seed=0, mask=None, score_std=1.0, after_softmax=()):
     """Softmax over scores ``x @ w`` of ``tokens`` positions (standard deviation about ``score_std``; ``mask`` added to
-    them), times values ``x @ v``."""
+    them), times values ``x @ v``; ``after_softmax``: nodes between the two (from ``p`` to ``read``) and their
+    constants, as pairs."""
     rng = np.random.default_rng(seed)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["s"]), helper.make_node("MatMul", ["x", "v"], ["values"])]
     weights = {"w": rng.normal(0, score_std / np.sqrt(features), (features, tokens)),
@@ -35,8 +36,11 @@ def _attention(tokens=8, features=16, seed=0, mask=None, score_std=1.0):
     if mask is not None:
         nodes.append(helper.make_node("Add", ["s", "m"], ["masked"]))
         weights["m"] = np.asarray(mask, np.float32)
-    nodes += [helper.make_node("Softmax", ["masked" if mask is not None else "s"], ["p"], axis=-1),
-              helper.make_node("MatMul", ["p", "values"], ["y"])]
+    nodes.append(helper.make_node("Softmax", ["masked" if mask is not None else "s"], ["p"], axis=-1))
+    for node, constants in after_softmax:
+        nodes.append(node)
+        weights.update(constants)
+    nodes.append(helper.make_node("MatMul", ["read" if after_softmax else "p", "values"], ["y"]))
     module = _model(nodes, ["n", tokens, features], ["n", tokens, features], weights)
     return module, rng.normal(size=(200, tokens, features)).astype(np.float32)
 
@@ -178,6 +182,50 @@ def test_under_rounding_softmax_takes_the_narrower_shift_that_errs_least(monkeyp
     two_input = module.quantize(x, n_bits=6, rounding_threshold_bits=6)
     assert len(_packed(two_input, "Softmax")) == 1
     assert np.abs(qmodule(x) - expected).mean() <= np.abs(two_input(x) - expected).mean()
+
+
+def test_probabilities_sit_on_a_grid_from_zero_which_narrows_their_product_with_the_values(monkeypatch):
+    """Seventeen probabilities near 1/17 each (an attention at initialization) at n_bits 8: on a grid fitted to
+    their band (0.046 to 0.074 here) the probabilities' integers lie far above its zero point, and their product
+    with the values took 20 bits; on a grid from 0 (where a masked or far key's probability lies) 18 bits. The
+    model's output errs as much (within the 1% that separates two roundings)."""
+    module, x = _attention(tokens=17, score_std=0.05)
+    expected = module(x)
+    qmodule = module.quantize(x, n_bits=8)
+    [softmax] = [op for op in qmodule.ops if "refinement" in op.state]
+    monkeypatch.setattr(type(softmax), "output_floor", None)  # the grid fitted to the calibrated band
+    banded = module.quantize(x, n_bits=8)
+    assert qmodule.float_ranges["p"][0] == 0.0 and banded.float_ranges["p"][0] > 0.04
+
+    def product_bits(q):
+        [row] = [r for r in q.bitwidth_report() if r.kind == "accumulator" and r.node == q.producers["y"][0]]
+        return row.bits
+
+    assert product_bits(qmodule) <= product_bits(banded) - 2
+    assert np.abs(qmodule(x) - expected).mean() <= 1.01 * np.abs(banded(x) - expected).mean()
+
+
+def test_a_where_giving_back_every_probability_costs_nothing_and_a_narrower_clip_is_applied():
+    """torch's scaled-dot-product attention exports ``Where(IsNaN(p), 0, p)`` after the softmax: it gives back every
+    value of the probabilities' grid, so the product reads the softmax's integers themselves, as without it, where
+    a lookup would have put them on a grid of the Where's own calibrated range. A Clip below the largest
+    probability does change values: it keeps its lookup and follows the float model as closely."""
+    plain, x = _attention()
+    where = [(helper.make_node("IsNaN", ["p"], ["nan"]), {}),
+             (helper.make_node("Where", ["nan", "zero", "p"], ["read"]), {"zero": np.zeros((), np.float32)})]
+    through, _ = _attention(after_softmax=where)
+    q_plain, q_through = plain.quantize(x, n_bits=6), through.quantize(x, n_bits=6)
+    np.testing.assert_array_equal(q_through.quantized_forward(q_through.quantize_input(x)),
+                                  q_plain.quantized_forward(q_plain.quantize_input(x)))
+    assert not [row for row in q_through.bitwidth_report() if row.tensor == "read"]
+    clip = [(helper.make_node("Clip", ["p", "low", "high"], ["read"]),
+             {"low": np.zeros((), np.float32), "high": np.full((), 0.3, np.float32)})]
+    clipped, _ = _attention(after_softmax=clip)
+    q_clipped = clipped.quantize(x, n_bits=6)
+    assert [row for row in q_clipped.bitwidth_report() if row.tensor == "read" and row.kind == "lookup"]
+    expected = clipped(x)
+    assert not np.allclose(expected, plain(x), atol=0.05)  # the clip changes the model's output
+    assert np.abs(q_clipped(x) - expected).mean() <= np.abs(q_plain(x) - plain(x)).mean()
 
 
 def test_a_nearly_uniform_attention_compiles_at_6_bits_with_6_bit_rounding():

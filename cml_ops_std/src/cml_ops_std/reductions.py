@@ -360,6 +360,9 @@ class QuantizedSoftmax(QuantizedOp):
 
     log = False
     version = 13
+    #: probabilities' grid starts at 0 (a masked or far element's value, exact; see ``QuantizedOp``);
+    #: log-probabilities have no such value
+    output_floor: float | None = 0.0
     #: a Softmax of the model's final scores runs on the client, on the decrypted scores (see client_tail)
     finishes_on_client = True
     #: the finest ``unit`` tried is the input's step over ``2 ** MAX_REFINEMENT``
@@ -547,6 +550,7 @@ def _softmax_family(op_type, log):
 
     for cls in (Old, New):
         cls.log = log
+        cls.output_floor = None if log else 0.0
         cls.__name__ = cls.__qualname__ = f"Quantized{op_type}"
 
     def old(x, /, *, axis=1):

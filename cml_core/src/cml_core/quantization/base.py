@@ -42,6 +42,11 @@ class QuantizedOp:
     #: scores: nothing encrypted after it needs the features on one grid). Under ``per_feature_inputs="auto"``
     #: an input read only by such ops is quantized per feature whatever its ranges.
     folds_feature_scales: bool | str = False
+    #: a value every output of the op can take whatever the calibration data, from which its grid starts
+    #: (probabilities from 0): the calibrated range is widened to it, so the value is exact on the grid and
+    #: the integers of a nearly constant output stay small (see ``widen_to_output_floors``). None: the range
+    #: is the calibrated one.
+    output_floor: float | None = None
 
     def __init__(self, bound: BoundNode) -> None:
         self.bound = bound
@@ -213,10 +218,32 @@ class ElementwiseOp(QuantizedOp):
                 kind = np.asarray(maps[p](np.zeros(source.shape, dtype=np.int64))).dtype  # type: ignore[misc]
                 probe[p] = np.zeros(source.shape, dtype=kind)
             out_shape = np.shape(self.call_numpy(probe))
-        data = source.data if tuple(out_shape) == source.shape else backend.broadcast(source.data, out_shape)
         uniform = (all(inputs[p].uniform for p in positions)  # type: ignore[union-attr]
                    and all(_is_scalar(v) for i, v in enumerate(inputs) if i not in positions))
+        if uniform and tuple(out_shape) == source.shape:
+            unchanged = self._unchanged_input(inputs, positions, to_float)
+            if unchanged is not None:
+                return unchanged
+        data = source.data if tuple(out_shape) == source.shape else backend.broadcast(source.data, out_shape)
         return QValue.lazy(data, to_float, uniform)
+
+    def _unchanged_input(self, inputs: Sequence[QValue | None], positions: list[int],
+                         to_float: Any) -> QValue | None:
+        """The op's encrypted input itself when the op gives back every value that input can hold, unchanged
+        (``Where(IsNaN(p), 0, p)`` after a softmax, a Relu of values from 0, a Clip wider than the grid):
+        the output keeps the input's grid and costs no lookup. Known only for an input whose integers a
+        quantizer made (``QValue.levels``), every one of which is tried."""
+        grid = next((inputs[p] for p in positions if inputs[p].levels is not None), None)  # type: ignore[union-attr]
+        if grid is None or grid.to_float is None or grid.levels is None:
+            return None
+        key = ("unchanged", grid.scale, grid.zero_point, grid.floor, grid.levels)
+        if key not in self.state:
+            codes = np.arange(grid.levels[0], grid.levels[1] + 1, dtype=np.int64)
+            with np.errstate(all="ignore"):
+                got, values = np.asarray(to_float(codes)), np.asarray(grid.to_float(codes), np.float64)
+            self.state[key] = bool(got.dtype.kind == "f" and got.size == values.size
+                                   and np.array_equal(got.reshape(values.shape), values))
+        return grid if self.state[key] else None
 
     def _reduced_constants(self, inputs: Sequence[QValue | None], positions: list[int], constants: list[Any],
                            maps: dict[int, Any], shape: tuple[int, ...]) -> list[Any] | None:

@@ -45,6 +45,9 @@ class QValue:
     floor: tuple[int, float] | None = field(default=None, compare=False)
     #: of a model input quantized per feature: its quantizer (``dequant_features(codes, feature_ids)``)
     features: Any = field(default=None, compare=False)
+    #: of an affine value whose integers a quantizer made (a lookup's, a model input's): the lowest and
+    #: highest integer it can hold; None when not known (a sum of two grids' integers)
+    levels: tuple[int, int] | None = field(default=None, compare=False)
 
     @classmethod
     def constant(cls, value: Any, name: str = "") -> QValue:
@@ -52,7 +55,7 @@ class QValue:
 
     @classmethod
     def affine(cls, data: Any, scale: float, zero_point: int, name: str = "",
-               floor: tuple[int, float] | None = None) -> QValue:
+               floor: tuple[int, float] | None = None, levels: tuple[int, int] | None = None) -> QValue:
         s, z = float(scale), int(zero_point)
 
         def to_float(q: NDArray[Any]) -> NDArray[Any]:
@@ -65,13 +68,14 @@ class QValue:
                 arr = np.asarray(q, dtype=np.float64)
                 return np.where(arr < first, masking, s * (arr - z))
 
-        return cls(data, to_float, True, s, z, name, floor=floor)
+        return cls(data, to_float, True, s, z, name, floor=floor, levels=levels)
 
     @classmethod
     def quantized(cls, data: Any, quantizer: Any, name: str = "") -> QValue:
         """Integers ``data`` under ``quantizer`` (a ``UniformQuantizer``, masking or not)."""
         floor = None if quantizer.floor is None else (quantizer.first_value_code, quantizer.floor)
-        return cls.affine(data, quantizer.scale, quantizer.zero_point, name, floor)
+        return cls.affine(data, quantizer.scale, quantizer.zero_point, name, floor,
+                          (int(quantizer.q_min), int(quantizer.q_max)))
 
     @classmethod
     def per_feature(cls, data: Any, quantizer: Any, name: str = "") -> QValue:
@@ -111,7 +115,7 @@ class QValue:
         """The same float mapping over new integers (after a layout op moved them); a per-feature value
         keeps its mapping but no longer claims its features lie along the last axis."""
         return QValue(data, self.to_float, self.uniform, self.scale, self.zero_point, name or self.name,
-                      floor=self.floor)
+                      floor=self.floor, levels=self.levels)
 
     def float_value(self) -> NDArray[Any]:
         """The float tensor this value stands for (clear data only)."""
