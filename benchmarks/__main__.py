@@ -699,7 +699,7 @@ def compile_section(results: dict[str, Any], baseline: dict[str, Any] | None) ->
         "",
         "Quantization (the `setting` column, calibrated on the compile set) and compilation, each "
         "model in a fresh process of its own (`benchmarks/compile_cost.py`): `compile_s` the fastest of "
-        "two compiles, `peak_mb` the process's peak resident memory (`rss_before_compile_mb`: after loading and "
+        "two compiles (one when the first takes more than two minutes), `peak_mb` the process's peak resident memory (`rss_before_compile_mb`: after loading and "
         "quantizing, concrete-python imported). `loadavg_start`: the machine's 1-minute load when the model's "
         "process started. A compile time or peak memory more than 10% above the baseline's fails "
         "`python -m benchmarks --only compile` (exit status 1).",
