@@ -212,6 +212,29 @@ def test_choose_rounding_rejects_bad_settings(kwargs):
         choose_rounding(qmodule, x, x, **kwargs)
 
 
+def test_tuning_on_calibration_samples_is_warned_and_held_out_samples_are_not():
+    """Scores on samples the model was calibrated (and most often trained) on overstate the error it tolerates:
+    tuning on them, or on a part of them, warns; on other samples it does not."""
+    import warnings
+
+    from cml_core import TuningWarning, choose_p_error, choose_rounding
+
+    model, shape = FAMILIES["linear+univariate"]
+    x = np.random.default_rng(2).uniform(-1, 1, size=(60, *shape)).astype(np.float32)
+    calibration, held = x[:40], x[40:]
+    qmodule = load_model(model).quantize(calibration, n_bits=4)
+    with pytest.warns(TuningWarning, match="choose_rounding: every sample of x_val is also a calibration sample"):
+        choose_rounding(qmodule, calibration, calibration, max_drop=0.1, method="exact", min_bits=2)
+    with pytest.warns(TuningWarning, match="choose_p_error: every sample of x_val"):
+        choose_p_error(qmodule, calibration, calibration[::3], max_drop=0.1, repeats=1, candidates=(0.01,))
+    mixed = np.concatenate([calibration[:5], held[:5]])  # some samples unseen: scored as given, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TuningWarning)
+        choice = choose_rounding(qmodule, calibration, held, max_drop=0.1, method="exact", min_bits=2)
+        choose_p_error(qmodule, calibration, mixed, max_drop=0.1, repeats=1, candidates=(0.01,))
+    assert choice.reference_score == 1.0
+
+
 def _demo_mlp_rounded(samples=300):
     from cml_core.demo import load_example
 

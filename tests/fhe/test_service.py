@@ -348,6 +348,9 @@ def test_cml_compile_then_serve(tmp_path):
     assert "rounding: chosen" in done.stdout and "lookup" in done.stdout and "saved in deploy" in done.stdout
     assert "error probability: chosen" in done.stdout
     assert "cml: compiling" in done.stderr or "cml: choosing the rounding" in done.stderr
+    # scored on the calibration samples: said once, in the command's terms (not as the library's warning)
+    assert "scoring the candidates on the calibration samples" in done.stderr and "--tuning" in done.stderr
+    assert "TuningWarning" not in done.stderr and "x_val" not in done.stderr
     folder = tmp_path / "deploy"
     assert sorted(os.listdir(folder)) == ["client.zip", "manifest.json", "model.zip", "server.zip"]
     service = Service(folder, tmp_path)
@@ -356,6 +359,24 @@ def test_cml_compile_then_serve(tmp_path):
     finally:
         service.stop()
     assert np.array_equal(got, load_quantized(folder).forward(X[:3], fhe="simulate"))
+
+
+def test_cml_compile_scores_the_candidates_on_held_out_samples(tmp_path):
+    onnx.save(_model(True, seed=5), tmp_path / "model.onnx")
+    np.save(tmp_path / "calibration.npy", X[:40])
+    np.save(tmp_path / "held.npy", X[40:])
+    done = _cml("compile", "model.onnx", "--calibration", "calibration.npy", "--n-bits", "3", "--rounding", "auto",
+                "--tuning", "held.npy", "-o", "deploy", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "scoring the candidates on 20 samples of held.npy" in done.stderr
+    assert "calibration samples" not in done.stderr and "Warning" not in done.stderr
+    assert "rounding: chosen" in done.stdout
+    # tuning samples that do not fit the model's input are refused before anything is compiled
+    np.save(tmp_path / "wide.npy", np.zeros((5, 7), np.float32))
+    refused = _cml("compile", "model.onnx", "--calibration", "calibration.npy", "--rounding", "auto", "--tuning",
+                   "wide.npy", "-o", "other", cwd=tmp_path)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr and "--tuning" in refused.stderr
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow

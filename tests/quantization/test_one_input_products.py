@@ -228,6 +228,23 @@ def test_a_where_giving_back_every_probability_costs_nothing_and_a_narrower_clip
     assert np.abs(q_clipped(x) - expected).mean() <= np.abs(q_plain(x) - plain(x)).mean()
 
 
+def test_an_attention_whose_where_passes_the_probabilities_through_is_saved_and_loaded(tmp_path):
+    """The pass-through is found again from the saved grids: the loaded module gives the same integers, with no
+    lookup for the Where either."""
+    from cml_core import load_quantized
+
+    where = [(helper.make_node("IsNaN", ["p"], ["nan"]), {}),
+             (helper.make_node("Where", ["nan", "zero", "p"], ["read"]), {"zero": np.zeros((), np.float32)})]
+    module, x = _attention(after_softmax=where)
+    qmodule = module.quantize(x, n_bits=4, rounding_threshold_bits=4)
+    qmodule.compile(x[:50])
+    loaded = load_quantized(qmodule.save(tmp_path / "attention"))
+    q = loaded.quantize_input(x)
+    np.testing.assert_array_equal(loaded.quantized_forward(q), qmodule.quantized_forward(qmodule.quantize_input(x)))
+    assert not [row for row in loaded.bitwidth_report() if row.tensor == "read"]
+    np.testing.assert_array_equal(loaded.quantized_forward(q[:4], fhe="simulate"), loaded.quantized_forward(q[:4]))
+
+
 def test_a_nearly_uniform_attention_compiles_at_6_bits_with_6_bit_rounding():
     """Scores of standard deviation 0.1 (an attention at initialization): probabilities near 1/8 each. Under a
     rounding the exponentials are looked up on the rounding's bits, not n + log2(K): the lookup of their sum keeps

@@ -23,6 +23,7 @@ from .errors import (
     QuantizationError,
     RoundingWarning,
     SaturationWarning,
+    TuningWarning,
     UnsupportedOpError,
 )
 from .numpy_module import NumpyModule, load_model
@@ -55,6 +56,7 @@ __all__ = [
     "QuantizedModule",
     "RoundingWarning",
     "SaturationWarning",
+    "TuningWarning",
     "UnsupportedOpError",
     "choose_p_error",
     "choose_rounding",

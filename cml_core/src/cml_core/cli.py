@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .errors import CmlError, CmlWarning, InputError, UnsupportedOpError
+from .errors import CmlError, CmlWarning, InputError, TuningWarning, UnsupportedOpError
 from .known_plugins import install_hint
 from .numpy_module import tensor_spec
 from .plugins import get_plugin_manager, get_registry
@@ -213,6 +213,8 @@ def _positive(text: str) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Quantize, compile and save a model for ``cml serve``; prints the bit widths and the files."""
+    import numpy as np
+
     from .fhe.deploy import read_manifest
     from .numpy_module import load_model
 
@@ -221,24 +223,45 @@ def cmd_compile(args: argparse.Namespace) -> int:
     module = load_model(args.model)
     arrays = load_arrays([args.calibration], module.input_names, "--calibration")
     x = arrays if len(arrays) > 1 else arrays[0]
+    tune_x = x
+    if args.tuning is not None:
+        if "auto" not in (args.rounding, args.p_error):
+            raise InputError("--tuning: only --rounding auto and --p-error auto score settings on samples; "
+                             "pass one of them, or leave --tuning out")
+        tuning = load_arrays([args.tuning], module.input_names, "--tuning")
+        for name, seen, given in zip(module.input_names, arrays, tuning):
+            if np.shape(seen)[1:] != np.shape(given)[1:]:
+                raise InputError(f"--tuning: input {name!r} has samples of shape {np.shape(given)[1:]} in "
+                                 f"{args.tuning}, {np.shape(seen)[1:]} in {args.calibration}: pass samples "
+                                 "shaped as the calibration's")
+        tune_x = tuning if len(tuning) > 1 else tuning[0]
     say(f"calibrating on {len(arrays[0])} samples at n_bits={args.n_bits}")
     fixed = None if args.rounding == "auto" else args.rounding
     qmodule = module.quantize(x, n_bits=args.n_bits, rounding_threshold_bits=fixed)
-    if args.rounding == "auto":
-        from .tuning import choose_rounding
+    if "auto" in (args.rounding, args.p_error):
+        if args.tuning is None:
+            say("scoring the candidates on the calibration samples: if the model was trained on them, pass "
+                "--tuning with samples held out of training, on which its errors show")
+        else:
+            say(f"scoring the candidates on {len(tuning[0])} samples of {args.tuning}")
+    with warnings.catch_warnings():
+        if args.tuning is None:  # said above, in the command's own terms
+            warnings.simplefilter("ignore", TuningWarning)
+        if args.rounding == "auto":
+            from .tuning import choose_rounding
 
-        say("choosing the rounding: compiling and simulating each candidate")
-        choice = choose_rounding(qmodule, x, x)
-        print(f"rounding: {str(choice).splitlines()[0]}")
-    if args.p_error == "auto":
-        from .tuning import choose_p_error
+            say("choosing the rounding: compiling and simulating each candidate")
+            choice = choose_rounding(qmodule, x, tune_x)
+            print(f"rounding: {str(choice).splitlines()[0]}")
+        if args.p_error == "auto":
+            from .tuning import choose_p_error
 
-        say("choosing the error probability per lookup: compiling and simulating each candidate")
-        error_choice = choose_p_error(qmodule, x, x)
-        print(f"error probability: {str(error_choice).splitlines()[0]}")
-    elif args.rounding != "auto" or args.p_error is not None:
-        say("compiling" + ("" if args.p_error is None else f" at p_error={args.p_error}"))
-        qmodule.compile(x, p_error=args.p_error)
+            say("choosing the error probability per lookup: compiling and simulating each candidate")
+            error_choice = choose_p_error(qmodule, x, tune_x)
+            print(f"error probability: {str(error_choice).splitlines()[0]}")
+        elif args.rounding != "auto" or args.p_error is not None:
+            say("compiling" + ("" if args.p_error is None else f" at p_error={args.p_error}"))
+            qmodule.compile(x, p_error=args.p_error)
     print(qmodule.bitwidth_report())
     say(f"saving to {args.output}")
     folder = qmodule.save(args.output)
@@ -317,11 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     compile_.add_argument("--n-bits", type=_positive, default=6, help="bits of inputs, weights and activations (6)")
     compile_.add_argument("--rounding", type=_rounding, default=None, metavar="auto|none|N",
                           help="bits kept before each lookup: N, none (default), or auto (chosen to keep "
-                               "the float model's argmax on the calibration data: classifiers)")
+                               "the float model's argmax on the --tuning data within a point: classifiers)")
     compile_.add_argument("--p-error", type=_p_error, default=None, metavar="auto|P",
                           help="error probability per lookup: P in (0, 1), or auto (the largest that keeps the "
-                               "float model's argmax on the calibration data within a point); default: "
+                               "float model's argmax on the --tuning data within a point); default: "
                                "concrete-python's, 1e-5 for the whole circuit")
+    compile_.add_argument("--tuning", metavar="FILE", default=None,
+                          help="samples held out of training (as --calibration) that --rounding auto and "
+                               "--p-error auto score the float model's argmax on (default: the calibration set)")
     compile_.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to save the model in")
     compile_.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     compile_.set_defaults(func=cmd_compile)

@@ -84,5 +84,10 @@ class RoundingWarning(CmlWarning):
     agreement with the float model it keeps)."""
 
 
+class TuningWarning(CmlWarning):
+    """Tuning data that cannot show what a setting costs: samples the model was calibrated on (and, most
+    often, trained on), where its float score overstates the error it tolerates."""
+
+
 class PluginConfigWarning(CmlWarning):
     """A plugin setting (``CML_PIN_OPS``, allow/deny lists) is malformed or names nothing installed."""

@@ -3,6 +3,7 @@ score target."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import BitWidthError, CmlError, CompileError, InputError, QuantizationError
+from .errors import BitWidthError, CmlError, CompileError, InputError, QuantizationError, TuningWarning
 from .fhe import circuit_summary, compile_quantized_module, run_circuit
 from .quantization.auto_rounding import scored_output
 from .quantization.module import is_exact_rounding
@@ -19,7 +20,15 @@ if TYPE_CHECKING:
     from .quantization.module import QuantizedModule
 
 
-def _validation_set(caller: str, x_val: Any, y_val: Any) -> tuple[Any, ...]:
+def _samples(x: tuple[Any, ...]) -> set[bytes] | None:
+    """Each sample of ``x`` (one row of every input) as bytes, None for inputs without a common batch axis."""
+    arrays = [np.ascontiguousarray(a) for a in x]
+    if any(a.ndim == 0 or len(a) != len(arrays[0]) for a in arrays):
+        return None
+    return {b"".join(a[i].tobytes() for a in arrays) for i in range(len(arrays[0]))}
+
+
+def _validation_set(caller: str, x_val: Any, y_val: Any, calibration_x: Any) -> tuple[Any, ...]:
     x_val_t = x_val if isinstance(x_val, tuple) else (x_val,)
     n_val = len(np.asarray(x_val_t[0])) if np.ndim(x_val_t[0]) else 0
     if n_val == 0:
@@ -27,6 +36,14 @@ def _validation_set(caller: str, x_val: Any, y_val: Any) -> tuple[Any, ...]:
     if y_val is not None and len(np.asarray(y_val)) != n_val:
         raise InputError(f"{caller}: y_val has {len(np.asarray(y_val))} labels for {n_val} samples of x_val; "
                          "pass one label per sample")
+    calibration_t = calibration_x if isinstance(calibration_x, tuple) else (calibration_x,)
+    if len(calibration_t) == len(x_val_t):
+        seen, scored = _samples(calibration_t), _samples(x_val_t)
+        if seen and scored and scored <= seen:
+            warnings.warn(f"{caller}: every sample of x_val is also a calibration sample. If the model was "
+                          "trained on them too, its float score there overstates the error it tolerates, and the "
+                          "setting chosen can lose more than max_drop on new data: score on samples held out of "
+                          "training.", TuningWarning, stacklevel=3)
     return x_val_t
 
 
@@ -128,7 +145,7 @@ def choose_rounding(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_
         raise QuantizationError(f"choose_rounding: repeats and min_bits must be at least 1 and max_drop at least "
                                 f"0; got repeats={repeats}, min_bits={min_bits}, max_drop={max_drop}")
     exact = is_exact_rounding(method, "choose_rounding")
-    x_val_t = _validation_set("choose_rounding", x_val, y_val)
+    x_val_t = _validation_set("choose_rounding", x_val, y_val, calibration_x)
     scorer = _Scorer(qmodule, x_val_t, y_val, score)
     reference, target = scorer.reference, scorer.reference - max_drop
     trials: list[RoundingTrial] = []
@@ -249,7 +266,7 @@ def choose_p_error(qmodule: QuantizedModule, calibration_x: Any, x_val: Any, y_v
         raise QuantizationError(f"choose_p_error: repeats must be at least 1, max_drop at least 0 and every "
                                 f"candidate in (0, 1); got repeats={repeats}, max_drop={max_drop}, "
                                 f"candidates={candidates}")
-    scorer = _Scorer(qmodule, _validation_set("choose_p_error", x_val, y_val), y_val, score)
+    scorer = _Scorer(qmodule, _validation_set("choose_p_error", x_val, y_val, calibration_x), y_val, score)
     target = scorer.reference - max_drop
     trials: list[ErrorTrial] = []
 

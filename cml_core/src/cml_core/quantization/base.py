@@ -54,6 +54,7 @@ class QuantizedOp:
         self.signature = bound.impl.signature
         self.attributes = dict(bound.attributes)
         self.state: dict[str, Any] = {}  # parameters fixed during calibration
+        self.cache: dict[Any, Any] = {}  # what the state implies, found again as needed: never saved
 
     @property
     def where(self) -> str:
@@ -237,13 +238,13 @@ class ElementwiseOp(QuantizedOp):
         if grid is None or grid.to_float is None or grid.levels is None:
             return None
         key = ("unchanged", grid.scale, grid.zero_point, grid.floor, grid.levels)
-        if key not in self.state:
+        if key not in self.cache:
             codes = np.arange(grid.levels[0], grid.levels[1] + 1, dtype=np.int64)
             with np.errstate(all="ignore"):
                 got, values = np.asarray(to_float(codes)), np.asarray(grid.to_float(codes), np.float64)
-            self.state[key] = bool(got.dtype.kind == "f" and got.size == values.size
+            self.cache[key] = bool(got.dtype.kind == "f" and got.size == values.size
                                    and np.array_equal(got.reshape(values.shape), values))
-        return grid if self.state[key] else None
+        return grid if self.cache[key] else None
 
     def _reduced_constants(self, inputs: Sequence[QValue | None], positions: list[int], constants: list[Any],
                            maps: dict[int, Any], shape: tuple[int, ...]) -> list[Any] | None:
